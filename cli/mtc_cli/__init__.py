@@ -1,0 +1,1 @@
+"""The ``mtc`` command line: thin typer commands over the ``mtc`` library."""

@@ -1,0 +1,26 @@
+"""The ``mtc`` application: one typer command per pipeline step."""
+
+from __future__ import annotations
+
+import typer
+
+from mtc_cli.featurize import featurize
+
+app = typer.Typer(
+    name="mtc",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Multitask crystal graph networks: featurize structures, train, tune, register and screen.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Multitask crystal graph networks: featurize structures, train, tune, register and screen."""
+
+
+app.command("featurize")(featurize)
+
+
+def main() -> None:
+    app()

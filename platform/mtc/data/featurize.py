@@ -1,0 +1,274 @@
+"""Structures -> graph rows (pure functions), and the Ray Data pipeline that writes graph shards."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mtc.config import FeaturizeConfig
+from mtc.data.graph import build_graph, min_interatomic_distance
+from mtc.data.shards import (
+    MANIFEST,
+    REJECTED,
+    REJECTED_SCHEMA,
+    ShardWriter,
+    graph_schema,
+    hash_files,
+    read_manifest,
+    remove_stale_staging,
+)
+from mtc.data.structures import (
+    InputError,
+    Rejection,
+    StructureLimits,
+    crystal_from_record,
+    ScannedSource,
+    parse_label,
+    scan_source,
+)
+
+OUTCOME_FIELDS = [pa.field("source", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
+
+
+def featurized_schema(label_columns: Sequence[str]) -> pa.Schema:
+    """Graph columns, labels, then where the row came from and why it was rejected (null when kept)."""
+    return pa.schema([*graph_schema(label_columns), *OUTCOME_FIELDS])
+
+
+def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Sequence[str]) -> pa.Table:
+    """Featurize a batch of records (one per row) into graph rows; bad rows carry a reason instead.
+
+    Args:
+        table: rows ``id``, ``source`` and a structure payload (see ``mtc.data.structures``).
+        config: graph and validation parameters.
+        label_columns: label columns to parse into float64 (null when missing).
+
+    Returns:
+        A table of ``featurized_schema(label_columns)`` with one row per input row, in order.
+    """
+    limits = StructureLimits(max_atoms=config.max_atoms, min_distance=config.min_distance)
+    numbers, srcs, dsts, dists, outcomes = [], [], [], [], []
+    labels = {c: [] for c in label_columns}
+    for record in table.to_pylist():
+        if record.get("json") is not None:
+            record = {**json.loads(record.pop("json")), **record}
+        try:
+            values = {c: parse_label(record.get(c), c) for c in label_columns}
+            crystal = crystal_from_record(record, limits)
+            graph = build_graph(crystal.lattice, crystal.cart_coords, config.radius, config.max_neighbors)
+            closest = min_interatomic_distance(graph)
+            if closest < limits.min_distance:
+                raise Rejection(
+                    "overlapping_atoms",
+                    f"two atoms are {closest:.3f} Å apart, closer than {limits.min_distance} Å",
+                )
+        except Rejection as rejection:
+            numbers.append(np.zeros(0, np.int8))
+            srcs.append(np.zeros(0, np.int32))
+            dsts.append(np.zeros(0, np.int32))
+            dists.append(np.zeros(0, np.float32))
+            outcomes.append((record.get("source"), rejection.reason, rejection.detail))
+            for c in label_columns:
+                labels[c].append(None)
+            continue
+        numbers.append(crystal.atomic_numbers.astype(np.int8))
+        srcs.append(graph.edge_src)
+        dsts.append(graph.edge_dst)
+        dists.append(graph.edge_dist)
+        outcomes.append((record.get("source"), None, None))
+        for c in label_columns:
+            labels[c].append(values[c])
+
+    schema = featurized_schema(label_columns)
+    columns = [
+        pa.array([str(i) if i is not None else "" for i in table.column("id").to_pylist()], pa.string()),
+        _list_array(numbers, pa.int8()),
+        _list_array(srcs, pa.int32()),
+        _list_array(dsts, pa.int32()),
+        _list_array(dists, pa.float32()),
+        *(pa.array(labels[c], pa.float64()) for c in label_columns),
+        *(pa.array([o[k] for o in outcomes], pa.string()) for k in range(3)),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    """Build list<value_type> from per-row numpy arrays with one concatenation (no per-element Python)."""
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+class GraphFeaturizer:
+    """Ray Data actor: parses, checks and builds graphs for batches of records."""
+
+    def __init__(self, config: dict, label_columns: list[str]):
+        self.config = FeaturizeConfig(**config)
+        self.label_columns = label_columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return featurize_table(batch, self.config, self.label_columns)
+
+
+@dataclass
+class FeaturizeSummary:
+    """What a featurize run did, for the terminal and for tests."""
+
+    out: Path
+    n_read: int
+    n_written: int
+    rejected_by_reason: dict[str, int]
+    seconds: float
+    reused: bool = False
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    @property
+    def throughput(self) -> float:
+        return self.n_read / self.seconds if self.seconds > 0 else float("nan")
+
+
+class RejectionLimitError(InputError):
+    """Too many rows were rejected; the shards were still written so the reasons can be read."""
+
+
+def featurize(
+    src: Path,
+    out: Path,
+    config: FeaturizeConfig,
+    labels: Sequence[str] | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FeaturizeSummary:
+    """Featurize ``src`` into graph shards in ``out`` with Ray Data (Ray must be initialised).
+
+    Re-running with the same inputs and parameters reuses the shards. Raises InputError for input
+    that cannot be read as a whole (before any work), RejectionLimitError when every row, or more
+    than ``config.max_reject_rate`` of them, was rejected (after writing rejected.parquet).
+
+    Args:
+        on_progress: called with (rows done, rows in total) as batches finish.
+    """
+    import ray
+
+    started = time.perf_counter()
+    src, out = Path(src), Path(out)
+    scanned = scan_source(src, labels, chunk_rows=config.batch_size * 8)
+    params = config.graph_params()
+    inputs_hash = hash_files(scanned.files)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
+    if (out / MANIFEST).exists():
+        previous = read_manifest(out)
+        if (previous["inputs_hash"], previous["params"], previous["label_columns"]) == (
+            inputs_hash,
+            params,
+            scanned.label_columns,
+        ):
+            summary = _summary_from_manifest(out, previous, time.perf_counter() - started)
+            check_rejection_rate(summary, config.max_reject_rate)
+            return summary
+
+    n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = ray.data.from_arrow(scanned.tables) if scanned.tables else _read_parquet_records(scanned)
+    ds = ds.map_batches(
+        GraphFeaturizer,
+        fn_constructor_kwargs={"config": config.model_dump(), "label_columns": scanned.label_columns},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n_workers),
+        num_cpus=1,
+    )
+
+    writer = ShardWriter(out, scanned.label_columns, rows_per_shard=config.rows_per_shard)
+    reasons: Counter[str] = Counter(r["reason"] for r in scanned.early_rejections)
+    writer.reject(pa.Table.from_pylist(scanned.early_rejections, schema=REJECTED_SCHEMA))
+    done = len(scanned.early_rejections)
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            bad = pc.is_valid(batch.column("reason"))
+            writer.write(batch.filter(pc.invert(bad)))
+            rejected = batch.filter(bad)
+            writer.reject(rejected)
+            reasons.update(rejected.column("reason").to_pylist())
+            done += batch.num_rows
+            if on_progress:
+                on_progress(done, scanned.n_rows)
+        manifest = writer.commit(
+            {
+                "source": str(src),
+                "source_kind": scanned.kind,
+                "inputs_hash": inputs_hash,
+                "params": params,
+                "label_columns": scanned.label_columns,
+                "n_read": scanned.n_rows,
+                "n_written": scanned.n_rows - sum(reasons.values()),
+                "rejected_by_reason": dict(reasons),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    summary = FeaturizeSummary(
+        out=out,
+        n_read=scanned.n_rows,
+        n_written=manifest["n_written"],
+        rejected_by_reason=dict(reasons),
+        seconds=time.perf_counter() - started,
+        manifest=manifest,
+    )
+    check_rejection_rate(summary, config.max_reject_rate)
+    return summary
+
+
+def _read_parquet_records(scanned: ScannedSource):
+    """Parquet inputs as a Ray dataset of records, each row tagged with its file."""
+    import pyarrow.parquet as pq
+    import ray
+
+    tables = []
+    for path in scanned.parquet_files:
+        table = pq.read_table(path)
+        table = table.append_column("source", pa.array([str(path)] * table.num_rows, pa.string()))
+        tables.append(table)
+    return ray.data.from_arrow(tables)
+
+
+def check_rejection_rate(summary: FeaturizeSummary, max_reject_rate: float) -> None:
+    """Raise RejectionLimitError when every row, or more than the allowed fraction, was rejected."""
+    where = f"reasons in {summary.out / REJECTED}"
+    if summary.n_written == 0:
+        top = ", ".join(f"{r} ({n})" for r, n in Counter(summary.rejected_by_reason).most_common(3))
+        raise RejectionLimitError(f"every one of the {summary.n_read} structures was rejected: {top}; {where}")
+    rate = summary.n_rejected / summary.n_read
+    if rate > max_reject_rate:
+        raise RejectionLimitError(
+            f"{summary.n_rejected} of {summary.n_read} structures ({rate:.1%}) were rejected, more than "
+            f"--max-reject-rate {max_reject_rate:.0%}; {where}"
+        )
+
+
+def _summary_from_manifest(out: Path, manifest: dict, seconds: float) -> FeaturizeSummary:
+    return FeaturizeSummary(
+        out=out,
+        n_read=manifest["n_read"],
+        n_written=manifest["n_written"],
+        rejected_by_reason=manifest["rejected_by_reason"],
+        seconds=seconds,
+        reused=True,
+        manifest=manifest,
+    )

@@ -1,0 +1,194 @@
+"""Task specs: which label column each head learns, how, and how targets are normalised."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, model_validator
+
+_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_DERIVE_RE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+def parse_derive(expr: str) -> tuple[str, str, float]:
+    """Parses a derivation ``<column> <op> <number>`` (op in ==, !=, <, <=, >, >=).
+
+    Args:
+        expr: e.g. ``"band_gap == 0"``.
+
+    Returns:
+        (column, op, threshold).
+
+    Raises:
+        ValueError: if ``expr`` does not have that form.
+    """
+    match = _DERIVE_RE.match(expr)
+    if match is None:
+        raise ValueError(
+            f"cannot parse derive expression {expr!r}: expected '<column> <op> <number>' "
+            f"with op one of {', '.join(_OPS)}"
+        )
+    return match.group(1), match.group(2), float(match.group(3))
+
+
+class TaskSpec(BaseModel):
+    """One prediction task (one head).
+
+    Attributes:
+        name: Task name; keys heads, metrics and prediction columns.
+        column: Source label column in the shards; defaults to ``name`` (or to the column named in
+            ``derive``).
+        kind: ``"regression"`` or ``"binary"``.
+        unit: Physical unit, for display only.
+        derive: Optional ``"<column> <op> <number>"`` that turns a label column into a binary target,
+            e.g. ``"band_gap == 0"`` for is_metal. Only for binary tasks.
+        loss: ``"mse"`` or ``"l1"`` on normalised targets (regression only; binary uses BCE).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    column: str
+    kind: Literal["regression", "binary"] = "regression"
+    unit: str = ""
+    derive: str | None = None
+    loss: Literal["mse", "l1"] = "mse"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_column(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("column") is None:
+            data = dict(data)
+            data["column"] = parse_derive(data["derive"])[0] if data.get("derive") else data.get("name")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if not self.name:
+            raise ValueError("task name must not be empty")
+        if self.derive is not None:
+            if self.kind != "binary":
+                raise ValueError(f"task {self.name!r}: derive is only allowed for binary tasks")
+            derive_column = parse_derive(self.derive)[0]
+            if derive_column != self.column:
+                raise ValueError(
+                    f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}"
+                )
+        return self
+
+    def target(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Computes this task's target from its source column.
+
+        Args:
+            source: float64 (B,) source labels, NaN where missing.
+
+        Returns:
+            values float32 (B,) with 0 where missing, mask bool (B,) true where the label exists.
+
+        Raises:
+            ValueError: for a non-derived binary task whose labels are not 0/1.
+        """
+        mask = np.isfinite(source)
+        if self.derive is not None:
+            _, op, threshold = parse_derive(self.derive)
+            values = _OPS[op](np.where(mask, source, 0.0), threshold).astype(np.float32)
+            values[~mask] = 0.0
+        else:
+            values = np.where(mask, source, 0.0).astype(np.float32)
+            if self.kind == "binary" and not np.isin(values[mask], (0.0, 1.0)).all():
+                raise ValueError(
+                    f"binary task {self.name!r}: column {self.column!r} has values other than 0/1"
+                )
+        return values, mask
+
+
+def as_tasks(items: Iterable[TaskSpec | Mapping[str, Any]]) -> tuple[TaskSpec, ...]:
+    """Validates a task list (specs or plain dicts) and checks that names are unique.
+
+    Args:
+        items: TaskSpec objects or dicts of their fields.
+
+    Returns:
+        The tasks, in order.
+
+    Raises:
+        ValueError: if the list is empty or names repeat.
+    """
+    tasks = tuple(t if isinstance(t, TaskSpec) else TaskSpec.model_validate(t) for t in items)
+    if not tasks:
+        raise ValueError("at least one task is required")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
+    return tasks
+
+
+def _column_as_float(table: pa.Table, column: str) -> np.ndarray:
+    if column not in table.column_names:
+        raise KeyError(f"label column {column!r} not in table (columns: {table.column_names})")
+    col = pc.cast(table.column(column), pa.float64())
+    return np.asarray(pc.fill_null(col, float("nan")).to_numpy(), dtype=np.float64)
+
+
+def task_targets(table: pa.Table, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray, np.ndarray]:
+    """Computes every task's target from the label columns of a table.
+
+    Nulls and non-finite labels are missing; a derived task is missing where its source is.
+
+    Args:
+        table: Arrow table with B rows holding each task's source column.
+        tasks: T task specs.
+
+    Returns:
+        values float32 (B, T) (0 where missing), mask bool (B, T).
+    """
+    values = np.zeros((table.num_rows, len(tasks)), dtype=np.float32)
+    mask = np.zeros((table.num_rows, len(tasks)), dtype=bool)
+    sources: dict[str, np.ndarray] = {}
+    for k, task in enumerate(tasks):
+        if task.column not in sources:
+            sources[task.column] = _column_as_float(table, task.column)
+        values[:, k], mask[:, k] = task.target(sources[task.column])
+    return values, mask
+
+
+def fit_normalizer(
+    values: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fits per-task z-score statistics on observed labels only.
+
+    Binary tasks, tasks without labels and constant tasks get std 1 (binary and unlabelled: mean 0).
+
+    Args:
+        values: float (B, T) targets.
+        mask: bool (B, T), true where a label exists.
+        tasks: T task specs.
+
+    Returns:
+        mean float32 (T,), std float32 (T,).
+    """
+    mean = np.zeros(len(tasks), dtype=np.float64)
+    std = np.ones(len(tasks), dtype=np.float64)
+    for k, task in enumerate(tasks):
+        observed = np.asarray(values[:, k], dtype=np.float64)[mask[:, k]]
+        if task.kind == "binary" or observed.size == 0:
+            continue
+        mean[k] = observed.mean()
+        sd = observed.std()
+        std[k] = sd if sd > 0 else 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
