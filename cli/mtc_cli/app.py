@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from mtc_cli.demo import demo
 from mtc_cli.featurize import featurize
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ def _root() -> None:
 
 
 app.command("featurize")(featurize)
+app.command("demo")(demo)
 
 
 def main() -> None:

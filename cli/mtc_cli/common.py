@@ -21,7 +21,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MtcError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -45,7 +45,8 @@ def featurize(
     """
     from mtc.cluster import connect
     from mtc.config import FeaturizeConfig
-    from mtc.data.featurize import RejectionLimitError, featurize as run_featurize
+    from mtc.data.featurize import RejectionLimitError
+    from mtc.data.featurize import featurize as run_featurize
 
     with user_errors():
         config = FeaturizeConfig(

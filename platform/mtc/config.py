@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mtc.errors import MtcError
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtc.errors import MtcError
 
 
 class ConfigError(MtcError):

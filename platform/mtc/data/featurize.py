@@ -28,9 +28,9 @@ from mtc.data.shards import (
 from mtc.data.structures import (
     InputError,
     Rejection,
+    ScannedSource,
     StructureLimits,
     crystal_from_record,
-    ScannedSource,
     parse_label,
     scan_source,
 )
@@ -183,6 +183,8 @@ def featurize(
             return summary
 
     n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if scanned.tables:
+        n_workers = min(n_workers, len(scanned.tables))
     ds = ray.data.from_arrow(scanned.tables) if scanned.tables else _read_parquet_records(scanned)
     ds = ds.map_batches(
         GraphFeaturizer,

@@ -7,8 +7,6 @@ files of the last finished run and nothing a killed run left behind.
 
 from __future__ import annotations
 
-from mtc.errors import MtcError
-
 import contextlib
 import hashlib
 import json
@@ -20,6 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mtc.errors import MtcError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -13,14 +13,12 @@ one of these forms: ``lattice`` + ``species`` + ``frac_coords`` (the mp36k layou
 
 from __future__ import annotations
 
-from mtc.errors import MtcError
-
 import csv
 import gzip
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.elements import known_atomic_numbers
+from mtc.errors import MtcError
 
 STRUCTURE_FIELDS = frozenset(
     {"id", "source", "lattice", "species", "frac_coords", "cart_coords", "cif", "cif_path", "structure", "json"}

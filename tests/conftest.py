@@ -1,0 +1,54 @@
+"""Shared fixtures: real mp36k crystals from the bundled demo slice, and one Ray instance per test run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo" / "mp_demo.jsonl.gz"
+
+
+def _read_demo() -> list[dict]:
+    with gzip.open(DEMO, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def demo_records() -> list[dict]:
+    """The 4,000 real Materials Project crystals of the demo slice (mp36k layout)."""
+    return _read_demo()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray instance for the whole test run (2 CPUs, small object store)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from mtc.cluster import connect
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=512 * 1024**2,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
+    connect()
+    yield ray
+    ray.shutdown()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Rows as a JSONL (or JSONL.gz, by suffix) file."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path

@@ -1,0 +1,89 @@
+"""The Ray Data featurize pipeline on real crystals and on the bad-input corpus."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mtc.config import FeaturizeConfig
+from mtc.data.featurize import RejectionLimitError, featurize, featurize_table
+from mtc.data.shards import REJECTED, read_manifest, read_shards
+
+from ..conftest import write_jsonl
+from .corpus import BAD_CIF_REASONS, BAD_JSONL_REASONS, MAX_ATOMS, write_bad_jsonl, write_cif_folder
+
+pytestmark = pytest.mark.ray
+
+
+def test_real_crystals_round_trip_and_rerun_reuses(tmp_path, demo_records, ray_session):
+    records = demo_records[:600]
+    src = write_jsonl(tmp_path / "mp.jsonl.gz", records)
+    config = FeaturizeConfig(rows_per_shard=256)
+    summary = featurize(src, tmp_path / "shards", config, labels=["formation_energy_per_atom", "band_gap"])
+    assert (summary.n_read, summary.n_written, summary.n_rejected) == (600, 600, 0)
+    assert not summary.reused
+    manifest = read_manifest(tmp_path / "shards")
+    assert manifest["params"] == config.graph_params() and len(manifest["shards"]) == 3
+
+    shards = read_shards(tmp_path / "shards")
+    assert sorted(shards.column("id").to_pylist()) == sorted(r["id"] for r in records)
+    # The same arrays as the pure function computes in this process.
+    table = pa.Table.from_pylist([{"id": r["id"], "source": "", "json": __import__("json").dumps(r)}
+                                  for r in records[:40]])
+    expected = {r["id"]: r for r in featurize_table(table, config, ["band_gap"]).to_pylist()}
+    for row in shards.to_pylist():
+        if row["id"] in expected:
+            assert row["edge_src"] == expected[row["id"]]["edge_src"]
+            assert row["edge_dist"] == expected[row["id"]]["edge_dist"]
+            assert row["band_gap"] == expected[row["id"]]["band_gap"]
+
+    mtime = (tmp_path / "shards" / "part-00000.parquet").stat().st_mtime_ns
+    again = featurize(src, tmp_path / "shards", config, labels=["formation_energy_per_atom", "band_gap"])
+    assert again.reused and again.n_written == 600
+    assert (tmp_path / "shards" / "part-00000.parquet").stat().st_mtime_ns == mtime
+
+    changed = featurize(src, tmp_path / "shards", FeaturizeConfig(radius=6.0), labels=["band_gap"])
+    assert not changed.reused
+    assert read_manifest(tmp_path / "shards")["params"]["radius"] == 6.0
+
+
+def test_bad_corpus_rejected_good_rows_kept(tmp_path, demo_records, ray_session):
+    good = [r for r in demo_records[:40] if r["nsites"] < MAX_ATOMS]
+    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
+    config = FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.5)
+    summary = featurize(src, tmp_path / "shards", config, labels=["band_gap"])
+    rejected = pq.read_table(tmp_path / "shards" / REJECTED).to_pylist()
+    by_id = {r["id"]: r["reason"] for r in rejected if r["id"]}
+    assert {k: by_id.get(k) for k in BAD_JSONL_REASONS} == BAD_JSONL_REASONS
+    assert summary.n_written == len(good)
+    assert summary.n_rejected == len(BAD_JSONL_REASONS) + 2
+    assert summary.rejected_by_reason["unparseable_json"] == 1
+    assert sorted(read_shards(tmp_path / "shards").column("id").to_pylist()) == sorted(r["id"] for r in good)
+
+
+def test_cif_folder(tmp_path, demo_records, ray_session):
+    folder = write_cif_folder(tmp_path / "cifs", demo_records[:30])
+    summary = featurize(folder, tmp_path / "shards", FeaturizeConfig(max_reject_rate=0.5))
+    assert summary.n_written == 30
+    assert summary.rejected_by_reason == dict.fromkeys(BAD_CIF_REASONS.values(), 1)
+
+
+def test_parquet_input(tmp_path, demo_records, ray_session):
+    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords", "efermi")} for r in demo_records[:50]]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "db.parquet")
+    summary = featurize(tmp_path / "db.parquet", tmp_path / "shards", FeaturizeConfig())
+    assert summary.n_written == 50
+    assert read_shards(tmp_path / "shards").column_names[-1] == "efermi"
+
+
+def test_rejection_rate_limit_and_all_rejected(tmp_path, demo_records, ray_session):
+    good = [r for r in demo_records[:5] if r["nsites"] < MAX_ATOMS]
+    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
+    with pytest.raises(RejectionLimitError, match="max-reject-rate"):
+        featurize(src, tmp_path / "a", FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.1))
+    assert (tmp_path / "a" / REJECTED).exists()  # the reasons are there to read
+
+    bad_only = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "species": ["Na"], "lattice": None}])
+    with pytest.raises(RejectionLimitError, match="every one of the 1 structures"):
+        featurize(bad_only, tmp_path / "b", FeaturizeConfig())

@@ -1,0 +1,106 @@
+"""MultiTaskLoss: masking, hand-computed values, uncertainty weighting."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pytest
+import torch
+
+from mtc.data.batching import collate_arrow
+from mtc.model.losses import MultiTaskLoss
+from mtc.model.multitask import MultiTaskCGCNN
+from mtc.tasks import as_tasks, fit_normalizer
+
+TASKS = as_tasks(
+    [
+        {"name": "e", "loss": "mse"},
+        {"name": "g", "loss": "l1"},
+        {"name": "m", "kind": "binary", "derive": "g == 0"},
+    ]
+)
+NAN = float("nan")
+
+
+def bce(logit: float, label: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(label * math.log(p) + (1 - label) * math.log(1 - p))
+
+
+def test_masked_loss_matches_hand_computation() -> None:
+    outputs = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.2, -0.3], [-0.4, 0.8, 0.1]])
+    targets = torch.tensor([[2.0, 3.0, 1.0], [NAN, 0.0, 0.0], [1.0, NAN, 1.0]])
+    mask = torch.tensor([[True, True, True], [False, True, True], [True, False, False]])
+    loss = MultiTaskLoss(TASKS, weights={"e": 2.0, "m": 0.5}, mean=[1.0, 2.0, 0.0], std=[2.0, 0.5, 1.0])
+    out = loss(outputs, targets, mask)
+
+    e = ((0.5 - (2.0 - 1.0) / 2.0) ** 2 + (-0.4 - (1.0 - 1.0) / 2.0) ** 2) / 2
+    g = (abs(-1.0 - (3.0 - 2.0) / 0.5) + abs(0.2 - (0.0 - 2.0) / 0.5)) / 2
+    m = (bce(2.0, 1.0) + bce(-0.3, 0.0)) / 2
+    torch.testing.assert_close(out.per_task, torch.tensor([e, g, m]))
+    torch.testing.assert_close(out.total, torch.tensor(2.0 * e + g + 0.5 * m))
+    assert out.counts.tolist() == [2, 2, 2]
+
+
+def test_task_without_labels_contributes_zero() -> None:
+    outputs = torch.randn(4, 3, requires_grad=True)
+    targets = torch.tensor([[1.0, NAN, NAN]] * 4)
+    mask = torch.tensor([[True, False, False]] * 4)
+    for strategy in ("fixed", "uncertainty"):
+        loss = MultiTaskLoss(TASKS, strategy=strategy)
+        out = loss(outputs, targets, mask)
+        assert out.per_task[1] == 0 and out.per_task[2] == 0 and out.counts.tolist() == [4, 0, 0]
+        torch.testing.assert_close(out.total, ((outputs[:, 0] - 1.0) ** 2).mean())
+        (grad,) = torch.autograd.grad(out.total, outputs)
+        assert torch.isfinite(grad).all() and (grad[:, 1:] == 0).all()
+
+
+def test_uncertainty_formula_and_absent_task_gets_no_gradient() -> None:
+    loss = MultiTaskLoss(TASKS, strategy="uncertainty")
+    with torch.no_grad():
+        loss.log_vars.copy_(torch.tensor([0.5, -0.2, 1.0]))
+    outputs = torch.tensor([[1.0, 2.0, 0.0]])
+    out = loss(outputs, torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[True, True, False]]))
+    expected = math.exp(-0.5) * 1.0 + 0.5 + math.exp(0.2) * 2.0 - 0.2
+    torch.testing.assert_close(out.total, torch.tensor(expected))
+    out.total.backward()
+    assert loss.log_vars.grad[2] == 0 and (loss.log_vars.grad[:2] != 0).all()
+    torch.testing.assert_close(loss.task_weights(), torch.exp(-torch.tensor([0.5, -0.2, 1.0])))
+
+
+def test_uncertainty_weighting_learns(demo_table: pa.Table) -> None:
+    tasks = as_tasks(
+        [
+            {"name": "formation_energy_per_atom"},
+            {"name": "band_gap"},
+            {"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"},
+        ]
+    )
+    torch.manual_seed(0)
+    batch = collate_arrow(demo_table, tasks)
+    mean, std = fit_normalizer(batch.targets.numpy(), batch.mask.numpy(), tasks)
+    model = MultiTaskCGCNN(tasks, atom_fea_len=16, h_fea_len=16, n_conv=2)
+    loss = MultiTaskLoss(tasks, strategy="uncertainty", mean=mean, std=std)
+    optimiser = torch.optim.Adam([*model.parameters(), *loss.parameters()], lr=0.05)
+    history = []
+    for _ in range(12):
+        optimiser.zero_grad()
+        out = loss(model(batch), batch.targets, batch.mask)
+        out.total.backward()
+        optimiser.step()
+        history.append((out.total.item(), out.per_task.sum().item()))
+    assert (loss.log_vars.detach().abs() > 0.05).all()
+    assert history[-1][0] < history[0][0] and history[-1][1] < history[0][1]
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(ValueError, match="learned"):
+        MultiTaskLoss(TASKS, strategy="uncertainty", weights=[1, 1, 1])
+    with pytest.raises(ValueError, match="unknown tasks"):
+        MultiTaskLoss(TASKS, weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="entries"):
+        MultiTaskLoss(TASKS, mean=[0.0, 1.0])
+    with pytest.raises(ValueError, match="strategy"):
+        MultiTaskLoss(TASKS, strategy="gradnorm")
+    assert list(MultiTaskLoss(TASKS).parameters()) == []

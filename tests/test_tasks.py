@@ -1,0 +1,109 @@
+"""Task specs, target computation and normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from mtc.tasks import TaskSpec, as_tasks, fit_normalizer, parse_derive, task_targets
+
+NAN = float("nan")
+
+
+def test_parse_derive() -> None:
+    assert parse_derive("band_gap == 0") == ("band_gap", "==", 0.0)
+    assert parse_derive(" x<=-1.5e-2 ") == ("x", "<=", -0.015)
+    assert parse_derive("a != .5") == ("a", "!=", 0.5)
+    for bad in (
+        "band_gap",
+        "band_gap = 0",
+        "__import__('os').system('x') == 0",
+        "a == b",
+        "1 < a",
+        "a < 1 or 1",
+    ):
+        with pytest.raises(ValueError):
+            parse_derive(bad)
+
+
+def test_taskspec_defaults_and_validation() -> None:
+    assert TaskSpec(name="band_gap").column == "band_gap"
+    assert TaskSpec(name="gap", column="band_gap").column == "band_gap"
+    metal = TaskSpec(name="is_metal", kind="binary", derive="band_gap == 0")
+    assert metal.column == "band_gap"
+    assert TaskSpec.model_validate(metal.model_dump()) == metal
+    with pytest.raises(ValidationError):
+        TaskSpec(name="g", kind="regression", derive="band_gap == 0")
+    with pytest.raises(ValidationError):
+        TaskSpec(name="m", kind="binary", column="efermi", derive="band_gap == 0")
+    with pytest.raises(ValidationError):
+        TaskSpec(name="m", kind="binary", derive="band_gap = 0")
+    with pytest.raises(ValidationError):
+        TaskSpec(name="x", kind="ordinal")
+    with pytest.raises(ValueError, match="unique"):
+        as_tasks([{"name": "a"}, {"name": "a", "column": "b"}])
+    with pytest.raises(ValueError):
+        as_tasks([])
+
+
+def test_task_targets_missing_and_derived() -> None:
+    gap = pa.chunked_array([pa.array([0.0, 1.5, None]), pa.array([NAN, 0.0, 3.0])])
+    table = pa.table({"band_gap": gap, "flag": pa.array([True, False, None, True, False, True])})
+    tasks = as_tasks(
+        [
+            {"name": "band_gap"},
+            {"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"},
+            {"name": "wide", "kind": "binary", "derive": "band_gap > 2"},
+            {"name": "flag", "kind": "binary"},
+        ]
+    )
+    values, mask = task_targets(table, tasks)
+    assert values.dtype == np.float32 and values.shape == (6, 4) and mask.dtype == bool
+    expected_mask = [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    np.testing.assert_array_equal(mask, np.array(expected_mask, dtype=bool))
+    np.testing.assert_array_equal(values[:, 0], [0, 1.5, 0, 0, 0, 3])
+    np.testing.assert_array_equal(values[:, 1], [1, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(values[:, 2], [0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(values[:, 3], [1, 0, 0, 1, 0, 1])
+
+
+def test_task_targets_errors() -> None:
+    table = pa.table({"x": [0.0, 2.0]})
+    with pytest.raises(ValueError, match="0/1"):
+        task_targets(table, as_tasks([{"name": "x", "kind": "binary"}]))
+    with pytest.raises(KeyError, match="missing"):
+        task_targets(table, as_tasks([{"name": "missing"}]))
+
+
+def test_targets_and_normalizer_on_real_labels(demo_records: list[dict]) -> None:
+    rows = [dict(r) for r in demo_records[:200]]
+    rows[3]["efermi"] = None
+    table = pa.Table.from_pylist(rows)
+    tasks = as_tasks(
+        [
+            {"name": "formation_energy_per_atom", "unit": "eV/atom"},
+            {"name": "efermi", "unit": "eV"},
+            {"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"},
+        ]
+    )
+    values, mask = task_targets(table, tasks)
+    assert mask[:, [0, 2]].all() and mask[:, 1].sum() == 199 and not mask[3, 1]
+    np.testing.assert_array_equal(values[:, 2], [float(r["band_gap"] == 0) for r in rows])
+
+    mean, std = fit_normalizer(values, mask, tasks)
+    assert mean.dtype == np.float32 and mean.shape == std.shape == (3,)
+    efermi = np.array([r["efermi"] for i, r in enumerate(rows) if i != 3])
+    np.testing.assert_allclose(mean[1], efermi.mean(), rtol=1e-5)
+    np.testing.assert_allclose(std[1], efermi.std(), rtol=1e-5)
+    assert (mean[2], std[2]) == (0.0, 1.0)
+
+
+def test_normalizer_edge_cases() -> None:
+    tasks = as_tasks([{"name": "const"}, {"name": "empty"}])
+    values = np.array([[2.0, 7.0], [2.0, 9.0]], dtype=np.float32)
+    mask = np.array([[True, False], [True, False]])
+    mean, std = fit_normalizer(values, mask, tasks)
+    np.testing.assert_array_equal(mean, [2.0, 0.0])
+    np.testing.assert_array_equal(std, [1.0, 1.0])
