@@ -6,6 +6,7 @@ import typer
 
 from mtc_cli.demo import demo
 from mtc_cli.featurize import featurize
+from mtc_cli.train import train
 
 app = typer.Typer(
     name="mtc",
@@ -21,6 +22,7 @@ def _root() -> None:
 
 
 app.command("featurize")(featurize)
+app.command("train")(train)
 app.command("demo")(demo)
 
 

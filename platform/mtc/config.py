@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtc.errors import MtcError
+from mtc.tasks import TaskSpec
 
 
 class ConfigError(MtcError):
@@ -103,3 +104,87 @@ def load_config(model: type[BaseModel], path: Path | None = None, overrides: Seq
 def dump_yaml(config: BaseModel) -> str:
     """The resolved configuration as YAML, loadable by ``load_config``."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+class ModelConfig(StrictModel):
+    """MT-CGCNN shape (CGCNN defaults). ``groups`` partitions the tasks; each group shares a trunk."""
+
+    atom_fea_len: int = Field(64, ge=1)
+    h_fea_len: int = Field(128, ge=1)
+    n_conv: int = Field(3, ge=1)
+    n_h: int = Field(1, ge=1)
+    groups: list[list[str]] | None = None
+
+
+class LossConfig(StrictModel):
+    """``fixed``: sum of w_k L_k (weights by task name, default 1); ``uncertainty``: learned (Kendall 2018)."""
+
+    strategy: Literal["fixed", "uncertainty"] = "fixed"
+    weights: dict[str, float] | None = None
+
+
+class OptimConfig(StrictModel):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="SGD only")
+    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs where 'step' multiplies lr by gamma")
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class SplitConfig(StrictModel):
+    """Deterministic from ``seed`` and each crystal's id; ``train_fraction`` subsamples train only."""
+
+    val: float = Field(0.2, ge=0, lt=1)
+    test: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+    train_fraction: float = Field(1.0, gt=0, le=1)
+
+
+class ScalingConfig(StrictModel):
+    """Workers: ``gpus`` > 0 runs that many DDP workers on NCCL, one GPU each; else ``workers`` on gloo."""
+
+    workers: int = Field(1, ge=1)
+    gpus: int = Field(0, ge=0)
+    cpus_per_worker: float = Field(0.5, gt=0, description="keep below 1 on small machines: Ray Data needs CPUs")
+    max_failures: int = Field(2, ge=0, description="worker failures survived by resuming from a checkpoint")
+    collective_timeout_s: int = Field(600, ge=10)
+
+
+class TrainConfig(StrictModel):
+    """Everything ``mtc train`` needs besides the data: the resolved form is logged to MLflow."""
+
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    patience: int = Field(0, ge=0, description="stop after this many epochs without a better val score; 0: off")
+    seed: int = 0
+    experiment: str = "mtc"
+    run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names repeat: {names}")
+        if self.split.val + self.split.test >= 1:
+            raise ValueError("split.val + split.test must leave rows for training")
+        if self.model.groups is not None:
+            flat = sorted(n for g in self.model.groups for n in g)
+            if flat != sorted(names) or any(not g for g in self.model.groups):
+                raise ValueError(f"model.groups {self.model.groups} must partition the tasks {names}")
+        if self.loss.weights is not None:
+            unknown = set(self.loss.weights) - set(names)
+            if unknown:
+                raise ValueError(f"loss.weights names unknown tasks {sorted(unknown)}")
+        return self
+
+    def label_columns(self) -> list[str]:
+        return sorted({t.column for t in self.tasks})

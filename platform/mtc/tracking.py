@@ -1,0 +1,71 @@
+"""Where runs and models live: the embedded SQLite store under MTC_HOME, or MLFLOW_TRACKING_URI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mtc.errors import MtcError
+
+
+class TrackingError(MtcError):
+    """The tracking server cannot be used."""
+
+
+def mtc_home() -> Path:
+    """``$MTC_HOME``, default ``~/.mtc``: the embedded MLflow store and Ray checkpoints live here."""
+    return Path(os.environ.get("MTC_HOME", "~/.mtc")).expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$MTC_HOME/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    mtc_home().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{mtc_home() / 'mlflow.db'}"
+
+
+def is_embedded(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def artifact_root() -> Path:
+    """Artifacts of the embedded store (a server chooses its own)."""
+    return mtc_home() / "mlartifacts"
+
+
+def checkpoint_root() -> str:
+    """Ray Train storage: ``$MTC_STORAGE`` (shared storage on a cluster, e.g. s3://...), else under MTC_HOME."""
+    return os.environ.get("MTC_STORAGE") or str(mtc_home() / "ray_results")
+
+
+def configure() -> str:
+    """Point mlflow at the store; check that a server answers. Returns the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:
+            raise TrackingError(
+                f"the MLflow server at {uri} does not answer ({type(err).__name__}); start it or fix "
+                "MLFLOW_TRACKING_URI"
+            ) from None
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created when missing (embedded store: artifacts under MTC_HOME)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (artifact_root() / name).as_uri() if is_embedded(mlflow.get_tracking_uri()) else None
+    return client.create_experiment(name, artifact_location=location)

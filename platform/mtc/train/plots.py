@@ -1,0 +1,44 @@
+"""Figures people would rather look at than read: parity plots and learning curves (PNG bytes)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def parity_plot(pred: np.ndarray, target: np.ndarray, task: str, unit: str, mae: float) -> bytes:
+    """Predicted vs DFT value for one task on one split, with the y = x line and the MAE."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    lo, hi = float(min(pred.min(), target.min())), float(max(pred.max(), target.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, zorder=0)
+    ax.scatter(target, pred, s=4, alpha=0.35, color="tab:blue", edgecolors="none")
+    label = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"DFT {task}{label}")
+    ax.set_ylabel(f"predicted {task}{label}")
+    ax.set_title(f"{task}: test MAE {mae:.4g}{(' ' + unit) if unit else ''}, n={len(pred)}", fontsize=9)
+    ax.set_aspect("equal", adjustable="box")
+    return _png(fig)
+
+
+def learning_curves(history: list[dict[str, float]]) -> bytes:
+    """Training loss and validation unit-free score per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
+    left.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    right.plot(epochs, [h["val_score"] for h in history], marker="o", ms=3, color="tab:orange")
+    right.set(xlabel="epoch", ylabel="mean MAE / MAD", title="validation unit-free score (lower is better)")
+    fig.tight_layout()
+    return _png(fig)
