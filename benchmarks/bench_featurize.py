@@ -273,7 +273,10 @@ def main() -> None:
     atoms = np.array([len(json.loads(line)["species"]) for line in lines])
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"machine: nproc={os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), python {sys.version.split()[0]}")
+    print(
+        f"machine: nproc={os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), python {sys.version.split()[0]}, "
+        f"load average at start {os.getloadavg()[0]:.2f} (other processes skew every rate below)"
+    )
     print(
         f"data: {path}, first {n} crystals, {atoms.mean():.1f} atoms/crystal (max {atoms.max()}); "
         f"baseline subset: {len(subset)} crystals (every {step}th), {atoms[subset].mean():.1f} atoms/crystal"
@@ -329,24 +332,34 @@ def main() -> None:
         print(f"c/b  (warm, all N)        {c_rate / b_rate:8.2f}x   target >= 1.3x on {os.cpu_count()} cores")
         print(f"c cold/b                  {(n / c_cold) / b_rate:8.2f}x")
     print()
-    print(f"correctness (b) vs (a) on {len(subset)} crystals: "
-          + (", ".join(f"{k}: {v}" for k, v in mismatches.items() if v) or "0 mismatches")
-          + " (neighbour counts per atom, kept distances to 1e-4 Å, neighbour index sets)")
-    print(f"(b) rejected: {dict(b_rejected) or 'none'}; {b_edges:,} edges, {b_edges / max(1, atoms.sum()):.2f} per atom")
+    print(
+        f"correctness (b) vs (a) on {len(subset)} crystals: "
+        + (", ".join(f"{k}: {v}" for k, v in mismatches.items() if v) or "0 mismatches")
+        + " (neighbour counts per atom, kept distances to 1e-4 Å, neighbour index sets)"
+    )
+    per_atom = b_edges / max(1, atoms.sum())
+    print(f"(b) rejected: {dict(b_rejected) or 'none'}; {b_edges:,} edges, {per_atom:.2f} per atom")
     print()
     print("peak RSS of this process (ru_maxrss, cumulative):")
     print(f"  after (a) {rss_a:8.0f} MiB   after (b) {rss_b:8.0f} MiB   after (c) {rss_c:8.0f} MiB")
     if ray_result:
         r = ray_result
-        print(f"  (c) Ray processes, peak sum of RSS (shared pages counted per process): "
-              f"workers (ray::*) {r['peak_workers']:.0f} MiB, all Ray processes {r['peak_all']:.0f} MiB")
+        print(
+            f"  (c) Ray processes, peak sum of RSS (shared pages counted per process): "
+            f"workers (ray::*) {r['peak_workers']:.0f} MiB, all Ray processes {r['peak_all']:.0f} MiB"
+        )
         print()
-        print(f"(c) {r['where']}; ray start {r['ray_start']:.2f} s, first run {r['first_run']:.2f} s, "
-              f"warm runs {', '.join(f'{s:.2f}' for s in r['warm'])} s")
+        print(
+            f"(c) {r['where']}; ray start {r['ray_start']:.2f} s, first run {r['first_run']:.2f} s, "
+            f"warm runs {', '.join(f'{s:.2f}' for s in r['warm'])} s"
+        )
         print(f"(c) read {r['n_read']}, written {r['n_written']}, rejected {r['rejected'] or 'none'}")
-        print(f"(c) shards: {r['n_shards']} part-*.parquet, {r['shard_bytes'] / 1e6:.2f} MB, "
-              f"{r['shard_bytes'] / max(1, r['n_written']):.0f} bytes/crystal (zstd)")
+        print(
+            f"(c) shards: {r['n_shards']} part-*.parquet, {r['shard_bytes'] / 1e6:.2f} MB, "
+            f"{r['shard_bytes'] / max(1, r['n_written']):.0f} bytes/crystal (zstd)"
+        )
 
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.profile:
         print()
         print(f"cProfile of (b) on all {n} crystals, top 15 by cumulative time:")

@@ -52,3 +52,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mtc_home(tmp_path_factory):
+    """An MLflow store and checkpoint folder private to this test run."""
+    home = tmp_path_factory.mktemp("mtc-home")
+    os.environ["MTC_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, demo_records, ray_session) -> Path:
+    """Graph shards of 2,000 real crystals with the three MT-CGCNN labels, featurized once per test run."""
+    from mtc.config import FeaturizeConfig
+    from mtc.data.featurize import featurize
+
+    folder = tmp_path_factory.mktemp("shards")
+    src = write_jsonl(folder / "mp2000.jsonl.gz", demo_records[:2000])
+    featurize(src, folder / "shards", FeaturizeConfig(rows_per_shard=500),
+              labels=["formation_energy_per_atom", "band_gap", "efermi"])
+    return folder / "shards"

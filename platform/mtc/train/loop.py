@@ -88,6 +88,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress = Progress(**saved["progress"])
     objective = ray.train.torch.prepare_model(objective)
     logger = _RankZeroLogger(loop_config) if rank == 0 else None
+    if logger and checkpoint:
+        logger.log_epoch({"epoch": progress.epoch, "resumed_from_epoch": progress.epoch})
 
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(progress.epoch, config.epochs):

@@ -10,12 +10,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from mtc import tracking
 from mtc.config import ScalingConfig, TrainConfig, dump_yaml
 from mtc.data.shards import read_manifest, read_shards, shard_paths
 from mtc.data.splits import SPLIT_NAMES, TRAIN, split_codes
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
-from mtc import tracking
 from mtc.tasks import fit_normalizer, task_targets
 
 GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
