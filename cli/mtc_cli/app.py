@@ -6,7 +6,10 @@ import typer
 
 from mtc_cli.demo import demo
 from mtc_cli.featurize import featurize
+from mtc_cli import models
+from mtc_cli.screen import predict, screen
 from mtc_cli.train import train
+from mtc_cli.ui import ui
 
 app = typer.Typer(
     name="mtc",
@@ -23,6 +26,10 @@ def _root() -> None:
 
 app.command("featurize")(featurize)
 app.command("train")(train)
+app.command("screen")(screen)
+app.command("predict")(predict)
+app.add_typer(models.app, name="models")
+app.command("ui")(ui)
 app.command("demo")(demo)
 
 

@@ -32,6 +32,9 @@ def train(
     resume: Annotated[
         str | None, typer.Option(help="Continue the interrupted MLflow run RUN_ID from its last checkpoint.")
     ] = None,
+    register: Annotated[
+        str, typer.Option(help="Register the trained model as a new version of this name ('' to skip).")
+    ] = "mtc",
     address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address; default: an embedded local Ray.")
     ] = None,
@@ -44,11 +47,11 @@ def train(
     Example: mtc train --data demo-out/shards --config configs/mt3.yaml --set epochs=5 --workers 2
     """
     with user_errors():
-        run_training(data, config, set_ or [], gpus, workers, train_fraction, resume, address)
+        run_training(data, config, set_ or [], gpus, workers, train_fraction, resume, register or None, address)
 
 
 def run_training(data, config_path, overrides, gpus=None, workers=None, train_fraction=None, resume=None,
-                 address=None):
+                 register="mtc", address=None):
     """Resolve the config, train, print the test table; returns the TrainResult."""
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
@@ -65,7 +68,7 @@ def run_training(data, config_path, overrides, gpus=None, workers=None, train_fr
     console.print(connect(address))
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
-    result = run_train(data, config, resume_run_id=resume)
+    result = run_train(data, config, resume_run_id=resume, register=register)
     print_result(result, config)
     return result
 
@@ -87,4 +90,10 @@ def print_result(result, config) -> None:
         )
     console.print(table)
     console.print(f"MLflow run [bold]{result.run_id}[/] in {tracking_uri()}")
+    reg = result.registered
+    if reg.get("version"):
+        console.print(
+            f"registered [bold]{reg['name']}[/] version {reg['version']}; make it the champion with "
+            f"[bold]mtc models promote {reg['name']} {reg['version']} --alias champion[/]"
+        )
     console.print("look at it: [bold]mtc ui[/]  (parity plots and learning curves under the run's artifacts)")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo" / "mp_demo.jsonl.gz"
@@ -59,3 +61,12 @@ def graph_table(rows: list[dict]) -> pa.Table:
 def demo_table() -> pa.Table:
     """24 real crystals (2-~40 atoms) with their labels."""
     return graph_table(demo_rows(24))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and a second spinning thread stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ from mtc.data.shards import read_manifest, read_shards, shard_paths
 from mtc.data.splits import SPLIT_NAMES, TRAIN, split_codes
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
+from mtc.registry.models import DEFAULT_NAME, log_model
 from mtc.tasks import fit_normalizer, task_targets
 
 GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
@@ -37,6 +38,7 @@ class TrainResult:
     metrics: dict[str, float]
     bundle: ModelBundle
     checkpoint_path: str
+    registered: dict
 
 
 def check_resources(scaling: ScalingConfig, cluster: dict[str, float]) -> None:
@@ -106,11 +108,14 @@ def _keep_split(batch: pa.Table, code: int, val: float, test: float, seed: int, 
     return batch.filter(pa.array(codes == code))
 
 
-def train(shards: Path, config: TrainConfig, resume_run_id: str | None = None) -> TrainResult:
+def train(
+    shards: Path, config: TrainConfig, resume_run_id: str | None = None, register: str | None = DEFAULT_NAME
+) -> TrainResult:
     """Train on the graph shards in ``shards`` with Ray Train, tracked in MLflow.
 
     Everything that can be checked is checked before a worker starts. ``resume_run_id`` continues an
-    interrupted run from its last checkpoint (same run, same Ray storage).
+    interrupted run from its last checkpoint (same run, same Ray storage). The trained model is
+    logged as an MLflow pyfunc and registered as a new version of ``register`` (None: not registered).
     """
     import mlflow
     import ray
@@ -173,8 +178,9 @@ def train(shards: Path, config: TrainConfig, resume_run_id: str | None = None) -
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(Path(folder) / "model")
         client.log_artifacts(run_id, str(Path(folder) / "model"), "model")
+    registered = log_model(run_id, bundle, register)
     client.set_terminated(run_id)
-    return TrainResult(run_id, exp_id, dict(result.metrics or {}), bundle, result.checkpoint.path)
+    return TrainResult(run_id, exp_id, dict(result.metrics or {}), bundle, result.checkpoint.path, registered)
 
 
 def _log_inputs(client, run_id: str, config: TrainConfig, prepared: dict[str, Any]) -> None:

@@ -1,0 +1,108 @@
+"""``mtc screen`` and ``mtc predict``: score structures with a registered model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mtc_cli.common import console, progress_bar, user_errors
+
+MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/mtc_model."
+
+
+def screen(
+    db: Annotated[Path, typer.Argument(help="Parquet file or folder of structures: 'id' + cif | structure | "
+                                            "lattice/species/frac_coords.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (predictions/, rejected/, selected.parquet).")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
+    where: Annotated[str | None, typer.Option(help="Filter on predictions, e.g. \"band_gap > 1.0 and "
+                                                   "formation_energy_per_atom < -0.5\".")] = None,
+    sort: Annotated[str | None, typer.Option(help="Rank the selection by this column.")] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
+    top: Annotated[int | None, typer.Option(min=1, help="Keep the first K rows of the selection.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Structures per forward pass.")] = 256,
+    workers: Annotated[int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")] = None,
+    address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
+) -> None:
+    """Score a structure database with a registered model through Ray Data.
+
+    Every input id ends up exactly once: in OUT/predictions (one column per task) or in OUT/rejected
+    (with the reason). A screen that was interrupted continues where it stopped when run again.
+
+    Example: mtc screen candidates.parquet --out screened --where "band_gap > 1" --sort formation_energy_per_atom --top 20
+    """
+    from mtc import tracking
+    from mtc.cluster import connect
+    from mtc.screen.score import screen as run_screen
+
+    with user_errors():
+        tracking.configure()
+        console.print(connect(address))
+        with progress_bar() as progress:
+            task = progress.add_task("screening", total=None)
+            summary = run_screen(
+                db, model, out, batch_size=batch_size, workers=workers, where=where, sort=sort, desc=desc, top=top,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        console.print(f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
+                      f"{summary.n_rejected:,} rejected "
+                      + (f"({', '.join(f'{k} {v}' for k, v in summary.rejected_by_reason.items())})"
+                         if summary.n_rejected else "")
+                      + f"; {summary.throughput:,.0f} structures/s")
+        if summary.n_resumed_units:
+            console.print(f"resumed: {summary.n_resumed_units} finished part(s) of an earlier run were kept")
+        if summary.selected is not None:
+            print_table(summary.selected.slice(0, 25), f"selected: {summary.selected.num_rows:,} rows")
+        console.print(f"output: {summary.out}/predictions (Parquet dataset), rejected/, "
+                      + ("selected.parquet" if summary.selected is not None else ""))
+
+
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="CIF, POSCAR or any structure file pymatgen reads.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
+    out: Annotated[Path | None, typer.Option(help="Also write the table (.csv or .parquet).")] = None,
+) -> None:
+    """Predict every task for a few structure files and print a table.
+
+    Example: mtc predict NaCl.cif GaAs_POSCAR --model models:/mtc@champion
+    """
+    import pyarrow as pa
+
+    from mtc import tracking
+    from mtc.registry.models import load_predictor
+    from mtc.registry.structure_files import read_structure_files
+
+    with user_errors():
+        tracking.configure()
+        predictor = load_predictor(model)
+        records, unreadable = read_structure_files(files)
+        predictions, rejected = predictor.predict_records(records)
+        rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected
+        print_table(predictions, f"{model}")
+        for row in rejected.to_pylist():
+            console.print(f"[red]{row['id']}[/]: {row['reason']}: {row['detail']}")
+        if out is not None:
+            write_table(predictions, out)
+            console.print(f"wrote {out}")
+
+
+def write_table(table, path: Path) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() == ".csv":
+        pcsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+
+
+def print_table(table, title: str) -> None:
+    view = Table(title=title)
+    for name in table.column_names:
+        view.add_column(name, justify="left" if name == "id" else "right")
+    for row in table.to_pylist():
+        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(view)

@@ -1,0 +1,1 @@
+"""Structures in, Parquet graph shards out: readers, graph builder, shard format, Ray Data pipeline."""

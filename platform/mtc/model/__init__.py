@@ -1,0 +1,1 @@
+"""MT-CGCNN: CGCNN trunk(s), per-task heads, multitask losses, saved bundles."""

@@ -1,0 +1,1 @@
+"""Models in the MLflow Model Registry: the pyfunc flavour, logging, aliases, loading."""

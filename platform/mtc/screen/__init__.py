@@ -1,0 +1,1 @@
+"""Scoring structure databases with a registered model through Ray Data."""

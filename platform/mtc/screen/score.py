@@ -1,0 +1,225 @@
+"""Score a Parquet database of structures with a registered model through a Ray Data actor pool.
+
+The database is cut into *units* (a slice of one row group of one file). Each unit's predictions and
+rejections are written by an actor as ``predictions/part-<unit>.parquet`` and
+``rejected/part-<unit>.parquet``, atomically, rejections first; a unit whose prediction part exists is
+done. Each folder reads as one Parquet dataset (``pandas.read_parquet(OUT / "predictions")``). A screen that is killed
+and run again scores only the units left, and every input id ends up exactly once in the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtc.data.shards import REJECTED_SCHEMA, write_json_atomic
+from mtc.errors import MtcError
+from mtc.registry.pyfunc import STRUCTURE_COLUMNS
+from mtc.screen.rank import select
+
+PREDICTIONS, REJECTED, MODEL_DIR, STATE = "predictions", "rejected", "model", "screen.json"
+
+
+class ScreenError(MtcError):
+    """A database or output folder that cannot be screened as asked."""
+
+
+@dataclass
+class ScreenSummary:
+    out: Path
+    model: str
+    n_input: int
+    n_scored: int
+    n_rejected: int
+    n_resumed_units: int
+    seconds: float
+    rejected_by_reason: dict[str, int]
+    selected: pa.Table | None
+
+    @property
+    def throughput(self) -> float:
+        return self.n_input / self.seconds if self.seconds else float("nan")
+
+
+def database_files(db: Path) -> list[Path]:
+    db = Path(db)
+    files = sorted(db.glob("*.parquet")) if db.is_dir() else [db]
+    if not db.exists() or not files:
+        raise ScreenError(f"{db}: no Parquet database there (a .parquet file or a folder of them)")
+    return files
+
+
+def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
+    """Units covering every row of every file once; returns (units, total rows). Checks columns and ids."""
+    units, ids = [], []
+    for f_index, path in enumerate(files):
+        meta = pq.ParquetFile(path)
+        names = meta.schema_arrow.names
+        if "id" not in names or not any(c in names for c in STRUCTURE_COLUMNS):
+            raise ScreenError(f"{path}: needs an 'id' column and one of {', '.join(STRUCTURE_COLUMNS)}; "
+                              f"it has {', '.join(names)}")
+        ids += pq.read_table(path, columns=["id"]).column("id").cast(pa.string()).to_pylist()
+        for group in range(meta.num_row_groups):
+            rows = meta.metadata.row_group(group).num_rows
+            for start in range(0, rows, unit_rows):
+                units.append({"unit": f"{f_index:04d}-{group:05d}-{start:010d}", "path": str(path), "group": group,
+                              "start": start, "rows": min(unit_rows, rows - start)})
+    seen, duplicates = set(), set()
+    for i in ids:
+        (duplicates if i in seen else seen).add(i)
+    if duplicates:
+        raise ScreenError(f"duplicate ids in the database ({len(duplicates)}): {', '.join(sorted(duplicates)[:10])}")
+    return units, len(ids)
+
+
+class ScreenActor:
+    """Loads the model once, then scores whole units and writes their parts."""
+
+    def __init__(self, model_dir: str, out: str, batch_size: int):
+        import mlflow
+        import torch
+
+        self.predictor = mlflow.pyfunc.load_model(model_dir).unwrap_python_model().predictor
+        if torch.cuda.is_available():
+            self.predictor.model.to("cuda")
+            self.predictor.device = torch.device("cuda")
+        self.out = Path(out)
+        self.batch_size = batch_size
+        self._cached: tuple[tuple[str, int], pa.Table] | None = None
+
+    def __call__(self, units: dict) -> dict:
+        done = {"unit": [], "scored": [], "rejected": []}
+        for i in range(len(units["unit"])):
+            unit = {k: units[k][i] for k in units}
+            records = self._records(unit)
+            predictions, rejected = self.predictor.predict_records(records, self.batch_size)
+            _write_atomic(rejected.cast(REJECTED_SCHEMA), self.out / REJECTED / f"part-{unit['unit']}.parquet")
+            _write_atomic(predictions, self.out / PREDICTIONS / f"part-{unit['unit']}.parquet")
+            done["unit"].append(unit["unit"])
+            done["scored"].append(predictions.num_rows)
+            done["rejected"].append(rejected.num_rows)
+        return done
+
+    def _records(self, unit: dict) -> pa.Table:
+        key = (unit["path"], int(unit["group"]))
+        if self._cached is None or self._cached[0] != key:
+            meta = pq.ParquetFile(unit["path"])
+            columns = [c for c in ("id", *STRUCTURE_COLUMNS) if c in meta.schema_arrow.names]
+            self._cached = (key, meta.read_row_group(key[1], columns=columns))
+        rows = self._cached[1].slice(int(unit["start"]), int(unit["rows"]))
+        name = Path(unit["path"]).name
+        first = int(unit["start"])
+        sources = [f"{name} row-group {key[1]} row {first + i}" for i in range(rows.num_rows)]
+        return rows.set_column(0, "id", rows.column("id").cast(pa.string())).append_column(
+            "source", pa.array(sources, pa.string())
+        )
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read_parts(folder: Path, schema: pa.Schema | None) -> pa.Table:
+    tables = [pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))]
+    if schema is not None:
+        tables = [schema.empty_table(), *(t.cast(schema) for t in tables)]
+    return pa.concat_tables(tables) if tables else pa.table({"id": pa.array([], pa.string())})
+
+
+def resolve_model(model_uri: str) -> str:
+    """A registry alias or version as the concrete ``models:/name/version`` it points at now."""
+    import mlflow
+
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    name, _, ref = model_uri[len("models:/"):].partition("@")
+    if not ref:
+        return model_uri
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, ref).version
+    except mlflow.exceptions.MlflowException:
+        raise ScreenError(f"{model_uri}: registered model {name!r} has no alias {ref!r}; see `mtc models list`") from None
+    return f"models:/{name}/{version}"
+
+
+def screen(
+    db: Path,
+    model_uri: str,
+    out: Path,
+    batch_size: int = 256,
+    unit_rows: int = 1024,
+    workers: int | None = None,
+    where: str | None = None,
+    sort: str | None = None,
+    desc: bool = False,
+    top: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ScreenSummary:
+    """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs)."""
+    import mlflow
+    import ray
+
+    started = time.perf_counter()
+    out = Path(out)
+    files = database_files(db)
+    units, n_input = plan_units(files, unit_rows)
+    resolved = resolve_model(model_uri)
+    for folder in (PREDICTIONS, REJECTED):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    state = {"db": [str(f.resolve()) for f in files], "model": resolved, "unit_rows": unit_rows}
+    if (out / STATE).exists():
+        previous = json.loads((out / STATE).read_text())
+        if previous != state:
+            raise ScreenError(f"{out} holds a screen of other inputs or another model ({previous['model']}); "
+                              "choose a new --out or delete it")
+    else:
+        if any((out / PREDICTIONS).iterdir()):
+            raise ScreenError(f"{out / PREDICTIONS} is not empty and holds no {STATE}; choose a new --out")
+        mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=str(out / MODEL_DIR))
+        write_json_atomic(out / STATE, state)
+
+    pending = [u for u in units if not (out / PREDICTIONS / f"part-{u['unit']}.parquet").exists()]
+    n_resumed = len(units) - len(pending)
+    if pending:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
+        ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
+            ScreenActor,
+            fn_constructor_kwargs={"model_dir": str((out / MODEL_DIR).resolve()), "out": str(out.resolve()),
+                                   "batch_size": batch_size},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_workers),
+            num_cpus=0 if gpus else 1,
+            num_gpus=1 if gpus else 0,
+        )
+        done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
+        for row in ds.iter_rows():
+            done_rows += int(row["scored"]) + int(row["rejected"])
+            if on_progress:
+                on_progress(done_rows, n_input)
+
+    predictions = _read_parts(out / PREDICTIONS, None)
+    rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
+    if predictions.num_rows + rejected.num_rows != n_input:
+        raise ScreenError(f"row accounting failed: {n_input} inputs, {predictions.num_rows} scored, "
+                          f"{rejected.num_rows} rejected; rerun the screen to finish the missing parts")
+    selected = None
+    if where or sort or top:
+        selected = select(predictions, where, sort, desc, top)
+        pq.write_table(selected, out / "selected.parquet")
+    reasons: dict[str, int] = {}
+    for reason in rejected.column("reason").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return ScreenSummary(out, resolved, n_input, predictions.num_rows, rejected.num_rows, n_resumed,
+                         time.perf_counter() - started, reasons, selected)

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop, the Ray Train driver, metrics, plots."""

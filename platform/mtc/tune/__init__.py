@@ -1,0 +1,1 @@
+"""Ray Tune over loss weights and task groupings."""
