@@ -42,8 +42,12 @@ def checkpoint_root() -> str:
 
 def configure() -> str:
     """Point mlflow at the store; check that a server answers. Returns the URI."""
+    import logging
+
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):

@@ -49,13 +49,12 @@ def log_model(run_id: str, bundle: ModelBundle, register: str | None = DEFAULT_N
     import mlflow
 
     import mtc
-    from mtc.registry.pyfunc import MtcPythonModel
 
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
         bundle_dir = bundle.save(Path(folder) / "bundle")
         info = mlflow.pyfunc.log_model(
             name="mtc_model",
-            python_model=MtcPythonModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(Path(mtc.__file__).parent)],
             signature=_signature(bundle),
@@ -93,7 +92,7 @@ def list_versions(name: str | None = None) -> list[dict]:
             aliases.setdefault(str(version), []).append(alias)
         for v in client.search_model_versions(f"name='{model_name}'"):
             rows.append({
-                "name": model_name, "version": v.version, "aliases": sorted(aliases.get(str(v.version), [])),
+                "name": model_name, "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
                 "run_id": v.run_id, "created": v.creation_timestamp, "status": v.status,
             })
     return sorted(rows, key=lambda r: (r["name"], -int(r["version"])))

@@ -109,13 +109,20 @@ def _keep_split(batch: pa.Table, code: int, val: float, test: float, seed: int, 
 
 
 def train(
-    shards: Path, config: TrainConfig, resume_run_id: str | None = None, register: str | None = DEFAULT_NAME
+    shards: Path,
+    config: TrainConfig,
+    resume_run_id: str | None = None,
+    register: str | None = DEFAULT_NAME,
+    parent_run_id: str | None = None,
+    ray_callbacks: list | None = None,
 ) -> TrainResult:
     """Train on the graph shards in ``shards`` with Ray Train, tracked in MLflow.
 
     Everything that can be checked is checked before a worker starts. ``resume_run_id`` continues an
     interrupted run from its last checkpoint (same run, same Ray storage). The trained model is
     logged as an MLflow pyfunc and registered as a new version of ``register`` (None: not registered).
+    ``parent_run_id`` nests the run under another (a tune); ``ray_callbacks`` go to Ray Train's RunConfig
+    (e.g. Tune's report callback, which forwards every epoch's metrics to the trial).
     """
     import mlflow
     import ray
@@ -135,7 +142,8 @@ def train(
         exp_id = run.info.experiment_id
     else:
         exp_id = tracking.experiment_id(config.experiment)
-        run = client.create_run(exp_id, run_name=config.run_name, tags={"mtc.shards": str(shards)})
+        tags = {"mtc.shards": str(shards), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = client.create_run(exp_id, run_name=config.run_name, tags=tags)
         _log_inputs(client, run.info.run_id, config, prepared)
     run_id = run.info.run_id
 
@@ -161,6 +169,7 @@ def train(
             storage_path=tracking.checkpoint_root(),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            callbacks=ray_callbacks,
         ),
         datasets={split: split_dataset(shards, config, split) for split in SPLIT_NAMES},
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -1,0 +1,91 @@
+"""A trained model through the MLflow registry: the pyfunc round trip, aliases, no pickled weights."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from pymatgen.core import Structure
+
+from mtc.config import TrainConfig, load_config
+from mtc.data.batching import collate_arrow
+from mtc.data.featurize import featurize_table
+from mtc.data.shards import read_shards
+from mtc.model.bundle import ModelBundle
+from mtc.registry.models import ModelNotFound, describe_version, list_versions, load_predictor, log_model, promote
+from mtc import tracking
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def trained(demo_shards, ray_session):
+    """One tiny model trained through Ray Train, registered under a name of this module."""
+    from mtc.train.trainer import train
+
+    config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
+    return train(demo_shards, config, register="mtc-test")
+
+
+def test_registered_model_predicts_like_the_in_memory_model(trained, demo_records):
+    records = demo_records[2000:2030]
+    model = trained.bundle.build()
+    graphs = featurize_table(
+        pa.Table.from_pylist([{"id": r["id"], "source": "", "json": json.dumps(r)} for r in records]),
+        __import__("mtc.config", fromlist=["FeaturizeConfig"]).FeaturizeConfig(**trained.bundle.graph_params), [],
+    )
+    with torch.inference_mode():
+        expected = model.to_physical(model(collate_arrow(graphs)), trained.bundle.mean, trained.bundle.std).numpy()
+
+    version = trained.registered["version"]
+    promote("mtc-test", version, "champion")
+    loaded = mlflow.pyfunc.load_model("models:/mtc-test@champion")
+    frame = pd.DataFrame({"id": [r["id"] for r in records],
+                          "cif": [Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif")
+                                  for r in records]})
+    out = loaded.predict(frame)
+    assert list(out["id"]) == frame["id"].tolist() and out["error"].isna().all()
+    np.testing.assert_allclose(out["formation_energy_per_atom"], expected[:, 0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["band_gap"], expected[:, 1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["is_metal_probability"], expected[:, 2], rtol=1e-4, atol=1e-4)
+    assert set(out["is_metal"]) <= {0, 1}
+
+
+def test_bad_rows_get_an_error_not_an_exception(trained):
+    predictor = load_predictor(f"models:/mtc-test/{trained.registered['version']}")
+    loaded = mlflow.pyfunc.load_model(f"models:/mtc-test/{trained.registered['version']}")
+    out = loaded.predict(pd.DataFrame({"id": ["junk"], "cif": ["not a cif"]}))
+    assert out.loc[0, "error"].startswith("unparseable_cif")
+    assert predictor.output_names() == ["formation_energy_per_atom", "band_gap", "is_metal", "is_metal_probability"]
+
+
+def test_weights_are_a_state_dict_not_a_pickled_module(trained, tmp_path):
+    path = mlflow.artifacts.download_artifacts(f"models:/mtc-test/{trained.registered['version']}",
+                                               dst_path=str(tmp_path))
+    weights = next(__import__("pathlib").Path(path).rglob("model.pt"))
+    state = torch.load(weights, weights_only=True)  # would fail on a pickled nn.Module
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    with zipfile.ZipFile(weights) as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"MultiTaskCGCNN" not in pickled
+    assert ModelBundle.load(weights.parent).task_names == ["formation_energy_per_atom", "band_gap", "is_metal"]
+    assert not list(__import__("pathlib").Path(path).rglob("python_model.pkl"))
+
+
+def test_versions_aliases_and_mistakes(trained):
+    rows = list_versions("mtc-test")
+    assert rows[0]["version"] == trained.registered["version"]
+    promote("mtc-test", trained.registered["version"], "staging-check")
+    info = describe_version("mtc-test", "staging-check")
+    assert info["run_id"] == trained.run_id and "test/band_gap/mae" in info["metrics"]
+    with pytest.raises(ModelNotFound, match="no version 999"):
+        promote("mtc-test", "999")
+    with pytest.raises(ModelNotFound, match="no registered model named 'nope'"):
+        list_versions("nope")
+    assert tracking.tracking_uri().startswith("sqlite:")
