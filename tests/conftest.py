@@ -74,3 +74,13 @@ def demo_shards(tmp_path_factory, demo_records, ray_session) -> Path:
     featurize(src, folder / "shards", FeaturizeConfig(rows_per_shard=500),
               labels=["formation_energy_per_atom", "band_gap", "efermi"])
     return folder / "shards"
+
+
+@pytest.fixture(scope="session")
+def trained(demo_shards, ray_session):
+    """One tiny model trained through Ray Train and registered as 'mtc-test' (registry and screen tests)."""
+    from mtc.config import TrainConfig, load_config
+    from mtc.train.trainer import train
+
+    config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
+    return train(demo_shards, config, register="mtc-test")

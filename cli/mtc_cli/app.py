@@ -9,6 +9,7 @@ from mtc_cli.featurize import featurize
 from mtc_cli import models
 from mtc_cli.screen import predict, screen
 from mtc_cli.train import train
+from mtc_cli.tune import tune
 from mtc_cli.ui import ui
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ def _root() -> None:
 
 app.command("featurize")(featurize)
 app.command("train")(train)
+app.command("tune")(tune)
 app.command("screen")(screen)
 app.command("predict")(predict)
 app.add_typer(models.app, name="models")

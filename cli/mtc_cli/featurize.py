@@ -47,12 +47,14 @@ def featurize(
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import RejectionLimitError
     from mtc.data.featurize import featurize as run_featurize
+    from mtc.preflight import check_shared_paths
 
     with user_errors():
         config = FeaturizeConfig(
             radius=radius, max_neighbors=max_neighbors, max_atoms=max_atoms, max_reject_rate=max_reject_rate
         )
         console.print(connect(address))
+        check_shared_paths({"--out": out})
         with progress_bar() as progress:
             task = progress.add_task("featurizing", total=None)
             try:

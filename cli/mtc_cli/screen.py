@@ -36,11 +36,13 @@ def screen(
     """
     from mtc import tracking
     from mtc.cluster import connect
+    from mtc.preflight import check_shared_paths
     from mtc.screen.score import screen as run_screen
 
     with user_errors():
         tracking.configure()
         console.print(connect(address))
+        check_shared_paths({"DB": db, "--out": out})
         with progress_bar() as progress:
             task = progress.add_task("screening", total=None)
             summary = run_screen(

@@ -55,6 +55,8 @@ def run_training(data, config_path, overrides, gpus=None, workers=None, train_fr
     """Resolve the config, train, print the test table; returns the TrainResult."""
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
+    from mtc.preflight import check_shared_paths
+    from mtc.tracking import checkpoint_root, tracking_uri
     from mtc.train.trainer import train as run_train
 
     overrides = list(overrides)
@@ -66,6 +68,7 @@ def run_training(data, config_path, overrides, gpus=None, workers=None, train_fr
         overrides.append(f"split.train_fraction={train_fraction}")
     config = load_config(TrainConfig, config_path, overrides)
     console.print(connect(address))
+    check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
     result = run_train(data, config, resume_run_id=resume, register=register)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from pymatgen.core import Structure
 
-from mtc.config import TrainConfig, load_config
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.data.shards import read_shards
@@ -22,15 +21,6 @@ from mtc.registry.models import ModelNotFound, describe_version, list_versions, 
 from mtc import tracking
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def trained(demo_shards, ray_session):
-    """One tiny model trained through Ray Train, registered under a name of this module."""
-    from mtc.train.trainer import train
-
-    config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
-    return train(demo_shards, config, register="mtc-test")
 
 
 def test_registered_model_predicts_like_the_in_memory_model(trained, demo_records):

@@ -10,6 +10,7 @@ import torch
 from mtc.config import FeaturizeConfig
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
+from mtc.data.shards import REJECTED_SCHEMA
 from mtc.model.bundle import ModelBundle
 from mtc.tasks import TaskSpec
 
@@ -59,7 +60,7 @@ class StructurePredictor:
         for start in range(0, records.num_rows, batch_size):
             graphs = featurize_table(records.slice(start, batch_size), self.featurize_config, [])
             bad = pc.is_valid(graphs.column("reason"))
-            rejected.append(graphs.filter(bad).select(["id", "source", "reason", "detail"]))
+            rejected.append(graphs.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
             good = graphs.filter(pc.invert(bad))
             columns = {"id": good.column("id"), **self.predict_graphs(good)}
             parts.append(pa.table(columns))

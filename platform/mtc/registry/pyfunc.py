@@ -34,7 +34,7 @@ class MtcPythonModel(mlflow.pyfunc.PythonModel):
         out = pd.DataFrame({"id": records.column("id").to_pylist()})
         for name in self.predictor.output_names():
             out[name] = out["id"].map(scored[name]) if len(scored) else float("nan")
-        out["error"] = out["id"].map(errors)
+        out["error"] = pd.Series([errors.get(i) for i in out["id"]], dtype=object)
         return out
 
 

@@ -1,0 +1,112 @@
+"""``mtc tune``: Ray Tune over loss weights and task groupings, every trial a Ray Train run in MLflow."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mtc_cli.common import console, user_errors
+
+
+def tune(
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Graph shards written by `mtc featurize` (--resume: recorded).")
+    ] = None,
+    space: Annotated[
+        Path | None, typer.Option("--space", "-s", help="Search space YAML, e.g. configs/tune/mt3.yaml.")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Number of trials (default: the space's).")] = None,
+    max_concurrent: Annotated[
+        int, typer.Option(min=1, help="Trials at once; never more than the Ray cluster holds.")
+    ] = 1,
+    gpus_per_trial: Annotated[
+        int | None, typer.Option(min=0, help="GPU workers per trial (DDP on NCCL, one GPU each).")
+    ] = None,
+    workers_per_trial: Annotated[int | None, typer.Option(min=1, help="CPU workers per trial (gloo).")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the tune (default: tune-DATE-TIME).")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue the interrupted tune NAME; finished trials are not rerun.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address; default: an embedded local Ray.")
+    ] = None,
+) -> None:
+    """Tune loss weights, task groupings and learning rate with Ray Tune; every trial is an MLflow child run.
+
+    The objective is the mean over tasks of validation MAE divided by that task's single-task MAE
+    (< 1: better than alone). The parent run holds the ranked trials, the best config as YAML for
+    `mtc train --config`, and a task-affinity table and heatmap.
+
+    Example: mtc tune --data demo-out/shards --space configs/tune/tiny.yaml --max-concurrent 2
+    """
+    with user_errors():
+        run_tune(data, space, trials, max_concurrent, gpus_per_trial, workers_per_trial, name, resume, address)
+
+
+def run_tune(data, space_path, trials=None, max_concurrent=1, gpus_per_trial=None, workers_per_trial=None,
+             name=None, resume=None, address=None):
+    """Start or resume the tune, print the ranked table; returns the TuneOutcome."""
+    from mtc.cluster import connect
+    from mtc.errors import MtcError
+    from mtc.tune.run import resume_tune, start_tune
+    from mtc.tune.search import load_space
+
+    if resume:
+        if space_path or trials or gpus_per_trial is not None or workers_per_trial is not None or name:
+            raise MtcError("--resume continues a tune with the space, budget and name it started with; "
+                           "drop --space, --trials, --gpus-per-trial, --workers-per-trial and --name")
+        console.print(connect(address))
+        outcome = resume_tune(resume, shards=data, echo=echo)
+    else:
+        if data is None or space_path is None:
+            raise MtcError("give --data SHARDS and --space SPACE.yaml (or --resume NAME)")
+        space = load_space(space_path)
+        console.print(connect(address))
+        outcome = start_tune(data, space, name=name, trials=trials, max_concurrent=max_concurrent,
+                             workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial, echo=echo)
+    print_outcome(outcome)
+    return outcome
+
+
+def echo(line: str) -> None:
+    """Progress lines from the tune (module level: Tune pickles its callbacks by reference)."""
+    console.print(line, markup=False, soft_wrap=True)
+
+
+def print_outcome(outcome) -> None:
+    from mtc.tracking import tracking_uri
+
+    ranked = outcome.report.ranked
+    tasks = [c.removesuffix(" rel") for c in ranked.columns if c.endswith(" rel")]
+    table = Table(title=f"tune {outcome.name}: trials ranked by objective (mean val error / task alone)")
+    for column in ("rank", "trial", "objective", "status", "grouping", "loss", "lr", *tasks):
+        table.add_column(column, justify="left" if column in ("trial", "status", "grouping", "loss") else "right")
+    for row in ranked.to_dict("records"):
+        status = row["status"] if row["status"] != "stopped" else f"stopped @{row['epochs']}"
+        table.add_row(str(row["rank"]), row["trial"], _num(row["objective"]), status, row["grouping"],
+                      row["loss"], row["lr"], *(_num(row[f"{t} rel"]) for t in tasks))
+    console.print(table)
+    refs = ", ".join(f"{t} {v:.4g}" for t, v in outcome.references.items())
+    console.print(f"single-task references (val MAE; 1 - AUC for binary): {refs}")
+    console.print(f"MLflow parent run [bold]{outcome.parent_run_id}[/] in {tracking_uri()}: report/trials.csv, "
+                  "report/best_config.yaml, report/affinity.csv, report/affinity.png")
+    if outcome.report.best is not None:
+        console.print(f"train the best: [bold]mtc train --data SHARDS --config {_best_yaml(outcome.parent_run_id)}[/]")
+
+
+def _best_yaml(run_id: str) -> str:
+    """The best config's local path (embedded store), else the command that downloads it."""
+    import mlflow
+
+    uri = f"{mlflow.MlflowClient().get_run(run_id).info.artifact_uri}/report/best_config.yaml"
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    return f"$(mlflow artifacts download -u {uri})"
+
+
+def _num(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"

@@ -1,0 +1,131 @@
+"""Checks before work on a cluster: every node must see the local folders a command reads and writes.
+
+On one machine every path is shared. On several nodes, a local path (``/data/shards``, ``file://...``,
+the embedded ``sqlite:///...`` store) names a different disk on each node unless it is a shared mount, and
+the failure shows up late and obscure (a worker's FileNotFoundError, checkpoints that vanish). The MLflow
+server half of the pre-flight is ``mtc.tracking.configure()``, which fails fast when an http URI does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mtc.errors import MtcError
+
+MARKER_PREFIX = ".mtc-preflight-"
+NODE_TIMEOUT_S = 60.0
+
+
+class SharedPathError(MtcError):
+    """A node of the Ray cluster cannot see a path the command needs."""
+
+
+def local_path(location: str | Path) -> Path | None:
+    """The filesystem path of a location: a plain path, ``file://`` or ``sqlite:///`` URI; None for remote storage."""
+    text = str(location)
+    if text.startswith("sqlite:///"):
+        return Path(text.removeprefix("sqlite:///")).parent if text != "sqlite:///:memory:" else None
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # s3://, gs://, http://, postgresql://...; not C:\
+        return None
+    return Path(text)
+
+
+def needs_check() -> bool:
+    """True when the driver's files may not be the workers' files: several alive nodes, or a Ray Client driver."""
+    import ray
+    from ray.util.client import ray as client_ray
+
+    return client_ray.is_connected() or sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+def check_shared_paths(paths: Mapping[str, str | Path | None]) -> None:
+    """Fail unless every alive Ray node sees each local path as this driver does.
+
+    Args:
+        paths: what each location is (an option or variable name, for the message) -> a path or URI. None and
+            remote URIs (s3://, gs://, http://...) are skipped.
+
+    The driver writes a marker holding a random token into each path's folder (the path itself, a file's parent,
+    or the nearest existing folder above a path still to be created), then one task pinned to each node reads the
+    markers back. A folder the driver cannot write to (a read-only input) is only checked for existence on every
+    node. Nothing is created, and nothing is checked on a single-node cluster.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folders = {label: _folder(path) for label, path in paths.items() if path is not None}
+    folders = {label: folder for label, folder in folders.items() if folder is not None}
+    if not folders or not needs_check():
+        return
+    token = secrets.token_hex(8)
+    expected: dict[str, tuple[str, str | None]] = {}
+    written: list[Path] = []
+    try:
+        for label, folder in folders.items():
+            marker = folder / f"{MARKER_PREFIX}{token}"
+            try:
+                marker.write_text(token)
+            except OSError:
+                expected[label] = (str(folder), None)
+                continue
+            written.append(marker)
+            expected[label] = (str(marker), token)
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                {label: path for label, (path, _) in expected.items()}
+            )
+            for n in nodes
+        ]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=NODE_TIMEOUT_S)
+        problems = []
+        for node, ref in zip(nodes, refs, strict=True):
+            where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+            if ref not in ready:
+                ray.cancel(ref, force=True)
+                problems.append(f"{where} did not answer within {NODE_TIMEOUT_S:g} s")
+                continue
+            seen = ray.get(ref)
+            problems += [
+                f"{where} cannot see {label} {paths[label]}"
+                for label, (_, want) in expected.items()
+                if seen[label] is None or (want is not None and seen[label] != want)
+            ]
+    finally:
+        for marker in written:
+            marker.unlink(missing_ok=True)
+    if problems:
+        raise SharedPathError(
+            "; ".join(problems) + ". Every node must see these paths: put shards and screen folders on a folder "
+            "every node mounts at the same path (NFS, a shared volume), checkpoints on s3 (MTC_STORAGE=s3://bucket/"
+            "prefix) or that mount, and runs on an MLflow server (MLFLOW_TRACKING_URI=http://...)"
+        )
+
+
+def _folder(location: str | Path) -> Path | None:
+    path = local_path(location)
+    if path is None:
+        return None
+    path = path.expanduser().resolve()
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe(paths: dict[str, str]) -> dict[str, str | None]:
+    """On one node: each marker's text ('' for an existing folder), None when the node cannot see it."""
+    seen: dict[str, str | None] = {}
+    for label, path in paths.items():
+        try:
+            seen[label] = Path(path).read_text() if os.path.isfile(path) else ("" if os.path.isdir(path) else None)
+        except OSError:
+            seen[label] = None
+    return seen

@@ -1,0 +1,171 @@
+"""The report of a tune: ranked trials, the best config as YAML, task affinity (table + heatmap), in MLflow."""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mtc.config import TrainConfig, dump_yaml
+from mtc.tune.search import TASK_SEP, grouping_label
+
+FINISHED, STOPPED, ERROR = "finished", "stopped", "error"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the report sees it. ``errors``: validation error per task behind ``objective``."""
+
+    trial_id: str
+    point: dict[str, Any]
+    config: TrainConfig
+    status: str
+    epochs: int
+    objective: float
+    errors: dict[str, float] = field(default_factory=dict)
+    relative: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+@dataclass
+class TuneReport:
+    ranked: pd.DataFrame
+    best: TrialRecord | None
+    best_yaml: str
+    affinity: pd.DataFrame
+    heatmap: bytes | None
+
+
+def describe(config: TrainConfig) -> dict[str, str]:
+    """What a trial varied, as short strings: grouping, loss, lr."""
+    names = [t.name for t in config.tasks]
+    loss = config.loss.strategy
+    if config.loss.weights:
+        loss += " " + "/".join(f"{config.loss.weights.get(n, 1.0):.2f}" for n in names)
+    return {
+        "grouping": grouping_label(config.model.groups or [names]),
+        "loss": loss,
+        "lr": f"{config.optim.lr:.3g}",
+    }
+
+
+def _sort_key(trial: TrialRecord) -> tuple:
+    rank_of = {FINISHED: 0, STOPPED: 1, ERROR: 2}
+    objective = trial.objective if math.isfinite(trial.objective) else math.inf
+    return rank_of[trial.status], objective, -trial.epochs
+
+
+def ranked_table(trials: Sequence[TrialRecord], choices: Sequence[str] = ()) -> pd.DataFrame:
+    """Finished trials by objective, then trials stopped early, then failed ones; one column per task."""
+    rows = []
+    for rank, trial in enumerate(sorted(trials, key=_sort_key), start=1):
+        row = {"rank": rank, "trial": trial.trial_id, "objective": trial.objective, "status": trial.status,
+               "epochs": trial.epochs, **describe(trial.config)}
+        row.update({key: _dotted(trial.config, key) for key in choices})
+        row.update({f"{task} rel": value for task, value in trial.relative.items()})
+        row.update({f"{task} val error": value for task, value in trial.errors.items()})
+        row["run_id"] = trial.run_id or ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _dotted(config: TrainConfig, key: str) -> Any:
+    node: Any = config.model_dump(mode="json")
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def affinity(trials: Sequence[TrialRecord]) -> pd.DataFrame:
+    """Each task's validation error relative to alone, per group it trained in (best and count over finished trials).
+
+    Columns: task, group (its tasks joined by ``+``), trials, best_relative_error.
+    """
+    rows = []
+    for trial in trials:
+        if trial.status != FINISHED:
+            continue
+        names = [t.name for t in trial.config.tasks]
+        for group in trial.config.model.groups or [names]:
+            rows.extend({"task": task, "group": TASK_SEP.join(group), "size": len(group),
+                         "relative_error": trial.relative.get(task, math.nan)} for task in group)
+    if not rows:
+        return pd.DataFrame(columns=["task", "group", "trials", "best_relative_error"])
+    frame = pd.DataFrame(rows).dropna(subset=["relative_error"])
+    table = frame.groupby(["task", "group", "size"], sort=False).agg(
+        trials=("relative_error", "size"), best_relative_error=("relative_error", "min")
+    ).reset_index()
+    return table.sort_values(["size", "group", "task"], kind="stable").drop(columns="size").reset_index(drop=True)
+
+
+def affinity_heatmap(table: pd.DataFrame, tasks: Sequence[str]) -> bytes | None:
+    """Tasks x groups, coloured around 1 (blue: better than alone, red: worse); None for an empty table."""
+    if table.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    grid = table.pivot(index="task", columns="group", values="best_relative_error")
+    grid = grid.reindex(index=[t for t in tasks if t in grid.index], columns=list(dict.fromkeys(table["group"])))
+    values = grid.to_numpy(dtype=float)
+    spread = max(0.05, float(abs(pd.Series(values.ravel()).dropna() - 1).max()))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
+    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 1 - spread, 1 + spread), aspect="auto")
+    for (i, j), value in pd.DataFrame(values).stack().items():
+        ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(grid.shape[1]), [c.replace(TASK_SEP, "+\n") for c in grid.columns], fontsize=7)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
+    ax.set_xlabel("group the task trained in (shared trunk)")
+    ax.set_title("validation error / single-task reference (best over trials; < 1: helped)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def best_yaml(best: TrialRecord | None, tune_name: str) -> str:
+    """The best finished trial's resolved config, ready for ``mtc train --config``."""
+    if best is None:
+        return ""
+    header = (f"# best trial {best.trial_id} of tune {tune_name}: objective {best.objective:.4f} "
+              f"(mean validation error / single-task reference)\n# train it: mtc train --data SHARDS --config "
+              "best_config.yaml\n")
+    return header + dump_yaml(best.config.model_copy(update={"run_name": None}))
+
+
+def build_report(trials: Sequence[TrialRecord], tune_name: str, choices: Sequence[str] = ()) -> TuneReport:
+    """Everything the parent run and the terminal show."""
+    finished = sorted((t for t in trials if t.status == FINISHED and math.isfinite(t.objective)), key=_sort_key)
+    best = finished[0] if finished else None
+    tasks = [t.name for t in trials[0].config.tasks] if trials else []
+    table = affinity(trials)
+    return TuneReport(ranked_table(trials, choices), best, best_yaml(best, tune_name), table,
+                      affinity_heatmap(table, tasks))
+
+
+def log_report(client, run_id: str, report: TuneReport) -> None:
+    """Artifacts under ``report/`` of the parent run, and the best objective as a metric."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        report.ranked.to_csv(folder / "trials.csv", index=False)
+        report.affinity.to_csv(folder / "affinity.csv", index=False)
+        if report.best_yaml:
+            (folder / "best_config.yaml").write_text(report.best_yaml)
+        if report.heatmap:
+            (folder / "affinity.png").write_bytes(report.heatmap)
+        client.log_artifacts(run_id, str(folder), "report")
+    if report.best is not None:
+        client.log_metric(run_id, "best_objective", report.best.objective)
+        client.set_tag(run_id, "mtc.tune.best_trial", report.best.trial_id)
+        if report.best.run_id:
+            client.set_tag(run_id, "mtc.tune.best_run", report.best.run_id)

@@ -1,0 +1,300 @@
+"""Search spaces of ``mtc tune``: the YAML model, task groupings, simplex weights, trial configs, the objective.
+
+A sampled point is a flat dict: ``grouping`` (a label such as ``"a+b | c"``), ``strategy``, ``w_<task>``
+(uniform draws turned into weights on the simplex), ``lr`` and any dotted TrainConfig key listed under
+``space.choices``. Dimensions that do not vary are left out of the point and take their only value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from mtc.config import ConfigError, StrictModel, TrainConfig, deep_merge, read_yaml
+from mtc.tasks import TaskSpec
+
+MAX_ENUMERATED_TASKS = 4  # Bell(4) = 15 groupings; Bell(5) = 52 is too many to try by default
+TPE_STARTUP = 10  # Optuna's TPE samples this many points at random before it models anything
+MANAGED_KEYS = ("tasks", "epochs", "run_name", "experiment", "model.groups", "loss", "optim.lr", "scaling")
+GROUP_SEP, TASK_SEP = " | ", "+"
+
+Partition = list[list[str]]
+
+
+class Range(StrictModel):
+    """A continuous interval, sampled log-uniformly unless ``log: false``."""
+
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low:g} must be below high {self.high:g}")
+        return self
+
+
+class Space(StrictModel):
+    """What the trials vary. ``groupings``: ``all`` (every partition of the tasks), ``joint`` or a list."""
+
+    loss_weights: bool = True
+    strategy: list[Literal["fixed", "uncertainty"]] = Field(default_factory=lambda: ["fixed"], min_length=1)
+    groupings: Literal["all", "joint"] | list[Partition] = "all"
+    lr: Range | None = None
+    choices: dict[str, list[Any]] = Field(default_factory=dict, description="dotted TrainConfig key -> values")
+
+
+class Asha(StrictModel):
+    """ASHA early stopping on the per-epoch objective (rungs at grace_period * reduction_factor^k epochs)."""
+
+    enabled: bool = True
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TuneSpace(StrictModel):
+    """A tune: the TrainConfig the trials start from (``base`` file, then ``train`` merged over it), the space,
+    the budget and optional single-task references (validation MAE, or 1 - AUC for binary tasks)."""
+
+    base: str | None = Field(None, description="TrainConfig YAML, relative to the space file")
+    train: dict[str, Any] = Field(default_factory=dict)
+    trials: int = Field(8, ge=1)
+    search: Literal["auto", "optuna", "random"] = "auto"
+    space: Space = Field(default_factory=Space)
+    asha: Asha = Field(default_factory=Asha)
+    references: dict[str, float] = Field(default_factory=dict)
+    seed: int = 0
+
+    def base_config(self) -> TrainConfig:
+        """The TrainConfig every trial starts from (``base`` must already be resolved into ``train``)."""
+        return TrainConfig.model_validate(self.train)
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.base_config().tasks]
+
+    def partitions(self) -> list[Partition]:
+        """The groupings to try, canonical (groups and tasks in task order), without repeats."""
+        names = self.task_names()
+        if self.space.groupings == "joint":
+            return [[names]]
+        if self.space.groupings == "all":
+            return partitions(names)
+        unique: dict[str, Partition] = {}
+        for groups in self.space.groupings:
+            canonical = canonical_partition(groups, names)
+            unique.setdefault(grouping_label(canonical), canonical)
+        return list(unique.values())
+
+    def algorithm(self) -> Literal["optuna", "random"]:
+        """``auto``: random when every trial would fall in TPE's random start-up phase anyway, else Optuna."""
+        if self.search != "auto":
+            return self.search
+        return "random" if self.trials <= TPE_STARTUP else "optuna"
+
+
+def load_space(path: Path) -> TuneSpace:
+    """Read a space file; ``base`` is resolved into ``train`` so the result stands alone (and is logged).
+
+    Raises:
+        ConfigError: naming the key and value that cannot be used.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    base = data.get("base")
+    if base:
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.exists():
+            raise ConfigError(f"{path}: base {base!r} does not exist (looked for {base_path})")
+        data = {**data, "base": None, "train": deep_merge(read_yaml(base_path), data.get("train") or {})}
+    return parse_space(data, source=str(path))
+
+
+def parse_space(data: Mapping[str, Any], source: str = "the space") -> TuneSpace:
+    """Validate a space mapping, including what only makes sense against its tasks."""
+    try:
+        space = TuneSpace.model_validate(data)
+        space.base_config()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid tune space in {source}: {problems}") from None
+    _check_against_tasks(space, source)
+    return space
+
+
+def dump_space(space: TuneSpace) -> str:
+    """YAML that ``parse_space`` reads back into the same space."""
+    return yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_against_tasks(space: TuneSpace, source: str) -> None:
+    names = space.task_names()
+    if space.space.groupings == "all" and len(names) > MAX_ENUMERATED_TASKS:
+        raise ConfigError(
+            f"{source}: space.groupings 'all' would try {bell(len(names))} groupings of {len(names)} tasks; "
+            f"list the groupings to try (at most {MAX_ENUMERATED_TASKS} tasks are enumerated)"
+        )
+    if isinstance(space.space.groupings, list):
+        for groups in space.space.groupings:
+            canonical_partition(groups, names, source)
+    for task, value in space.references.items():
+        if task not in names:
+            raise ConfigError(f"{source}: references.{task}: no such task (tasks: {', '.join(names)})")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{source}: references.{task}: {value!r} must be a positive number")
+    base = space.base_config()
+    for key, values in space.space.choices.items():
+        if any(key == m or key.startswith(f"{m}.") for m in MANAGED_KEYS):
+            raise ConfigError(f"{source}: space.choices.{key}: this key is set by the tune itself")
+        if not values or any(isinstance(v, dict | list) for v in values):
+            raise ConfigError(f"{source}: space.choices.{key}: give a non-empty list of plain values")
+        for value in values:
+            _apply(base, _nested(key, value), f"space.choices.{key}={value!r}")
+
+
+def bell(n: int) -> int:
+    """The number of partitions of an n-set (Bell number), from the Bell triangle."""
+    row = [1]
+    for _ in range(n):
+        nxt = [row[-1]]
+        for value in row:
+            nxt.append(nxt[-1] + value)
+        row = nxt
+    return row[0]
+
+
+def partitions(items: Sequence[str]) -> list[Partition]:
+    """Every partition of ``items`` into non-empty groups (Bell(n) of them), fewest groups first."""
+    if not items:
+        return [[]]
+    first, rest = items[0], items[1:]
+    found = []
+    for smaller in partitions(rest):
+        found.append([[first], *smaller])
+        found.extend([*smaller[:k], [first, *group], *smaller[k + 1 :]] for k, group in enumerate(smaller))
+    order = {name: k for k, name in enumerate(items)}
+    canonical = [_sorted_groups(p, order) for p in found]
+    return sorted(canonical, key=lambda p: (len(p), [[order[n] for n in g] for g in p]))
+
+
+def canonical_partition(groups: Partition, names: Sequence[str], source: str = "the space") -> Partition:
+    """``groups`` sorted by task order; raises ConfigError unless they partition ``names`` into non-empty groups."""
+    flat = [n for g in groups for n in g]
+    if sorted(flat) != sorted(names) or any(not g for g in groups):
+        raise ConfigError(f"{source}: space.groupings entry {groups} must partition the tasks {list(names)}")
+    return _sorted_groups(groups, {name: k for k, name in enumerate(names)})
+
+
+def _sorted_groups(groups: Partition, order: Mapping[str, int]) -> Partition:
+    inner = [sorted(g, key=order.__getitem__) for g in groups]
+    return sorted(inner, key=lambda g: order[g[0]])
+
+
+def grouping_label(groups: Partition) -> str:
+    """``[[a, b], [c]]`` -> ``"a+b | c"``."""
+    return GROUP_SEP.join(TASK_SEP.join(g) for g in groups)
+
+
+def simplex(draws: Mapping[str, float]) -> dict[str, float]:
+    """Uniform draws u_k in (0, 1) -> weights -log(u_k) / sum_j -log(u_j): uniform on the simplex (Dirichlet(1))."""
+    logs = {k: -math.log(min(max(u, 1e-12), 1 - 1e-12)) for k, u in draws.items()}
+    total = sum(logs.values())
+    return {k: v / total for k, v in logs.items()}
+
+
+def param_space(space: TuneSpace) -> dict[str, Any]:
+    """Ray Tune domains of the dimensions that vary."""
+    from ray import tune
+
+    names = space.task_names()
+    dims: dict[str, Any] = {}
+    labels = [grouping_label(p) for p in space.partitions()]
+    if len(labels) > 1:
+        dims["grouping"] = tune.choice(labels)
+    if len(space.space.strategy) > 1:
+        dims["strategy"] = tune.choice(list(space.space.strategy))
+    if space.space.loss_weights and "fixed" in space.space.strategy and len(names) > 1:
+        dims.update({f"w_{name}": tune.uniform(0.0, 1.0) for name in names})
+    if space.space.lr:
+        lr = space.space.lr
+        dims["lr"] = (tune.loguniform if lr.log else tune.uniform)(lr.low, lr.high)
+    dims.update({key: tune.choice(values) for key, values in space.space.choices.items() if len(values) > 1})
+    return dims
+
+
+def trial_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | None = None) -> TrainConfig:
+    """The TrainConfig of one sampled point: groups, loss strategy and simplex weights, lr, choices."""
+    base = space.base_config()
+    names = [t.name for t in base.tasks]
+    by_label = {grouping_label(p): p for p in space.partitions()}
+    label = point.get("grouping", next(iter(by_label)))
+    strategy = point.get("strategy", space.space.strategy[0])
+    draws = {n: point[f"w_{n}"] for n in names if f"w_{n}" in point}
+    weights = simplex(draws) if strategy == "fixed" and len(draws) == len(names) else None
+    groups = by_label[label]
+    update: dict[str, Any] = {
+        "model": {"groups": groups if len(groups) > 1 else None},
+        "loss": {"strategy": strategy, "weights": weights},
+        "run_name": run_name,
+    }
+    if "lr" in point:
+        update["optim"] = {"lr": float(point["lr"])}
+    for key, values in space.space.choices.items():
+        update = deep_merge(update, _nested(key, point.get(key, values[0])))
+    return _apply(base, update, f"trial point {dict(point)}")
+
+
+def reference_config(space: TuneSpace, task: str, run_name: str | None = None) -> TrainConfig:
+    """The single-task run of ``task`` with the base settings and budget: its MAE is the task's reference."""
+    base = space.base_config()
+    spec = next(t for t in base.tasks if t.name == task)
+    update = {"tasks": [spec.model_dump(mode="json")], "model": {"groups": None},
+              "loss": {"strategy": "fixed", "weights": None}, "run_name": run_name}
+    return _apply(base, update, f"reference run of {task}")
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    """``("model.n_conv", 3)`` -> ``{"model": {"n_conv": 3}}``."""
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _apply(base: TrainConfig, update: Mapping[str, Any], what: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(deep_merge(base.model_dump(mode="json"), dict(update)))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{what} gives an invalid training config: {problems}") from None
+
+
+def task_errors(metrics: Mapping[str, float], tasks: Sequence[TaskSpec], prefix: str = "val/") -> dict[str, float]:
+    """Each task's error on a split: MAE for regression, 1 - ROC-AUC for binary tasks (NaN when absent)."""
+    errors = {}
+    for task in tasks:
+        if task.kind == "binary":
+            errors[task.name] = 1.0 - float(metrics.get(f"{prefix}{task.name}/auc", math.nan))
+        else:
+            errors[task.name] = float(metrics.get(f"{prefix}{task.name}/mae", math.nan))
+    return errors
+
+
+def relative_errors(errors: Mapping[str, float], references: Mapping[str, float]) -> dict[str, float]:
+    """Each task's error divided by its single-task reference error (< 1: better than alone)."""
+    missing = sorted(set(errors) - set(references))
+    if missing:
+        raise ConfigError(f"no single-task reference error for task(s) {', '.join(missing)}")
+    return {task: error / references[task] for task, error in errors.items()}
+
+
+def objective(errors: Mapping[str, float], references: Mapping[str, float]) -> float:
+    """Mean over tasks of error / reference error: unit-free, comparable across groupings; NaN if any is."""
+    ratios = list(relative_errors(errors, references).values())
+    return float(sum(ratios) / len(ratios)) if ratios else math.nan

@@ -1,0 +1,238 @@
+"""A real two-node Ray cluster on this machine: `mtc featurize` / `mtc screen` on it, a Ray job, the shared-path check.
+
+The head and the worker node are `ray start` processes (each in its own session, with its own ports and temp dir,
+so the test run's own Ray is untouched). The worker node runs in a private mount namespace where one folder is
+covered by an empty tmpfs: a path that the driver and the head see and the worker node does not, as on two hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, write_jsonl
+from tests.data.corpus import BAD_JSONL_REASONS, MAX_ATOMS, bad_jsonl_rows
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+LABELS = ["formation_energy_per_atom", "band_gap"]
+START_TIMEOUT_S = 90
+
+
+def _free_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _node_ports() -> list[str]:
+    listen, grpc, metrics, runtime_env = _free_ports(4)
+    return [f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a `ray start --block` and every process of its session (started with start_new_session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(15)
+    for pid in _session_pids(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+    return pids
+
+
+class TwoNodes:
+    """Head + one worker node, 1 CPU each; ``private`` is invisible to the worker node."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.private = root / "private"
+        self.private.mkdir()
+        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_ADDRESS": self.address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # a job's `python` is the nodes' environment
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.procs: list[subprocess.Popen] = []
+        self.worker_isolated = False
+
+    def start(self) -> None:
+        common = [str(BIN / "ray"), "start", "--num-cpus=1", f"--object-store-memory={300 * 1024**2}", "--block"]
+        head = [*common, "--head", f"--port={self.gcs_port}", f"--temp-dir={self.root / 'ray'}",
+                f"--ray-client-server-port={self.client_port}", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *_node_ports()]
+        self._spawn(head, "head")
+        self._wait_nodes(1)
+        worker = [*common, f"--address={self.address}", *_node_ports()]
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            script = f'mount -t tmpfs tmpfs "{self.private}" && exec "$@"'
+            worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *worker]
+            self.worker_isolated = True
+        self._spawn(worker, "worker")
+        self._wait_nodes(2)
+
+    def _spawn(self, cmd: list[str], name: str) -> None:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (lives as long as the node)
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def _wait_nodes(self, n: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    pytest.fail(f"a Ray node exited ({proc.returncode}); logs in {self.root}")
+            status = subprocess.run([str(BIN / "ray"), "status", f"--address={self.address}"], env=self.env,
+                                    capture_output=True, text=True)
+            active = status.stdout.split("Active:")[-1].split("Pending:")[0]
+            if status.returncode == 0 and active.count("node_") >= n:
+                return
+            time.sleep(1)
+        pytest.fail(f"{n} Ray node(s) did not come up in {START_TIMEOUT_S} s; logs in {self.root}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+
+    def mtc(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "mtc"), *args, "--address", self.address], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="mtc2n-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    nodes = TwoNodes(root)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def structures(tmp_path_factory, demo_records) -> Path:
+    """600 real crystals plus one row per kind of bad input."""
+    good = demo_records[:600]
+    return write_jsonl(tmp_path_factory.mktemp("mn-src") / "mixed.jsonl", good + bad_jsonl_rows(good))
+
+
+def _featurize_args(src: Path, out: Path) -> list[str]:
+    return ["featurize", str(src), "--out", str(out), "--max-atoms", str(MAX_ATOMS), "--max-reject-rate", "0.5",
+            *(a for label in LABELS for a in ("--label", label))]
+
+
+def _ids(path: Path) -> list[str]:
+    return sorted(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+
+
+def test_featurize_on_two_nodes_matches_one_node(cluster, structures, ray_session, tmp_path):
+    from mtc.config import FeaturizeConfig
+    from mtc.data.featurize import featurize
+
+    single = featurize(structures, tmp_path / "one", FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.5),
+                       labels=LABELS)
+    out = cluster.root / "shared" / "shards"
+    result = cluster.mtc(*_featurize_args(structures, out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ray: 2 node(s), 2 CPUs" in result.stdout
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["n_read"], manifest["n_written"]) == (single.n_read, single.n_written)
+    assert manifest["rejected_by_reason"] == single.rejected_by_reason
+    assert single.n_read == 609 and set(single.rejected_by_reason) == set(BAD_JSONL_REASONS.values())
+    parts = [p for p in out.glob("*.parquet") if p.name != "rejected.parquet"]
+    ours = pa.concat_tables(pq.read_table(p) for p in parts).sort_by("id")
+    theirs = pa.concat_tables(pq.read_table(p) for p in (tmp_path / "one").glob("*.parquet")
+                              if p.name != "rejected.parquet").sort_by("id")
+    assert ours.column("id").to_pylist() == theirs.column("id").to_pylist()
+    assert ours.column("edge_dst").equals(theirs.column("edge_dst"))
+    assert _ids(out / "rejected.parquet") == _ids(tmp_path / "one" / "rejected.parquet")
+    assert not list(out.glob(".mtc-preflight-*")), "the pre-flight markers are cleaned up"
+
+
+def test_a_path_one_node_cannot_see_is_refused(cluster, structures):
+    if not cluster.worker_isolated:
+        pytest.skip("needs root and unshare to hide a folder from the worker node")
+    result = cluster.mtc(*_featurize_args(structures, cluster.private / "shards"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert re.search(rf"node \S+ \([0-9a-f]{{8}}\) cannot see --out {cluster.private}/shards", message), message
+    assert "s3://" in message and message.count("cannot see") == 1  # the head node sees it
+    assert not (cluster.private / "shards").exists() and not list(cluster.private.iterdir())
+
+
+def test_screen_on_two_nodes_matches_one_node(cluster, trained, demo_records, ray_session, tmp_path):
+    from mtc.screen.score import screen
+
+    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords")} for r in demo_records[2000:2400]]
+    rows.append({"id": "bad-element", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["Xx"],
+                 "frac_coords": [[0, 0, 0]]})
+    db = cluster.root / "shared" / "db"
+    db.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table.slice(0, 200), db / "a.parquet")
+    pq.write_table(table.slice(200), db / "b.parquet")
+    model = f"models:/mtc-test/{trained.registered['version']}"
+
+    single = screen(db, model, tmp_path / "one", unit_rows=1024)
+    out = cluster.root / "shared" / "screened"
+    result = cluster.mtc("screen", str(db), "--out", str(out), "--model", model, "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (single.n_input, single.n_scored, single.n_rejected) == (401, 400, 1)
+    assert f"{single.n_input:,} structures, {single.n_scored:,} scored, {single.n_rejected:,} rejected" in " ".join(
+        result.stdout.split())
+    ours = pq.read_table(out / "predictions").sort_by("id")
+    theirs = pq.read_table(tmp_path / "one" / "predictions").sort_by("id")
+    assert ours.column("id").equals(theirs.column("id"))
+    for name in LABELS:
+        assert ours.column(name).to_pylist() == pytest.approx(theirs.column(name).to_pylist(), rel=1e-5, abs=1e-5)
+
+
+def test_ray_job_submit_runs_a_job_entrypoint(cluster, structures):
+    out = cluster.root / "shared" / "job-shards"
+    submit = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+              "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "jobs/featurize.py",
+              *_featurize_args(structures, out)[1:]]
+    for _ in range(3):  # the job agent of a fresh head may not be ready yet
+        result = subprocess.run(submit, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in result.stderr:
+            break
+        time.sleep(5)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    written = json.loads((out / "manifest.json").read_text())["n_written"]
+    assert written > 590 and f"written {written}" in " ".join(result.stdout.split())
