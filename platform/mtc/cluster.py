@@ -28,8 +28,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    for name in ("ray.data._internal.execution.streaming_executor", "ray.data._internal.util"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:

@@ -59,14 +59,13 @@ def build_graph(
         lattice=np.ascontiguousarray(lattice, dtype=float),
         tol=1e-8,
     )
-    itself = (centre == neighbour) & ~images.any(axis=1)
-    keep = ~itself
-    centre, neighbour, images, dist = centre[keep], neighbour[keep], images[keep], dist[keep]
+    dist_key = np.rint(dist / DISTANCE_RESOLUTION).astype(np.int64)
+    keep = ~((centre == neighbour) & ~images.any(axis=1))  # the atom itself
+    keep[keep] = _up_to_kth_distance(centre[keep], dist_key[keep], len(coords), max_neighbors)
+    centre, neighbour, images, dist, dist_key = centre[keep], neighbour[keep], images[keep], dist[keep], dist_key[keep]
 
-    dist_key = np.rint(dist / DISTANCE_RESOLUTION)
     order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], neighbour, dist_key, centre))
     centre, neighbour, dist = centre[order], neighbour[order], dist[order]
-
     rank = np.arange(len(centre)) - np.searchsorted(centre, centre, side="left")
     nearest = rank < max_neighbors
     return CrystalGraph(
@@ -74,6 +73,20 @@ def build_graph(
         edge_dst=centre[nearest].astype(np.int32),
         edge_dist=dist[nearest].astype(np.float32),
     )
+
+
+def _up_to_kth_distance(centre: np.ndarray, dist_key: np.ndarray, n_atoms: int, k: int) -> np.ndarray:
+    """Candidates no farther than their centre's k-th nearest (ties at the k-th kept): a cheap pre-filter.
+
+    One single-key sort replaces a full multi-key sort of every candidate pair (~150 per atom at 8 Å).
+    """
+    order = np.argsort(centre.astype(np.int64) * (int(dist_key.max(initial=0)) + 1) + dist_key)
+    sorted_centre = centre[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_centre, sorted_centre, side="left")
+    kth = np.full(n_atoms, np.iinfo(np.int64).max)
+    at_k = rank == k - 1
+    kth[sorted_centre[at_k]] = dist_key[order][at_k]
+    return dist_key <= kth[centre]
 
 
 def min_interatomic_distance(graph: CrystalGraph) -> float:
