@@ -71,8 +71,12 @@ def demo_shards(tmp_path_factory, demo_records, ray_session) -> Path:
 
     folder = tmp_path_factory.mktemp("shards")
     src = write_jsonl(folder / "mp2000.jsonl.gz", demo_records[:2000])
-    featurize(src, folder / "shards", FeaturizeConfig(rows_per_shard=500),
-              labels=["formation_energy_per_atom", "band_gap", "efermi"])
+    featurize(
+        src,
+        folder / "shards",
+        FeaturizeConfig(rows_per_shard=500),
+        labels=["formation_energy_per_atom", "band_gap", "efermi"],
+    )
     return folder / "shards"
 
 

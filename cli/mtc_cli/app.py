@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from mtc_cli import models
 from mtc_cli.demo import demo
 from mtc_cli.featurize import featurize
-from mtc_cli import models
 from mtc_cli.screen import predict, screen
 from mtc_cli.train import train
 from mtc_cli.tune import tune

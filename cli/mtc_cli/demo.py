@@ -39,14 +39,21 @@ def demo(
         with progress_bar() as progress:
             task = progress.add_task("featurizing", total=None)
             summary = featurize(
-                DEMO / "mp_demo.jsonl.gz", out / "shards", FeaturizeConfig(), labels=DEMO_LABELS,
+                DEMO / "mp_demo.jsonl.gz",
+                out / "shards",
+                FeaturizeConfig(),
+                labels=DEMO_LABELS,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         print_summary(summary)
 
         console.print(f"\n[bold]2. train[/] configs/mt3.yaml for {epochs} epochs (Ray Train, {workers} worker(s))")
-        result = run_training(out / "shards", Path("configs/mt3.yaml"),
-                              [f"epochs={epochs}", "patience=0", "experiment=mtc-demo"], workers=workers)
+        result = run_training(
+            out / "shards",
+            Path("configs/mt3.yaml"),
+            [f"epochs={epochs}", "patience=0", "experiment=mtc-demo"],
+            workers=workers,
+        )
 
         name, version = result.registered["name"], result.registered["version"]
         promote(name, version, "champion")
@@ -55,10 +62,18 @@ def demo(
         target = out / "screen"
         shutil.rmtree(target, ignore_errors=True)
         console.print(f"\n[bold]4. screen[/] {DEMO / 'candidates.parquet'} with models:/{name}@champion -> {target}")
-        screened = screen(DEMO / "candidates.parquet", f"models:/{name}@champion", target,
-                          where="band_gap > 1.0", sort="formation_energy_per_atom", top=10)
-        console.print(f"{screened.n_scored:,} candidates scored, {screened.n_rejected} rejected "
-                      f"({screened.throughput:,.0f} structures/s)")
+        screened = screen(
+            DEMO / "candidates.parquet",
+            f"models:/{name}@champion",
+            target,
+            where="band_gap > 1.0",
+            sort="formation_energy_per_atom",
+            top=10,
+        )
+        console.print(
+            f"{screened.n_scored:,} candidates scored, {screened.n_rejected} rejected "
+            f"({screened.throughput:,.0f} structures/s)"
+        )
         print_table(screened.selected, "most stable predicted insulators (band gap > 1 eV)")
         console.rule()
         console.print(f"predictions: {target}/predictions   runs and models: [bold]mtc ui[/]")

@@ -59,7 +59,11 @@ def featurize(
             task = progress.add_task("featurizing", total=None)
             try:
                 summary = run_featurize(
-                    src, out, config, labels=label, workers=workers,
+                    src,
+                    out,
+                    config,
+                    labels=label,
+                    workers=workers,
                     on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
             except RejectionLimitError:

@@ -14,17 +14,27 @@ MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_I
 
 
 def screen(
-    db: Annotated[Path, typer.Argument(help="Parquet file or folder of structures: 'id' + cif | structure | "
-                                            "lattice/species/frac_coords.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (predictions/, rejected/, selected.parquet).")],
+    db: Annotated[
+        Path,
+        typer.Argument(
+            help="Parquet file or folder of structures: 'id' + cif | structure | lattice/species/frac_coords."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (predictions/, rejected/, selected.parquet).")
+    ],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
-    where: Annotated[str | None, typer.Option(help="Filter on predictions, e.g. \"band_gap > 1.0 and "
-                                                   "formation_energy_per_atom < -0.5\".")] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(help='Filter on predictions, e.g. "band_gap > 1.0 and formation_energy_per_atom < -0.5".'),
+    ] = None,
     sort: Annotated[str | None, typer.Option(help="Rank the selection by this column.")] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     top: Annotated[int | None, typer.Option(min=1, help="Keep the first K rows of the selection.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Structures per forward pass.")] = 256,
-    workers: Annotated[int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")
+    ] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
 ) -> None:
     """Score a structure database with a registered model through Ray Data.
@@ -32,7 +42,7 @@ def screen(
     Every input id ends up exactly once: in OUT/predictions (one column per task) or in OUT/rejected
     (with the reason). A screen that was interrupted continues where it stopped when run again.
 
-    Example: mtc screen candidates.parquet --out screened --where "band_gap > 1" --sort formation_energy_per_atom --top 20
+    Example: mtc screen db.parquet -o screened --where "band_gap > 1" --sort formation_energy_per_atom --top 20
     """
     from mtc import tracking
     from mtc.cluster import connect
@@ -46,20 +56,35 @@ def screen(
         with progress_bar() as progress:
             task = progress.add_task("screening", total=None)
             summary = run_screen(
-                db, model, out, batch_size=batch_size, workers=workers, where=where, sort=sort, desc=desc, top=top,
+                db,
+                model,
+                out,
+                batch_size=batch_size,
+                workers=workers,
+                where=where,
+                sort=sort,
+                desc=desc,
+                top=top,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
-        console.print(f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
-                      f"{summary.n_rejected:,} rejected "
-                      + (f"({', '.join(f'{k} {v}' for k, v in summary.rejected_by_reason.items())})"
-                         if summary.n_rejected else "")
-                      + f"; {summary.throughput:,.0f} structures/s")
+        console.print(
+            f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
+            f"{summary.n_rejected:,} rejected "
+            + (
+                f"({', '.join(f'{k} {v}' for k, v in summary.rejected_by_reason.items())})"
+                if summary.n_rejected
+                else ""
+            )
+            + f"; {summary.throughput:,.0f} structures/s"
+        )
         if summary.n_resumed_units:
             console.print(f"resumed: {summary.n_resumed_units} finished part(s) of an earlier run were kept")
         if summary.selected is not None:
             print_table(summary.selected.slice(0, 25), f"selected: {summary.selected.num_rows:,} rows")
-        console.print(f"output: {summary.out}/predictions (Parquet dataset), rejected/, "
-                      + ("selected.parquet" if summary.selected is not None else ""))
+        console.print(
+            f"output: {summary.out}/predictions (Parquet dataset), rejected/, "
+            + ("selected.parquet" if summary.selected is not None else "")
+        )
 
 
 def predict(

@@ -50,8 +50,17 @@ def train(
         run_training(data, config, set_ or [], gpus, workers, train_fraction, resume, register or None, address)
 
 
-def run_training(data, config_path, overrides, gpus=None, workers=None, train_fraction=None, resume=None,
-                 register="mtc", address=None):
+def run_training(
+    data,
+    config_path,
+    overrides,
+    gpus=None,
+    workers=None,
+    train_fraction=None,
+    resume=None,
+    register="mtc",
+    address=None,
+):
     """Resolve the config, train, print the test table; returns the TrainResult."""
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config

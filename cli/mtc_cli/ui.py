@@ -23,7 +23,20 @@ def ui(
         console.print(f"runs are on the MLflow server {uri}: open it in a browser")
         raise typer.Exit(0)
     console.print(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--default-artifact-root", tracking.artifact_root().as_uri(), "--host", host, "--port", str(port),
-               "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        tracking.artifact_root().as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     os.execvp(command[0], command)

@@ -35,9 +35,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(
-                num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-            )
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     gpus = int(resources.get("GPU", 0))

@@ -94,9 +94,7 @@ def load_config(model: type[BaseModel], path: Path | None = None, overrides: Seq
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}: {problems}") from None
 

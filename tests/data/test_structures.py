@@ -110,9 +110,7 @@ def test_pymatgen_dict_and_cif_text_columns(tmp_path, demo_records):
 
 
 def test_parquet_input(tmp_path, demo_records):
-    rows = [
-        {k: r[k] for k in ("id", "lattice", "species", "frac_coords", "band_gap")} for r in demo_records[:8]
-    ]
+    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords", "band_gap")} for r in demo_records[:8]]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "db.parquet")
     scanned = scan_source(tmp_path / "db.parquet")
     assert scanned.kind == "parquet" and scanned.n_rows == 8 and scanned.label_columns == ["band_gap"]

@@ -30,8 +30,17 @@ def test_bad_rows_counted_by_reason(tmp_path, demo_records, ray_session):
     good = [r for r in demo_records[:40] if r["nsites"] < MAX_ATOMS]
     src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
     result = runner.invoke(
-        app, ["featurize", str(src), "--out", str(tmp_path / "s"), "--max-atoms", str(MAX_ATOMS),
-              "--max-reject-rate", "0.5"]
+        app,
+        [
+            "featurize",
+            str(src),
+            "--out",
+            str(tmp_path / "s"),
+            "--max-atoms",
+            str(MAX_ATOMS),
+            "--max-reject-rate",
+            "0.5",
+        ],
     )
     assert result.exit_code == 0, result.output
     for reason in ("overlapping_atoms", "singular_lattice", "bad_label", "unparseable_json"):

@@ -30,12 +30,26 @@ N_GOOD = 2000
 @pytest.fixture(scope="module")
 def database(tmp_path_factory, demo_records) -> Path:
     """2,000 real crystals (other than the training ones) plus 3 bad rows, in two Parquet files."""
-    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords")} for r in demo_records[2000:2000 + N_GOOD]]
+    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords")} for r in demo_records[2000 : 2000 + N_GOOD]]
     rows += [
-        {"id": "bad-overlap", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["Na", "Cl"],
-         "frac_coords": [[0, 0, 0], [0, 0, 0]]},
-        {"id": "bad-element", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["Xx"], "frac_coords": [[0, 0, 0]]},
-        {"id": "bad-lattice", "lattice": [[1, 0, 0], [2, 0, 0], [0, 0, 1]], "species": ["Na"], "frac_coords": [[0, 0, 0]]},
+        {
+            "id": "bad-overlap",
+            "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]],
+            "species": ["Na", "Cl"],
+            "frac_coords": [[0, 0, 0], [0, 0, 0]],
+        },
+        {
+            "id": "bad-element",
+            "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]],
+            "species": ["Xx"],
+            "frac_coords": [[0, 0, 0]],
+        },
+        {
+            "id": "bad-lattice",
+            "lattice": [[1, 0, 0], [2, 0, 0], [0, 0, 1]],
+            "species": ["Na"],
+            "frac_coords": [[0, 0, 0]],
+        },
     ]
     folder = tmp_path_factory.mktemp("db")
     table = pa.Table.from_pylist(rows)
@@ -56,17 +70,39 @@ def read_predictions(out: Path) -> pa.Table:
 
 def test_screen_accounts_for_every_row(database, champion, tmp_path, ray_session):
     out = tmp_path / "screen"
-    result = runner.invoke(app, ["screen", str(database), "--model", champion, "--out", str(out),
-                                 "--where", "band_gap > 0.5 and formation_energy_per_atom < 0", "--sort",
-                                 "formation_energy_per_atom", "--top", "5"])
+    result = runner.invoke(
+        app,
+        [
+            "screen",
+            str(database),
+            "--model",
+            champion,
+            "--out",
+            str(out),
+            "--where",
+            "band_gap > 0.5 and formation_energy_per_atom < 0",
+            "--sort",
+            "formation_energy_per_atom",
+            "--top",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     predictions = read_predictions(out)
     rejected = pq.read_table(out / "rejected")
     assert predictions.num_rows == N_GOOD and len(set(predictions.column("id").to_pylist())) == N_GOOD
     assert dict(zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist(), strict=True)) == {
-        "bad-overlap": "overlapping_atoms", "bad-element": "unknown_element", "bad-lattice": "singular_lattice"}
-    assert predictions.column_names == ["id", "formation_energy_per_atom", "band_gap", "is_metal",
-                                        "is_metal_probability"]
+        "bad-overlap": "overlapping_atoms",
+        "bad-element": "unknown_element",
+        "bad-lattice": "singular_lattice",
+    }
+    assert predictions.column_names == [
+        "id",
+        "formation_energy_per_atom",
+        "band_gap",
+        "is_metal",
+        "is_metal_probability",
+    ]
     selected = pq.read_table(out / "selected.parquet").to_pylist()
     assert len(selected) == 5 and all(r["band_gap"] > 0.5 and r["formation_energy_per_atom"] < 0 for r in selected)
     energies = [r["formation_energy_per_atom"] for r in selected]
@@ -80,9 +116,25 @@ def test_killed_screen_resumes_to_the_same_output(database, champion, tmp_path, 
 
     out = tmp_path / "interrupted"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mtc_cli", "screen", str(database), "--model", champion,
-                             "--out", str(out), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mtc_cli",
+            "screen",
+            str(database),
+            "--model",
+            champion,
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(list((out / "predictions").glob("part-*.parquet"))) < 1:
         time.sleep(0.2)
@@ -112,8 +164,9 @@ def test_predict_files(champion, demo_records, tmp_path):
         Structure(r["lattice"], r["species"], r["frac_coords"]).to(filename=str(path))
         paths.append(str(path))
     (tmp_path / "junk.cif").write_text("nothing here")
-    result = runner.invoke(app, ["predict", *paths, str(tmp_path / "junk.cif"), "--model", champion,
-                                 "--out", str(tmp_path / "p.csv")])
+    result = runner.invoke(
+        app, ["predict", *paths, str(tmp_path / "junk.cif"), "--model", champion, "--out", str(tmp_path / "p.csv")]
+    )
     assert result.exit_code == 0, result.output
     assert demo_records[0]["id"] in result.output and "junk.cif" in result.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 3
@@ -138,18 +191,41 @@ def wait_for(url: str, seconds: float) -> None:
 
 def test_mlflow_models_serve_answers_a_posted_cif(champion, demo_records):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", champion, "--env-manager",
-                             "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            champion,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", 120)
         r = demo_records[5]
         cif = Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif")
         body = json.dumps({"dataframe_records": [{"id": r["id"], "cif": cif}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
         row = answer["predictions"][0]
         assert row["id"] == r["id"] and isinstance(row["band_gap"], float) and row["error"] is None
@@ -160,15 +236,21 @@ def test_mlflow_models_serve_answers_a_posted_cif(champion, demo_records):
 
 def test_mtc_ui_serves_the_runs(trained):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mtc_cli", "ui", "--port", str(port)], env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtc_cli", "ui", "--port", str(port)],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", 90)
         html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
         assert b"<html" in html.lower()
         body = json.dumps({"experiment_ids": [trained.experiment_id], "max_results": 50}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", body,
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", body, {"Content-Type": "application/json"}
+        )
         runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert trained.run_id in {r["info"]["run_id"] for r in runs}
     finally:

@@ -40,8 +40,20 @@ def artifacts(run_id: str, path: str = "") -> set[str]:
 
 def test_two_workers_learn_and_log_everything(demo_shards, ray_session):
     result = runner.invoke(
-        app, ["train", "--data", str(demo_shards), "-c", TINY, "--workers", "2", "--set", "epochs=4",
-              "--set", "optim.lr=0.005"]
+        app,
+        [
+            "train",
+            "--data",
+            str(demo_shards),
+            "-c",
+            TINY,
+            "--workers",
+            "2",
+            "--set",
+            "epochs=4",
+            "--set",
+            "optim.lr=0.005",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "test metrics" in result.output and "mtc ui" in result.output
@@ -61,8 +73,14 @@ def test_two_workers_learn_and_log_everything(demo_shards, ray_session):
     losses = [m.value for m in client().get_metric_history(run.info.run_id, "train_loss")]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert artifacts(run.info.run_id) >= {
-        "config.yaml", "dataset/manifest.json", "dataset/normalizer.json", "model/model.pt", "model/model.json",
-        "plots/learning_curves.png", "plots/parity_formation_energy_per_atom.png", "plots/parity_band_gap.png",
+        "config.yaml",
+        "dataset/manifest.json",
+        "dataset/normalizer.json",
+        "model/model.pt",
+        "model/model.json",
+        "plots/learning_curves.png",
+        "plots/parity_formation_energy_per_atom.png",
+        "plots/parity_band_gap.png",
         "predictions/test_predictions.parquet",
     }
     assert run.data.params["scaling.workers"] == "2" and run.data.params["optim.lr"] == "0.005"
@@ -87,8 +105,9 @@ def test_killed_worker_is_replaced_and_training_resumes(demo_shards, ray_session
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(stop, killed), daemon=True)
     killer.start()
     try:
-        result = runner.invoke(app, ["train", "--data", str(demo_shards), "-c", TINY, "--workers", "2",
-                                     "--set", "epochs=3"])
+        result = runner.invoke(
+            app, ["train", "--data", str(demo_shards), "-c", TINY, "--workers", "2", "--set", "epochs=3"]
+        )
     finally:
         stop.set()
     assert killed, "no training worker was found to kill"

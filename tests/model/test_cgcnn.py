@@ -82,9 +82,7 @@ def test_shapes(demo_table: pa.Table) -> None:
     model = MultiTaskCGCNN(TASKS, atom_fea_len=16, h_fea_len=8, n_conv=2, n_h=3)
     assert model(batch).shape == (24, 3)
     assert model.crystal_features(batch).shape == (24, 16)
-    grouped = MultiTaskCGCNN(
-        TASKS, atom_fea_len=16, groups=[["band_gap", "is_metal"], ["formation_energy_per_atom"]]
-    )
+    grouped = MultiTaskCGCNN(TASKS, atom_fea_len=16, groups=[["band_gap", "is_metal"], ["formation_energy_per_atom"]])
     assert len(grouped.trunks) == 2 and grouped.trunk_of_task == [1, 0, 0]
     assert grouped(batch).shape == (24, 3) and grouped.crystal_features(batch).shape == (24, 32)
 
@@ -146,9 +144,7 @@ def test_gradients_reach_every_parameter(demo_table: pa.Table) -> None:
 
 
 def test_to_physical_and_config_round_trip(demo_table: pa.Table) -> None:
-    model = trained_stats_model(
-        demo_table, n_h=2, groups=[["band_gap", "is_metal"], ["formation_energy_per_atom"]]
-    )
+    model = trained_stats_model(demo_table, n_h=2, groups=[["band_gap", "is_metal"], ["formation_energy_per_atom"]])
     batch = collate_arrow(demo_table, TASKS)
     mean, std = np.array([-1.0, 1.2, 0.0], np.float32), np.array([0.5, 1.5, 1.0], np.float32)
     with torch.no_grad():

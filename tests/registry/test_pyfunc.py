@@ -13,12 +13,11 @@ import pytest
 import torch
 from pymatgen.core import Structure
 
+from mtc import tracking
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
-from mtc.data.shards import read_shards
 from mtc.model.bundle import ModelBundle
-from mtc.registry.models import ModelNotFound, describe_version, list_versions, load_predictor, log_model, promote
-from mtc import tracking
+from mtc.registry.models import ModelNotFound, describe_version, list_versions, load_predictor, promote
 
 pytestmark = pytest.mark.ray
 
@@ -28,7 +27,8 @@ def test_registered_model_predicts_like_the_in_memory_model(trained, demo_record
     model = trained.bundle.build()
     graphs = featurize_table(
         pa.Table.from_pylist([{"id": r["id"], "source": "", "json": json.dumps(r)} for r in records]),
-        __import__("mtc.config", fromlist=["FeaturizeConfig"]).FeaturizeConfig(**trained.bundle.graph_params), [],
+        __import__("mtc.config", fromlist=["FeaturizeConfig"]).FeaturizeConfig(**trained.bundle.graph_params),
+        [],
     )
     with torch.inference_mode():
         expected = model.to_physical(model(collate_arrow(graphs)), trained.bundle.mean, trained.bundle.std).numpy()
@@ -36,9 +36,12 @@ def test_registered_model_predicts_like_the_in_memory_model(trained, demo_record
     version = trained.registered["version"]
     promote("mtc-test", version, "champion")
     loaded = mlflow.pyfunc.load_model("models:/mtc-test@champion")
-    frame = pd.DataFrame({"id": [r["id"] for r in records],
-                          "cif": [Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif")
-                                  for r in records]})
+    frame = pd.DataFrame(
+        {
+            "id": [r["id"] for r in records],
+            "cif": [Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif") for r in records],
+        }
+    )
     out = loaded.predict(frame)
     assert list(out["id"]) == frame["id"].tolist() and out["error"].isna().all()
     np.testing.assert_allclose(out["formation_energy_per_atom"], expected[:, 0], rtol=1e-4, atol=1e-4)
@@ -56,8 +59,9 @@ def test_bad_rows_get_an_error_not_an_exception(trained):
 
 
 def test_weights_are_a_state_dict_not_a_pickled_module(trained, tmp_path):
-    path = mlflow.artifacts.download_artifacts(f"models:/mtc-test/{trained.registered['version']}",
-                                               dst_path=str(tmp_path))
+    path = mlflow.artifacts.download_artifacts(
+        f"models:/mtc-test/{trained.registered['version']}", dst_path=str(tmp_path)
+    )
     weights = next(__import__("pathlib").Path(path).rglob("model.pt"))
     state = torch.load(weights, weights_only=True)  # would fail on a pickled nn.Module
     assert all(isinstance(v, torch.Tensor) for v in state.values())

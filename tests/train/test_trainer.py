@@ -13,7 +13,7 @@ from mtc.train.trainer import ResourceError, check_resources, prepare_splits
     ("scaling", "cluster", "message"),
     [
         (ScalingConfig(gpus=2), {"CPU": 2.0}, "--gpus 2 asks for 2 GPU workers, but the Ray cluster has no GPU"),
-        (ScalingConfig(gpus=8), {"CPU": 64.0, "GPU": 4.0}, "has 4 GPU(s)"),
+        (ScalingConfig(gpus=8), {"CPU": 64.0, "GPU": 4.0}, "has 4 GPU(s) (64 CPUs); use --gpus 4 or fewer"),
         (ScalingConfig(workers=4, cpus_per_worker=1), {"CPU": 2.0}, "need 5 CPUs; the Ray cluster has 2"),
     ],
 )

@@ -13,11 +13,14 @@ SPLIT_NAMES = {"train": TRAIN, "val": VAL, "test": TEST}
 
 def _uniform(ids: Sequence[str], salt: str) -> np.ndarray:
     """A number in [0, 1) per id, from blake2b(salt:id): (n,) float64."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=8).digest(), "little") for i in ids),
-        dtype=np.float64,
-        count=len(ids),
-    ) / 2.0**64
+    return (
+        np.fromiter(
+            (int.from_bytes(hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=8).digest(), "little") for i in ids),
+            dtype=np.float64,
+            count=len(ids),
+        )
+        / 2.0**64
+    )
 
 
 def split_codes(ids: Sequence[str], val: float, test: float, seed: int, train_fraction: float = 1.0) -> np.ndarray:

@@ -53,7 +53,12 @@ class ModelBundle:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict, folder / WEIGHTS)
-        meta = {"model_config": self.model_config, "mean": self.mean, "std": self.std, "graph_params": self.graph_params}
+        meta = {
+            "model_config": self.model_config,
+            "mean": self.mean,
+            "std": self.std,
+            "graph_params": self.graph_params,
+        }
         (folder / META).write_text(json.dumps(meta, indent=2))
         return folder
 

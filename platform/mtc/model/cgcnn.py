@@ -28,9 +28,7 @@ class GaussianExpansion(nn.Module):
         if step <= 0 or dmax <= dmin:
             raise ValueError(f"need dmin < dmax and step > 0, got {dmin}, {dmax}, {step}")
         n_centres = round((dmax - dmin) / step) + 1
-        self.register_buffer(
-            "centres", dmin + step * torch.arange(n_centres, dtype=torch.float32), persistent=False
-        )
+        self.register_buffer("centres", dmin + step * torch.arange(n_centres, dtype=torch.float32), persistent=False)
         self.step = step
         self.cutoff = cutoff
 

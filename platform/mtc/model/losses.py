@@ -71,9 +71,7 @@ class MultiTaskLoss(nn.Module):
         self.register_buffer("mean", _vector(mean, n_tasks, 0.0, "mean"))
         self.register_buffer("std", _vector(std, n_tasks, 1.0, "std"))
         self.register_buffer("is_binary", torch.tensor([t.kind == "binary" for t in self.tasks]))
-        self.register_buffer(
-            "is_l1", torch.tensor([t.kind == "regression" and t.loss == "l1" for t in self.tasks])
-        )
+        self.register_buffer("is_l1", torch.tensor([t.kind == "regression" and t.loss == "l1" for t in self.tasks]))
         self.log_vars = nn.Parameter(torch.zeros(n_tasks)) if strategy == "uncertainty" else None
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> LossOutput:

@@ -49,9 +49,7 @@ class MultiTaskCGCNN(nn.Module):
         self.groups = (tuple(names),) if groups is None else tuple(tuple(g) for g in groups)
         flat = [name for group in self.groups for name in group]
         if any(not group for group in self.groups) or sorted(flat) != sorted(names):
-            raise ValueError(
-                f"groups {self.groups} must partition the task names {names} into non-empty groups"
-            )
+            raise ValueError(f"groups {self.groups} must partition the task names {names} into non-empty groups")
         group_of = {name: g for g, group in enumerate(self.groups) for name in group}
         self.trunk_of_task = [group_of[name] for name in names]
         self.hparams = {
@@ -65,9 +63,7 @@ class MultiTaskCGCNN(nn.Module):
         }
         self.trunks = nn.ModuleList(CGCNNTrunk(atom_fea_len, n_conv, dmin, dmax, step) for _ in self.groups)
         self.heads = nn.ModuleList(Head(atom_fea_len, h_fea_len, n_h) for _ in self.tasks)
-        self.register_buffer(
-            "is_binary", torch.tensor([t.kind == "binary" for t in self.tasks]), persistent=False
-        )
+        self.register_buffer("is_binary", torch.tensor([t.kind == "binary" for t in self.tasks]), persistent=False)
 
     def crystal_features(self, batch: CrystalBatch) -> torch.Tensor:
         """Pooled features of every trunk, concatenated in group order: (B, n_groups * F)."""
@@ -76,9 +72,7 @@ class MultiTaskCGCNN(nn.Module):
     def forward(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns raw outputs (B, T) in task order: normalised regression values and binary logits."""
         features = [trunk(batch) for trunk in self.trunks]
-        return torch.stack(
-            [head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1
-        )
+        return torch.stack([head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1)
 
     def to_physical(
         self,

@@ -91,10 +91,16 @@ def list_versions(name: str | None = None) -> list[dict]:
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         for v in client.search_model_versions(f"name='{model_name}'"):
-            rows.append({
-                "name": model_name, "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
-                "run_id": v.run_id, "created": v.creation_timestamp, "status": v.status,
-            })
+            rows.append(
+                {
+                    "name": model_name,
+                    "version": str(v.version),
+                    "aliases": sorted(aliases.get(str(v.version), [])),
+                    "run_id": v.run_id,
+                    "created": v.creation_timestamp,
+                    "status": v.status,
+                }
+            )
     return sorted(rows, key=lambda r: (r["name"], -int(r["version"])))
 
 
@@ -104,7 +110,9 @@ def _registered(client, name: str):
     try:
         return client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        raise ModelNotFound(f"no registered model named {name!r}: train one with `mtc train --register {name}`") from None
+        raise ModelNotFound(
+            f"no registered model named {name!r}: train one with `mtc train --register {name}`"
+        ) from None
 
 
 def load_predictor(model_uri: str):
@@ -125,8 +133,11 @@ def describe_version(name: str, version: str) -> dict:
     client = mlflow.MlflowClient()
     model = _registered(client, name)
     try:
-        mv = client.get_model_version(name, version) if version.isdigit() else \
-            client.get_model_version_by_alias(name, version)
+        mv = (
+            client.get_model_version(name, version)
+            if version.isdigit()
+            else client.get_model_version_by_alias(name, version)
+        )
     except mlflow.exceptions.MlflowException:
         raise ModelNotFound(f"registered model {name!r} has no version or alias {version!r}") from None
     run = client.get_run(mv.run_id)

@@ -41,8 +41,9 @@ class MtcPythonModel(mlflow.pyfunc.PythonModel):
 def to_records(frame: pd.DataFrame) -> pa.Table:
     """A pandas input as the records the featurizer reads (ids default to the row number)."""
     if not any(c in frame.columns for c in STRUCTURE_COLUMNS):
-        raise ValueError(f"input needs a 'cif', 'structure' or 'lattice'/'species'/'frac_coords' column; got "
-                         f"{list(frame.columns)}")
+        raise ValueError(
+            f"input needs a 'cif', 'structure' or 'lattice'/'species'/'frac_coords' column; got {list(frame.columns)}"
+        )
     frame = frame.copy()
     ids = frame["id"].astype(str) if "id" in frame.columns else pd.Series(range(len(frame))).astype(str)
     frame["id"] = ids.to_numpy()
@@ -54,8 +55,9 @@ def to_records(frame: pd.DataFrame) -> pa.Table:
         for key in ("lattice", "frac_coords", "species"):
             if key in row and hasattr(row[key], "tolist"):
                 row[key] = [list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for v in row[key]]
-    return pa.Table.from_pylist([{"id": r["id"], "source": f"row {i}", "json": json.dumps(r, default=_plain)}
-                                 for i, r in enumerate(rows)])
+    return pa.Table.from_pylist(
+        [{"id": r["id"], "source": f"row {i}", "json": json.dumps(r, default=_plain)} for i, r in enumerate(rows)]
+    )
 
 
 def _plain(value):

@@ -9,9 +9,10 @@ import pyarrow.compute as pc
 
 from mtc.errors import MtcError
 
-_OPS = {"<=": pc.less_equal, ">=": pc.greater_equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less,
-        ">": pc.greater}
-_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_OPS = {"<=": pc.less_equal, ">=": pc.greater_equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less, ">": pc.greater}
+_TERM = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
 
 
 class FilterError(MtcError):
@@ -26,8 +27,9 @@ def parse_where(expression: str, columns: list[str]):
         for term in re.split(r"\s+and\s+", alternative):
             match = _TERM.match(term)
             if not match:
-                raise FilterError(f"--where: cannot read {term.strip()!r}; write terms like 'band_gap > 1.0' "
-                                  "joined by 'and' / 'or'")
+                raise FilterError(
+                    f"--where: cannot read {term.strip()!r}; write terms like 'band_gap > 1.0' joined by 'and' / 'or'"
+                )
             column, op, number = match.groups()
             if column not in columns:
                 raise FilterError(f"--where: no column {column!r}; predictions have {', '.join(columns)}")
@@ -51,8 +53,9 @@ def _reduce(op, masks):
     return result
 
 
-def select(table: pa.Table, where: str | None = None, sort: str | None = None, desc: bool = False,
-           top: int | None = None) -> pa.Table:
+def select(
+    table: pa.Table, where: str | None = None, sort: str | None = None, desc: bool = False, top: int | None = None
+) -> pa.Table:
     """Rows passing ``where``, ordered by ``sort`` (nulls last), the first ``top`` of them."""
     if where:
         table = table.filter(parse_where(where, table.column_names)(table))
@@ -61,4 +64,3 @@ def select(table: pa.Table, where: str | None = None, sort: str | None = None, d
             raise FilterError(f"--sort: no column {sort!r}; predictions have {', '.join(table.column_names)}")
         table = table.sort_by([(sort, "descending" if desc else "ascending")])
     return table.slice(0, top) if top is not None else table
-

@@ -64,14 +64,22 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
         meta = pq.ParquetFile(path)
         names = meta.schema_arrow.names
         if "id" not in names or not any(c in names for c in STRUCTURE_COLUMNS):
-            raise ScreenError(f"{path}: needs an 'id' column and one of {', '.join(STRUCTURE_COLUMNS)}; "
-                              f"it has {', '.join(names)}")
+            raise ScreenError(
+                f"{path}: needs an 'id' column and one of {', '.join(STRUCTURE_COLUMNS)}; it has {', '.join(names)}"
+            )
         ids += pq.read_table(path, columns=["id"]).column("id").cast(pa.string()).to_pylist()
         for group in range(meta.num_row_groups):
             rows = meta.metadata.row_group(group).num_rows
             for start in range(0, rows, unit_rows):
-                units.append({"unit": f"{f_index:04d}-{group:05d}-{start:010d}", "path": str(path), "group": group,
-                              "start": start, "rows": min(unit_rows, rows - start)})
+                units.append(
+                    {
+                        "unit": f"{f_index:04d}-{group:05d}-{start:010d}",
+                        "path": str(path),
+                        "group": group,
+                        "start": start,
+                        "rows": min(unit_rows, rows - start),
+                    }
+                )
     seen, duplicates = set(), set()
     for i in ids:
         (duplicates if i in seen else seen).add(i)
@@ -142,13 +150,15 @@ def resolve_model(model_uri: str) -> str:
 
     if not model_uri.startswith("models:/"):
         return model_uri
-    name, _, ref = model_uri[len("models:/"):].partition("@")
+    name, _, ref = model_uri[len("models:/") :].partition("@")
     if not ref:
         return model_uri
     try:
         version = mlflow.MlflowClient().get_model_version_by_alias(name, ref).version
     except mlflow.exceptions.MlflowException:
-        raise ScreenError(f"{model_uri}: registered model {name!r} has no alias {ref!r}; see `mtc models list`") from None
+        raise ScreenError(
+            f"{model_uri}: registered model {name!r} has no alias {ref!r}; see `mtc models list`"
+        ) from None
     return f"models:/{name}/{version}"
 
 
@@ -180,8 +190,10 @@ def screen(
     if (out / STATE).exists():
         previous = json.loads((out / STATE).read_text())
         if previous != state:
-            raise ScreenError(f"{out} holds a screen of other inputs or another model ({previous['model']}); "
-                              "choose a new --out or delete it")
+            raise ScreenError(
+                f"{out} holds a screen of other inputs or another model ({previous['model']}); "
+                "choose a new --out or delete it"
+            )
     else:
         if any((out / PREDICTIONS).iterdir()):
             raise ScreenError(f"{out / PREDICTIONS} is not empty and holds no {STATE}; choose a new --out")
@@ -195,8 +207,11 @@ def screen(
         n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
         ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
             ScreenActor,
-            fn_constructor_kwargs={"model_dir": str((out / MODEL_DIR).resolve()), "out": str(out.resolve()),
-                                   "batch_size": batch_size},
+            fn_constructor_kwargs={
+                "model_dir": str((out / MODEL_DIR).resolve()),
+                "out": str(out.resolve()),
+                "batch_size": batch_size,
+            },
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_workers),
@@ -212,8 +227,10 @@ def screen(
     predictions = _read_parts(out / PREDICTIONS, None)
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
     if predictions.num_rows + rejected.num_rows != n_input:
-        raise ScreenError(f"row accounting failed: {n_input} inputs, {predictions.num_rows} scored, "
-                          f"{rejected.num_rows} rejected; rerun the screen to finish the missing parts")
+        raise ScreenError(
+            f"row accounting failed: {n_input} inputs, {predictions.num_rows} scored, "
+            f"{rejected.num_rows} rejected; rerun the screen to finish the missing parts"
+        )
     selected = None
     if where or sort or top:
         selected = select(predictions, where, sort, desc, top)
@@ -221,5 +238,14 @@ def screen(
     reasons: dict[str, int] = {}
     for reason in rejected.column("reason").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
-    return ScreenSummary(out, resolved, n_input, predictions.num_rows, rejected.num_rows, n_resumed,
-                         time.perf_counter() - started, reasons, selected)
+    return ScreenSummary(
+        out,
+        resolved,
+        n_input,
+        predictions.num_rows,
+        rejected.num_rows,
+        n_resumed,
+        time.perf_counter() - started,
+        reasons,
+        selected,
+    )

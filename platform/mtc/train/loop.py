@@ -106,8 +106,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         stop = torch.zeros(1)
         if rank == 0:
-            val = evaluate(model, ray.train.get_dataset_shard("val"), tasks, loop_config["mean"],
-                           loop_config["std"], config.batch_size, device).metrics
+            val = evaluate(
+                model,
+                ray.train.get_dataset_shard("val"),
+                tasks,
+                loop_config["mean"],
+                loop_config["std"],
+                config.batch_size,
+                device,
+            ).metrics
             metrics["val_score"] = val["unit_free_score"]
             metrics.update({f"val/{k}": v for k, v in val.items() if k != "unit_free_score"})
             improved = metrics["val_score"] < progress.best_score
@@ -117,9 +124,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             else:
                 progress.bad_epochs += 1
             progress.epoch = epoch + 1
-            progress.history.append(
-                {"epoch": epoch + 1, "train_loss": train_loss, "val_score": metrics["val_score"]}
-            )
+            progress.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_score": metrics["val_score"]})
             stop[0] = float(0 < config.patience <= progress.bad_epochs)
             logger.log_epoch(metrics)
         _step_scheduler(scheduler, metrics.get("val_score"))
@@ -145,8 +150,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         model.load_state_dict(best_state)
         bundle = ModelBundle.from_model(model, loop_config["mean"], loop_config["std"], loop_config["graph_params"])
-        test = evaluate(model, ray.train.get_dataset_shard("test"), tasks, loop_config["mean"], loop_config["std"],
-                        config.batch_size, device)
+        test = evaluate(
+            model,
+            ray.train.get_dataset_shard("test"),
+            tasks,
+            loop_config["mean"],
+            loop_config["std"],
+            config.batch_size,
+            device,
+        )
         final = {"best_epoch": progress.best_epoch, "best_val_score": progress.best_score}
         final.update({f"test/{k}": v for k, v in test.metrics.items()})
         logger.log_final(final, test, progress.history, tasks)
@@ -237,8 +249,9 @@ class _RankZeroLogger:
                 rows = test.mask[:, k]
                 if task.kind != "regression" or not rows.any():
                     continue
-                png = parity_plot(test.pred[rows, k], test.target[rows, k], task.name, task.unit,
-                                  final[f"test/{task.name}/mae"])
+                png = parity_plot(
+                    test.pred[rows, k], test.target[rows, k], task.name, task.unit, final[f"test/{task.name}/mae"]
+                )
                 (folder / f"parity_{task.name}.png").write_bytes(png)
                 self.client.log_artifact(self.run_id, str(folder / f"parity_{task.name}.png"), "plots")
 

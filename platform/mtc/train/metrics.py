@@ -97,15 +97,11 @@ def unit_free_score(maes: Mapping[str, float], mads: Mapping[str, float]) -> flo
     Returns:
         The score, NaN if no task qualifies.
     """
-    ratios = [
-        maes[name] / mads[name] for name in maes if np.isfinite(mads.get(name, np.nan)) and mads[name] > 0
-    ]
+    ratios = [maes[name] / mads[name] for name in maes if np.isfinite(mads.get(name, np.nan)) and mads[name] > 0]
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
-def task_metrics(
-    pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]
-) -> dict[str, float]:
+def task_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]) -> dict[str, float]:
     """All metrics of a split, keyed ``"<task>/<metric>"``, plus ``"unit_free_score"``.
 
     Regression tasks get mae, rmse, r2, spearman, mad, n; binary tasks auc, accuracy, n. A regression

@@ -44,19 +44,21 @@ class TrainResult:
 def check_resources(scaling: ScalingConfig, cluster: dict[str, float]) -> None:
     """Fail before starting when the cluster lacks the GPUs or CPUs asked for (Ray would wait forever)."""
     gpus, cpus = int(cluster.get("GPU", 0)), cluster.get("CPU", 0)
-    if scaling.gpus:
-        if gpus < scaling.gpus:
-            raise ResourceError(
-                f"--gpus {scaling.gpus} asks for {scaling.gpus} GPU workers, but the Ray cluster has {gpus} GPU(s) "
-                f"and {cpus:g} CPU(s); use --gpus {gpus} or fewer, or --workers N for CPU workers"
-                if gpus
-                else f"--gpus {scaling.gpus} asks for {scaling.gpus} GPU workers, but the Ray cluster has no GPU "
-                f"({cpus:g} CPUs); run on CPU workers with --workers N, or point --address at a GPU cluster"
-            )
-    needed = scaling.workers * scaling.cpus_per_worker + DATA_CPUS
+    if scaling.gpus and gpus < scaling.gpus:
+        instead = (
+            f"use --gpus {gpus} or fewer, or --workers N for CPU workers"
+            if gpus
+            else "run on CPU workers with --workers N, or point --address at a GPU cluster"
+        )
+        raise ResourceError(
+            f"--gpus {scaling.gpus} asks for {scaling.gpus} GPU workers, but the Ray cluster has "
+            f"{f'{gpus} GPU(s)' if gpus else 'no GPU'} ({cpus:g} CPUs); {instead}"
+        )
+    workers = scaling.gpus or scaling.workers
+    needed = workers * scaling.cpus_per_worker + DATA_CPUS
     if needed > cpus:
         raise ResourceError(
-            f"{scaling.workers} worker(s) x {scaling.cpus_per_worker:g} CPU + {DATA_CPUS:g} CPU for Ray Data need "
+            f"{workers} worker(s) x {scaling.cpus_per_worker:g} CPU + {DATA_CPUS:g} CPU for Ray Data need "
             f"{needed:g} CPUs; the Ray cluster has {cpus:g}. Lower --workers or scaling.cpus_per_worker"
         )
 
@@ -97,8 +99,13 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
     s = config.split
     return ray.data.read_parquet([str(p) for p in shard_paths(shards)], columns=columns).map_batches(
         _keep_split,
-        fn_kwargs={"code": SPLIT_NAMES[split], "val": s.val, "test": s.test, "seed": s.seed,
-                   "train_fraction": s.train_fraction},
+        fn_kwargs={
+            "code": SPLIT_NAMES[split],
+            "val": s.val,
+            "test": s.test,
+            "seed": s.seed,
+            "train_fraction": s.train_fraction,
+        },
         batch_format="pyarrow",
     )
 
@@ -226,7 +233,6 @@ def describe_metrics(metrics: dict[str, float], config: TrainConfig) -> list[tup
     rows = []
     for task in config.tasks:
         prefix = f"test/{task.name}/"
-        values = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+        values = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
         rows.append((task.name, values))
     return rows
-
