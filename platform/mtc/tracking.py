@@ -72,4 +72,10 @@ def experiment_id(name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = (artifact_root() / name).as_uri() if is_embedded(mlflow.get_tracking_uri()) else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id

@@ -130,26 +130,65 @@ def _trial(point: dict[str, Any], *, shards: str, space: TuneSpace, references: 
 class _Progress(tune.Callback):
     """One line per trial as it ends (``echo`` must pickle by reference: Tune saves its callbacks)."""
 
-    def __init__(self, echo: Echo, what: str, total: int):
-        self.echo, self.what, self.total, self.done = echo, what, total, 0
+    def __init__(self, echo: Echo, what: str, total: int, space: TuneSpace):
+        self.echo, self.what, self.total, self.space, self.done = echo, what, total, space, 0
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.done += 1
         result = trial.last_result or {}
-        epochs = f"stopped early at epoch {int(result.get('epoch', 0))}" if "best_epoch" not in result else "done"
-        detail = f"objective {result['objective']:.4f}" if "objective" in result else ""
-        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} {_point_text(trial.config)}: "
-                  f"{detail} ({epochs})")
+        ending = "done" if "best_epoch" in result else f"stopped early after epoch {int(result.get('epoch', 0))}"
+        score = f"objective {result['objective']:.4f}, " if "objective" in result else ""
+        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} {self._point(trial.config)}: "
+                  f"{score}{ending}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.done += 1
-        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} failed: {trial.error_file or ''}")
+        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} failed; see {trial.error_file or ''}")
+
+    def _point(self, point: Mapping[str, Any]) -> str:
+        if "reference" in point:
+            return f"{point['reference']} alone"
+        return " | ".join(f"{k} {v}" for k, v in describe(trial_config(self.space, point)).items())
 
 
-def _point_text(point: Mapping[str, Any]) -> str:
-    if "reference" in point:
-        return f"{point['reference']} alone"
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+class _ReleaseStoppedRuns(tune.Callback):
+    """Frees the workers' placement group of each Train run that died with an early-stopped trial.
+
+    Ray Train's own cleaner queries the dashboard's state API, which an embedded Ray without a dashboard
+    lacks; Ray would then keep the dead run's CPUs reserved until the driver exits, and the next trial's
+    Ray Data pipeline would wait for them forever.
+    """
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s, self.last = every_s, 0.0
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            release_orphan_placement_groups()
+
+
+def release_orphan_placement_groups() -> int:
+    """Remove this job's placement groups whose creating actor has died; returns how many were removed."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:  # the GCS table is the only place that names a placement group's creator without the dashboard
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        table = [gcs_pb2.PlacementGroupTableData.FromString(raw)
+                 for raw in state._connect_and_get_accessor().get_placement_group_table()]
+    except Exception:  # a Ray client connection or another Ray version: Ray Train's own cleaner has to do
+        return 0
+    job, removed = ray.get_runtime_context().get_job_id(), 0
+    for pg in table:
+        by_actor = pg.creator_actor_id != b"\xff" * len(pg.creator_actor_id)
+        if (by_actor and pg.creator_actor_dead and not pg.is_detached and pg.creator_job_id.hex() == job
+                and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+    return removed
 
 
 def start_tune(shards: Path, space: TuneSpace, *, name: str | None = None, trials: int | None = None,
@@ -244,7 +283,7 @@ def _references(client, run_id: str, name: str, shards: Path, space: TuneSpace, 
             trainable,
             param_space={"reference": tune.grid_search(missing)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False),
-            run_config=_run_config(name + "-references", _Progress(echo, "reference", len(missing))),
+            run_config=_run_config(name + "-references", _Progress(echo, "reference", len(missing), space)),
         ))
         children = _child_runs(client, run_id)
         for result in grid:
@@ -273,7 +312,7 @@ def _fit_trials(run_id: str, name: str, shards: Path, space: TuneSpace, referenc
             metric="objective", mode="min", num_samples=space.trials, max_concurrent_trials=concurrency,
             search_alg=_search_alg(space, dims), scheduler=_scheduler(space), reuse_actors=False,
         ),
-        run_config=_run_config(name, _Progress(echo, "trial", space.trials)),
+        run_config=_run_config(name, _Progress(echo, "trial", space.trials, space)),
     ))
 
 
@@ -286,15 +325,18 @@ def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | No
 
 
 def _run_config(name: str, progress: _Progress) -> tune.RunConfig:
-    return tune.RunConfig(name=name, storage_path=tracking.checkpoint_root(), verbose=0, callbacks=[progress],
+    return tune.RunConfig(name=name, storage_path=tracking.checkpoint_root(), verbose=0,
+                          callbacks=[progress, _ReleaseStoppedRuns()],
                           failure_config=tune.FailureConfig(max_failures=0))
 
 
 def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
     if space.algorithm() == "optuna" and dims:
+        import optuna
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         startup = min(10, max(1, space.trials // 2))
         return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup))
     from ray.tune.search import BasicVariantGenerator

@@ -1,0 +1,105 @@
+"""Screening throughput (Parquet -> predictions Parquet) against featurize-only throughput, same data, same run.
+
+    .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS]
+
+Without --model, a small model is trained first (1 epoch on the demo data, not timed) and registered in a
+benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+MP36K = Path("/work/shared/data/mp36k/mp36k.jsonl.gz")
+if not MP36K.exists():
+    MP36K = REPO.parent / "shared/data/mp36k/mp36k.jsonl.gz"
+
+
+def structures_parquet(n: int, path: Path) -> Path:
+    """The first n mp36k crystals as a structure database (id + lattice/species/frac_coords, no labels)."""
+    rows = []
+    with gzip.open(MP36K if MP36K.exists() else REPO / "data/demo/mp_demo.jsonl.gz", "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            rows.append({k: r[k] for k in ("id", "lattice", "species", "frac_coords")})
+            if len(rows) == n:
+                break
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4096)
+    return path
+
+
+def train_small_model() -> str:
+    from mtc.config import FeaturizeConfig, TrainConfig, load_config
+    from mtc.data.featurize import featurize
+    from mtc.registry.models import promote
+    from mtc.train.trainer import train
+
+    shards = Path(os.environ["MTC_HOME"]) / "shards"
+    featurize(REPO / "data/demo/mp_demo.jsonl.gz", shards, FeaturizeConfig(),
+              labels=["formation_energy_per_atom", "band_gap", "efermi"])
+    config = load_config(TrainConfig, REPO / "configs/mt3.yaml", ["epochs=1", "experiment=bench-screen"])
+    result = train(shards, config, register="mtc-bench")
+    promote("mtc-bench", result.registered["version"], "bench")
+    return "models:/mtc-bench@bench"
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-screen-"))
+    os.environ.setdefault("MTC_HOME", str(work / "home"))
+
+    from mtc import tracking
+    from mtc.cluster import connect
+    from mtc.config import FeaturizeConfig
+    from mtc.data.featurize import featurize
+    from mtc.screen.score import screen
+
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}")
+    print(connect())
+    tracking.configure()
+    model = args.model or train_small_model()
+    db = structures_parquet(args.n, work / "db.parquet")
+    warm = structures_parquet(300, work / "warm.parquet")
+
+    featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[])  # start Ray workers and imports
+    screen(warm, model, work / "warm-screen", workers=2)
+    seconds = {"featurize only (all CPUs)": timed(lambda: featurize(db, work / "shards", FeaturizeConfig(), labels=[]))}
+    for workers in (1, 2):
+        out = work / f"screen-{workers}"
+        seconds[f"screen, {workers} worker(s)"] = timed(lambda o=out, w=workers: screen(db, model, o, workers=w))
+        assert pq.read_table(out / "predictions").num_rows + pq.read_table(out / "rejected").num_rows == args.n
+
+    base = args.n / seconds["featurize only (all CPUs)"]
+    print(f"\n{args.n:,} mp36k structures, Parquet in -> Parquet out, model {model}")
+    print(f"{'stage':32s} {'seconds':>8s} {'structures/s':>13s} {'vs featurize':>13s}")
+    for stage, s in seconds.items():
+        print(f"{stage:32s} {s:8.1f} {args.n / s:13.0f} {args.n / s / base:12.0%}")
+    print("target: screening >= 80% of featurize-only throughput")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
