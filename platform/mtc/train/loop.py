@@ -53,6 +53,17 @@ class Progress:
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def observe(self, epoch: int, train_loss: float, val_score: float, patience: int) -> tuple[bool, bool]:
+        """Record a finished epoch; returns (improved, stop early)."""
+        improved = val_score < self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = val_score, epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch = epoch
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_score": val_score})
+        return improved, 0 < patience <= self.bad_epochs
+
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: train (TrainConfig dict), mean, std, graph_params,
@@ -91,6 +102,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if logger and checkpoint:
         logger.log_epoch({"epoch": progress.epoch, "resumed_from_epoch": progress.epoch})
 
+    def evaluate_split(split: str):
+        return evaluate(
+            model,
+            ray.train.get_dataset_shard(split),
+            tasks,
+            loop_config["mean"],
+            loop_config["std"],
+            config.batch_size,
+            device,
+        )
+
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(progress.epoch, config.epochs):
         started = time.perf_counter()
@@ -106,26 +128,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         stop = torch.zeros(1)
         if rank == 0:
-            val = evaluate(
-                model,
-                ray.train.get_dataset_shard("val"),
-                tasks,
-                loop_config["mean"],
-                loop_config["std"],
-                config.batch_size,
-                device,
-            ).metrics
-            metrics["val_score"] = val["unit_free_score"]
-            metrics.update({f"val/{k}": v for k, v in val.items() if k != "unit_free_score"})
-            improved = metrics["val_score"] < progress.best_score
+            val = evaluate_split("val").metrics
+            metrics["val_score"] = val.pop("unit_free_score")
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+            improved, stop_early = progress.observe(epoch + 1, train_loss, metrics["val_score"], config.patience)
             if improved or best_state is None:
-                progress.best_score, progress.best_epoch, progress.bad_epochs = metrics["val_score"], epoch + 1, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                progress.bad_epochs += 1
-            progress.epoch = epoch + 1
-            progress.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_score": metrics["val_score"]})
-            stop[0] = float(0 < config.patience <= progress.bad_epochs)
+            stop[0] = float(stop_early)
             logger.log_epoch(metrics)
         _step_scheduler(scheduler, metrics.get("val_score"))
         if rank == 0:
@@ -150,15 +159,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         model.load_state_dict(best_state)
         bundle = ModelBundle.from_model(model, loop_config["mean"], loop_config["std"], loop_config["graph_params"])
-        test = evaluate(
-            model,
-            ray.train.get_dataset_shard("test"),
-            tasks,
-            loop_config["mean"],
-            loop_config["std"],
-            config.batch_size,
-            device,
-        )
+        test = evaluate_split("test")
         final = {"best_epoch": progress.best_epoch, "best_val_score": progress.best_score}
         final.update({f"test/{k}": v for k, v in test.metrics.items()})
         logger.log_final(final, test, progress.history, tasks)

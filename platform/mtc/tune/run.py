@@ -26,6 +26,7 @@ from mtc.tasks import TaskSpec
 from mtc.train.trainer import DATA_CPUS, ResourceError, TrainingError, prepare_splits
 from mtc.tune.report import ERROR, FINISHED, STOPPED, TrialRecord, TuneReport, build_report, describe, log_report
 from mtc.tune.search import (
+    TPE_STARTUP,
     TuneSpace,
     dump_space,
     objective,
@@ -337,7 +338,7 @@ def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        startup = min(10, max(1, space.trials // 2))
+        startup = min(TPE_STARTUP, max(1, space.trials // 2))
         return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup))
     from ray.tune.search import BasicVariantGenerator
 
