@@ -163,6 +163,9 @@ class TrainConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(0, ge=0, description="stop after this many epochs without a better val score; 0: off")
+    data_cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: read the splits once into Ray's object store; stream: re-read shards each epoch"
+    )
     seed: int = 0
     experiment: str = "mtc"
     run_name: str | None = None

@@ -87,21 +87,24 @@ def affinity(trials: Sequence[TrialRecord]) -> pd.DataFrame:
 
     Columns: task, group (its tasks joined by ``+``), trials, best_relative_error.
     """
+    columns = ["task", "group", "trials", "best_relative_error"]
     rows = []
     for trial in trials:
         if trial.status != FINISHED:
             continue
-        names = [t.name for t in trial.config.tasks]
-        for group in trial.config.model.groups or [names]:
-            rows.extend({"task": task, "group": TASK_SEP.join(group), "size": len(group),
+        order = {t.name: k for k, t in enumerate(trial.config.tasks)}
+        for group in trial.config.model.groups or [list(order)]:
+            key = (len(group), [order[t] for t in group])
+            rows.extend({"task": task, "group": TASK_SEP.join(group), "key": (*key, order[task]),
                          "relative_error": trial.relative.get(task, math.nan)} for task in group)
-    if not rows:
-        return pd.DataFrame(columns=["task", "group", "trials", "best_relative_error"])
-    frame = pd.DataFrame(rows).dropna(subset=["relative_error"])
-    table = frame.groupby(["task", "group", "size"], sort=False).agg(
-        trials=("relative_error", "size"), best_relative_error=("relative_error", "min")
+    frame = pd.DataFrame(rows, columns=["task", "group", "key", "relative_error"]).dropna(subset=["relative_error"])
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    table = frame.groupby(["task", "group"], sort=False).agg(
+        key=("key", "first"), trials=("relative_error", "size"), best_relative_error=("relative_error", "min")
     ).reset_index()
-    return table.sort_values(["size", "group", "task"], kind="stable").drop(columns="size").reset_index(drop=True)
+    ordered = sorted(range(len(table)), key=lambda i: table["key"].iloc[i])  # small groups first, in task order
+    return table.iloc[ordered][columns].reset_index(drop=True)
 
 
 def affinity_heatmap(table: pd.DataFrame, tasks: Sequence[str]) -> bytes | None:
