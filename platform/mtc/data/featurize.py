@@ -155,7 +155,7 @@ def featurize(
 
     started = time.perf_counter()
     src, out = Path(src), Path(out)
-    scanned = scan_source(src, labels, chunk_rows=config.batch_size * 4)
+    scanned = scan_source(src, labels, chunk_rows=config.batch_size * 4)  # several blocks per CPU
     params = config.graph_params()
     inputs_hash = hash_files(scanned.files)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,9 @@ def featurize(
             return summary
 
     n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.from_arrow(scanned.tables) if scanned.tables else _read_parquet_records(scanned)
+    ds = (
+        ray.data.from_arrow(scanned.tables) if scanned.tables else _read_parquet_records(scanned, config.batch_size * 4)
+    )
     # Stateless work: plain tasks start faster than an actor pool and use every CPU Ray Data has.
     ds = ds.map_batches(
         featurize_table,
@@ -225,7 +227,7 @@ def featurize(
     return summary
 
 
-def _read_parquet_records(scanned: ScannedSource):
+def _read_parquet_records(scanned: ScannedSource, chunk_rows: int):
     """Parquet inputs as a Ray dataset of records, each row tagged with its file."""
     import pyarrow.parquet as pq
     import ray
@@ -233,8 +235,8 @@ def _read_parquet_records(scanned: ScannedSource):
     tables = []
     for path in scanned.parquet_files:
         table = pq.read_table(path)
-        table = table.append_column("source", pa.array([str(path)] * table.num_rows, pa.string()))
-        tables.append(table)
+        table = table.append_column("source", pa.array([f"{path} row {i}" for i in range(table.num_rows)], pa.string()))
+        tables += [table.slice(start, chunk_rows) for start in range(0, table.num_rows, chunk_rows)]
     return ray.data.from_arrow(tables)
 
 

@@ -99,6 +99,8 @@ class ScreenActor:
         if torch.cuda.is_available():
             self.predictor.model.to("cuda")
             self.predictor.device = torch.device("cuda")
+        else:
+            torch.set_num_threads(1)  # one CPU per actor: more threads only fight the other actors
         self.out = Path(out)
         self.batch_size = batch_size
         self._cached: tuple[tuple[str, int], pa.Table] | None = None

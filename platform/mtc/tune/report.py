@@ -35,11 +35,14 @@ class TrialRecord:
 
 @dataclass
 class TuneReport:
+    """``ranked`` has one column per ``choices`` key (the space's width/depth choices) besides the fixed ones."""
+
     ranked: pd.DataFrame
     best: TrialRecord | None
     best_yaml: str
     affinity: pd.DataFrame
     heatmap: bytes | None
+    choices: list[str] = field(default_factory=list)
 
 
 def describe(config: TrainConfig) -> dict[str, str]:
@@ -153,7 +156,7 @@ def build_report(trials: Sequence[TrialRecord], tune_name: str, choices: Sequenc
     tasks = [t.name for t in trials[0].config.tasks] if trials else []
     table = affinity(trials)
     return TuneReport(ranked_table(trials, choices), best, best_yaml(best, tune_name), table,
-                      affinity_heatmap(table, tasks))
+                      affinity_heatmap(table, tasks), list(choices))
 
 
 def log_report(client, run_id: str, report: TuneReport) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from mtc.tune.search import (
     TPE_STARTUP,
     TuneSpace,
     dump_space,
+    first_points,
     objective,
     param_space,
     parse_space,
@@ -146,6 +148,12 @@ class _Progress(tune.Callback):
         self.done += 1
         self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} failed; see {trial.error_file or ''}")
 
+    def get_state(self) -> dict[str, int]:
+        return {"done": self.done}  # saved with the experiment, so a resumed tune counts on
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.done = state["done"]
+
     def _point(self, point: Mapping[str, Any]) -> str:
         if "reference" in point:
             return f"{point['reference']} alone"
@@ -157,15 +165,22 @@ class _ReleaseStoppedRuns(tune.Callback):
 
     Ray Train's own cleaner queries the dashboard's state API, which an embedded Ray without a dashboard
     lacks; Ray would then keep the dead run's CPUs reserved until the driver exits, and the next trial's
-    Ray Data pipeline would wait for them forever.
+    Ray Data pipeline would wait for them forever. After a trial ends, this looks every few seconds for a
+    minute (the trial's actor, and with it the Train controller, dies a little after Tune stops it).
     """
 
-    def __init__(self, every_s: float = 2.0):
-        self.every_s, self.last = every_s, 0.0
+    def __init__(self, every_s: float = 2.0, for_s: float = 60.0):
+        self.every_s, self.for_s, self.last, self.until = every_s, for_s, 0.0, 0.0
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.until = time.monotonic() + self.for_s
+
+    on_trial_error = on_trial_complete
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
+        now = time.monotonic()
+        if now < self.until and now - self.last >= self.every_s:
+            self.last = now
             release_orphan_placement_groups()
 
 
@@ -206,7 +221,7 @@ def start_tune(shards: Path, space: TuneSpace, *, name: str | None = None, trial
         echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {max_concurrent})")
     shards = Path(shards).resolve()
     prepare_splits(shards, base)
-    name = name or time.strftime("tune-%Y%m%d-%H%M%S")
+    name = _checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
     uri = tracking.configure()
     if _find_parent(name) is not None or tune.Tuner.can_restore(_experiment_path(name)):
         raise MtcError(f"a tune named {name!r} exists; continue it with --resume {name}, or pick another --name")
@@ -231,7 +246,7 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
     import ray
 
     uri = tracking.configure()
-    parent = _find_parent(name)
+    parent = _find_parent(_checked_name(name))
     if parent is None:
         raise MtcError(f"no tune named {name!r} in {uri}; start one with mtc tune --data ... --space ...")
     client = mlflow.MlflowClient(uri)
@@ -245,6 +260,12 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
     client.update_run(run_id, status="RUNNING")
     echo(f"resuming tune {name} (MLflow parent run {run_id}): finished trials are kept")
     return _drive(client, run_id, name, shards, space, concurrency, echo)
+
+
+def _checked_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise MtcError(f"tune name {name!r}: use letters, digits, '-', '_' and '.' (it names folders and runs)")
+    return name
 
 
 def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus: int | None) -> TuneSpace:
@@ -283,16 +304,17 @@ def _references(client, run_id: str, name: str, shards: Path, space: TuneSpace, 
         grid = _fit(name + "-references", _trainable(shards, space, None, run_id, name), lambda trainable: tune.Tuner(
             trainable,
             param_space={"reference": tune.grid_search(missing)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False,
+                                        trial_dirname_creator=_trial_dirname),
             run_config=_run_config(name + "-references", _Progress(echo, "reference", len(missing), space)),
-        ))
+        ), len(missing))
         children = _child_runs(client, run_id)
         for result in grid:
             task = result.config["reference"]
             if result.error is not None:
                 raise TrainingError(f"the single-task reference run of {task} failed: {result.error}")
             references[task] = float(result.metrics[f"min_val_error/{task}"])
-            child = children.get(f"{name}-{result.metrics['trial_id']}")
+            child = children.get(f"{name}-{Path(result.path).name}")
             if child is not None:
                 client.set_tag(child.info.run_id, "mtc.tune.reference", task)
     for task, value in references.items():
@@ -312,9 +334,10 @@ def _fit_trials(run_id: str, name: str, shards: Path, space: TuneSpace, referenc
         tune_config=tune.TuneConfig(
             metric="objective", mode="min", num_samples=space.trials, max_concurrent_trials=concurrency,
             search_alg=_search_alg(space, dims), scheduler=_scheduler(space), reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=_run_config(name, _Progress(echo, "trial", space.trials, space)),
-    ))
+    ), space.trials)
 
 
 def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | None, run_id: str, name: str):
@@ -325,6 +348,11 @@ def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | No
     return tune.with_resources(fn, {"CPU": TRIAL_CPUS})
 
 
+def _trial_dirname(trial) -> str:
+    """Trial folders named by trial id alone (Tune's default packs the whole point into the name)."""
+    return trial.trial_id
+
+
 def _run_config(name: str, progress: _Progress) -> tune.RunConfig:
     return tune.RunConfig(name=name, storage_path=tracking.checkpoint_root(), verbose=0,
                           callbacks=[progress, _ReleaseStoppedRuns()],
@@ -332,6 +360,7 @@ def _run_config(name: str, progress: _Progress) -> tune.RunConfig:
 
 
 def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
+    points = first_points(space)
     if space.algorithm() == "optuna" and dims:
         import optuna
         from optuna.samplers import TPESampler
@@ -339,10 +368,10 @@ def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         startup = min(TPE_STARTUP, max(1, space.trials // 2))
-        return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup))
+        return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup), points_to_evaluate=points)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=space.seed)
+    return BasicVariantGenerator(random_state=space.seed, points_to_evaluate=points)
 
 
 def _scheduler(space: TuneSpace):
@@ -361,16 +390,21 @@ def _experiment_path(name: str) -> str:
     return f"{tracking.checkpoint_root().rstrip('/')}/{name}"
 
 
-def _fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner]):
-    """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it."""
+def _fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner], n_trials: int):
+    """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it.
+
+    Raises TuneInterrupted unless all ``n_trials`` ended: Tune marks a trial that finished, or that its
+    scheduler stopped, ``done``; a trial cut short by an interruption is not.
+    """
     path = _experiment_path(name)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
         tuner = make_tuner(trainable)
     grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):
-        raise TuneInterrupted(f"the tune stopped before all its trials finished; continue it with "
+    ended = sum(1 for result in grid if result.error is not None or (result.metrics or {}).get("done"))
+    if ended < n_trials:
+        raise TuneInterrupted(f"the tune stopped with {ended} of {n_trials} trials ended; continue it with "
                               f"mtc tune --resume {name.removesuffix('-references')}")
     return grid
 
@@ -391,7 +425,7 @@ def _finish_child_runs(client, run_id: str, name: str, space: TuneSpace, grid,
     newest = _child_runs(client, run_id)
     records = []
     for result in grid:
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        trial_id = Path(result.path).name
         child = newest.get(f"{name}-{trial_id}")
         record = _record(space, result, trial_id, references, child.info.run_id if child else None)
         records.append(record)

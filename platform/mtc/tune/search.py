@@ -229,6 +229,26 @@ def param_space(space: TuneSpace) -> dict[str, Any]:
     return dims
 
 
+def first_points(space: TuneSpace) -> list[dict[str, Any]]:
+    """One point per grouping, tried first, so the affinity table covers every grouping the budget allows.
+
+    The other dimensions sit at their centre: the first strategy, equal weights, the middle of the lr range
+    (geometric for a log range), each choice's first value.
+    """
+    dims = param_space(space)
+    if "grouping" not in dims:
+        return []
+    centre: dict[str, Any] = {key: 0.5 for key in dims if key.startswith("w_")}
+    if "strategy" in dims:
+        centre["strategy"] = space.space.strategy[0]
+    if "lr" in dims:
+        lr = space.space.lr
+        centre["lr"] = math.sqrt(lr.low * lr.high) if lr.log else (lr.low + lr.high) / 2
+    centre.update({key: space.space.choices[key][0] for key in dims if key in space.space.choices})
+    labels = [grouping_label(p) for p in space.partitions()]
+    return [{"grouping": label, **centre} for label in labels[: space.trials]]
+
+
 def trial_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | None = None) -> TrainConfig:
     """The TrainConfig of one sampled point: groups, loss strategy and simplex weights, lr, choices."""
     base = space.base_config()
