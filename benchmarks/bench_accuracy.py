@@ -145,8 +145,11 @@ def main() -> None:
     print(
         f"data: {summary.n_written} crystals featurized ({summary.n_rejected} rejected) from "
         f"{summary.manifest.get('source')} -> {shards} | "
-        + (f"reused existing shards ({featurize_s:.1f} s incl. start-up)" if summary.reused
-           else f"featurized in {summary.seconds:.1f} s ({summary.throughput:.0f} structures/s)")
+        + (
+            f"reused existing shards ({featurize_s:.1f} s incl. start-up)"
+            if summary.reused
+            else f"featurized in {summary.seconds:.1f} s ({summary.throughput:.0f} structures/s)"
+        )
     )
 
     overrides = [
@@ -190,8 +193,11 @@ def main() -> None:
         walls[label] = time.perf_counter() - t0
         m = results[label].metrics
         tasks = ", ".join(f"{t.name} MAE {fmt(m.get(f'test/{t.name}/mae'))}" for t in config.tasks)
-        print(f"    {walls[label]:.0f} s, best epoch {int(m.get('best_epoch', 0))}: {tasks} "
-              f"(run {results[label].run_id})", flush=True)
+        print(
+            f"    {walls[label]:.0f} s, best epoch {int(m.get('best_epoch', 0))}: {tasks} "
+            f"(run {results[label].run_id})",
+            flush=True,
+        )
 
     client = mlflow.MlflowClient(tracking.tracking_uri())
     histories = {label: step_history(client, r.run_id) for label, r in results.items()}
@@ -202,43 +208,56 @@ def main() -> None:
 
     mtm = results["MT"].metrics
     print()
-    print(f"=== MT-CGCNN (3 tasks) vs single-task CGCNN, mp36k n={summary.n_written} "
-          f"(train {counts.get('n_train')} / val {counts.get('n_val')} / test {counts.get('n_test')}), "
-          f"{mt.epochs} epochs each, same budget ===")
-    header = (f"{'task':<37}{'MT MAE':>9}{'ST MAE':>9}{'(MT-ST)/ST':>12}{'MT best ep':>11}{'ST best ep':>11}"
-              f"{'CGCNN ref':>11}")
+    print(
+        f"=== MT-CGCNN (3 tasks) vs single-task CGCNN, mp36k n={summary.n_written} "
+        f"(train {counts.get('n_train')} / val {counts.get('n_val')} / test {counts.get('n_test')}), "
+        f"{mt.epochs} epochs each, same budget ==="
+    )
+    header = (
+        f"{'task':<37}{'MT MAE':>9}{'ST MAE':>9}{'(MT-ST)/ST':>12}{'MT best ep':>11}{'ST best ep':>11}{'CGCNN ref':>11}"
+    )
     print(header)
     print("-" * len(header))
     for task in LABELS:
         st = results[f"ST {task}"].metrics
         a, b = mtm.get(f"test/{task}/mae"), st.get(f"test/{task}/mae")
         rel = (a - b) / b * 100 if a is not None and b else float("nan")
-        print(f"{task + ' (' + UNITS[task] + ')':<37}{fmt(a):>9}{fmt(b):>9}{rel:>+11.1f}%"
-              f"{int(mtm.get('best_epoch', 0)):>11}{int(st.get('best_epoch', 0)):>11}{REFERENCE_MAE[task]:>11.3f}")
+        print(
+            f"{task + ' (' + UNITS[task] + ')':<37}{fmt(a):>9}{fmt(b):>9}{rel:>+11.1f}%"
+            f"{int(mtm.get('best_epoch', 0)):>11}{int(st.get('best_epoch', 0)):>11}{REFERENCE_MAE[task]:>11.3f}"
+        )
     a, b = mtm.get("test/band_gap/metal_auc"), results["ST band_gap"].metrics.get("test/band_gap/metal_auc")
     diff = (a - b) * 100 if a is not None and b is not None else float("nan")
-    print(f"{'metal AUC (from pred. gap)':<37}{fmt(a, 3):>9}{fmt(b, 3):>9}{diff:>+10.1f}pt"
-          f"{'':>22}{'~' + str(REFERENCE_AUC):>11}")
+    print(
+        f"{'metal AUC (from pred. gap)':<37}{fmt(a, 3):>9}{fmt(b, 3):>9}{diff:>+10.1f}pt"
+        f"{'':>22}{'~' + str(REFERENCE_AUC):>11}"
+    )
     print(f"{'MT val unit-free score':<37}{fmt(mtm.get('best_val_score'), 3):>9}  (mean of MAE/MAD over tasks)")
     print()
-    print("reference: CGCNN (Xie & Grossman 2018, 46k MP, 60/20/20) 0.039 eV/atom / 0.388 eV / 0.363 eV, "
-          "metal AUC ~0.95;")
-    print("           MT-CGCNN (Sanyal et al. 2018) claims 1.7-8.3 % lower MAE than single-task CGCNN, i.e. "
-          "(MT-ST)/ST of -1.7 to -8.3 %.")
+    print(
+        "reference: CGCNN (Xie & Grossman 2018, 46k MP, 60/20/20) 0.039 eV/atom / 0.388 eV / 0.363 eV, metal AUC ~0.95;"
+    )
+    print(
+        "           MT-CGCNN (Sanyal et al. 2018) claims 1.7-8.3 % lower MAE than single-task CGCNN, i.e. "
+        "(MT-ST)/ST of -1.7 to -8.3 %."
+    )
     print()
     print(f"{'run':<32}{'wall s':>8}{'steps/epoch':>13}{'crystals/s (ep>=2)':>20}")
     for label in configs:
         rates = [r for e, _, r in histories[label] if e >= 2] or [r for _, _, r in histories[label]]
         per_epoch = sorted(set(steps[label]))
-        print(f"{label:<32}{walls[label]:>8.0f}{'/'.join(map(str, per_epoch)):>13}"
-              f"{sum(rates) / len(rates):>20.0f}")
+        print(f"{label:<32}{walls[label]:>8.0f}{'/'.join(map(str, per_epoch)):>13}{sum(rates) / len(rates):>20.0f}")
     print(f"{'featurize (or reuse) + start-up':<32}{featurize_s:>8.0f}")
-    print(f"budget honoured: {len(configs)} runs x {mt.epochs} epochs, optimiser steps per epoch "
-          f"{'identical' if same_steps else 'DIFFERENT: ' + str(steps)} "
-          f"({sum(steps['MT'])} steps of batch {mt.batch_size} per run)")
+    print(
+        f"budget honoured: {len(configs)} runs x {mt.epochs} epochs, optimiser steps per epoch "
+        f"{'identical' if same_steps else 'DIFFERENT: ' + str(steps)} "
+        f"({sum(steps['MT'])} steps of batch {mt.batch_size} per run)"
+    )
     cores = os.cpu_count() or 1
-    print(f"total wall {total_s:.0f} s ({total_s / 60:.1f} min) x {cores} cores = {total_s * cores / 3600:.2f} "
-          f"core-hours CPU budget (training alone: {sum(walls.values()):.0f} s wall)")
+    print(
+        f"total wall {total_s:.0f} s ({total_s / 60:.1f} min) x {cores} cores = {total_s * cores / 3600:.2f} "
+        f"core-hours CPU budget (training alone: {sum(walls.values()):.0f} s wall)"
+    )
     print(machine_line())
     print(f"command: {command}")
 

@@ -47,8 +47,12 @@ def train_small_model() -> str:
     from mtc.train.trainer import train
 
     shards = Path(os.environ["MTC_HOME"]) / "shards"
-    featurize(REPO / "data/demo/mp_demo.jsonl.gz", shards, FeaturizeConfig(),
-              labels=["formation_energy_per_atom", "band_gap", "efermi"])
+    featurize(
+        REPO / "data/demo/mp_demo.jsonl.gz",
+        shards,
+        FeaturizeConfig(),
+        labels=["formation_energy_per_atom", "band_gap", "efermi"],
+    )
     config = load_config(TrainConfig, REPO / "configs/mt3.yaml", ["epochs=1", "experiment=bench-screen"])
     result = train(shards, config, register="mtc-bench")
     promote("mtc-bench", result.registered["version"], "bench")

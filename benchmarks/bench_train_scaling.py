@@ -69,32 +69,52 @@ def main() -> None:
         config = load_config(
             TrainConfig,
             CONFIG,
-            [f"epochs={args.epochs}", "patience=0", f"scaling.workers={workers}", f"batch_size={args.batch_size}",
-             f"experiment={EXPERIMENT}", f"run_name=scaling-{workers}w-n{args.n}-e{args.epochs}"],
+            [
+                f"epochs={args.epochs}",
+                "patience=0",
+                f"scaling.workers={workers}",
+                f"batch_size={args.batch_size}",
+                f"experiment={EXPERIMENT}",
+                f"run_name=scaling-{workers}w-n{args.n}-e{args.epochs}",
+            ],
         )
         threads = max(1, int(cpus - DATA_CPUS) // workers)
-        print(f"--- {workers} worker(s) x {config.scaling.cpus_per_worker:g} CPU, {threads} torch thread(s) each, "
-              f"{config.epochs} epochs, batch {config.batch_size}", flush=True)
+        print(
+            f"--- {workers} worker(s) x {config.scaling.cpus_per_worker:g} CPU, {threads} torch thread(s) each, "
+            f"{config.epochs} epochs, batch {config.batch_size}",
+            flush=True,
+        )
         t0 = time.perf_counter()
         result = train(shards, config, register=None)
         wall = time.perf_counter() - t0
         rates = {m.step: m.value for m in client.get_metric_history(result.run_id, "crystals_per_s")}
         steps = {m.step: m.value for m in client.get_metric_history(result.run_id, "steps")}
         timed = [rates[e] for e in sorted(rates) if e >= 2]
-        print("    crystals/s per epoch: " + ", ".join(f"{e}: {rates[e]:.0f}" for e in sorted(rates))
-              + f" | steps per epoch {int(steps.get(2, steps.get(1, 0)))} | wall {wall:.1f} s "
-              f"| test MAE {result.metrics.get('test/formation_energy_per_atom/mae', float('nan')):.4f}", flush=True)
-        rows.append({
-            "workers": workers, "threads": threads, "rate": statistics.mean(timed) if timed else float("nan"),
-            "min": min(timed, default=float("nan")), "max": max(timed, default=float("nan")),
-            "steps": int(steps.get(2, steps.get(1, 0))), "wall": wall,
-        })
+        print(
+            "    crystals/s per epoch: "
+            + ", ".join(f"{e}: {rates[e]:.0f}" for e in sorted(rates))
+            + f" | steps per epoch {int(steps.get(2, steps.get(1, 0)))} | wall {wall:.1f} s "
+            f"| test MAE {result.metrics.get('test/formation_energy_per_atom/mae', float('nan')):.4f}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "workers": workers,
+                "threads": threads,
+                "rate": statistics.mean(timed) if timed else float("nan"),
+                "min": min(timed, default=float("nan")),
+                "max": max(timed, default=float("nan")),
+                "steps": int(steps.get(2, steps.get(1, 0))),
+                "wall": wall,
+            }
+        )
 
     print()
-    print(f"=== training throughput via mtc train (Ray Train), n={summary.n_written} crystals, "
-          f"{args.epochs} epochs, batch {args.batch_size}, CGCNN defaults, 1 task ===")
-    header = (f"{'workers':>7}{'threads/w':>10}{'steps/ep':>9}{'crystals/s (ep>=2)':>20}{'min-max':>13}"
-              f"{'wall s':>9}")
+    print(
+        f"=== training throughput via mtc train (Ray Train), n={summary.n_written} crystals, "
+        f"{args.epochs} epochs, batch {args.batch_size}, CGCNN defaults, 1 task ==="
+    )
+    header = f"{'workers':>7}{'threads/w':>10}{'steps/ep':>9}{'crystals/s (ep>=2)':>20}{'min-max':>13}{'wall s':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -102,13 +122,17 @@ def main() -> None:
         print(f"{r['workers']:>7}{r['threads']:>10}{r['steps']:>9}{r['rate']:>20.1f}{spread:>13}{r['wall']:>9.1f}")
     by = {r["workers"]: r for r in rows}
     if 1 in by and 2 in by:
-        print(f"ratio 2w/1w: throughput {by[2]['rate'] / by[1]['rate']:.2f}x, "
-              f"wall time {by[2]['wall'] / by[1]['wall']:.2f}x")
+        print(
+            f"ratio 2w/1w: throughput {by[2]['rate'] / by[1]['rate']:.2f}x, "
+            f"wall time {by[2]['wall'] / by[1]['wall']:.2f}x"
+        )
     threads = ", ".join(f"{r['workers']}w: {r['threads']}" for r in rows)
-    print(f"note: this machine has {os.cpu_count()} cores in total (Ray sees {cpus:g} CPUs); torch threads per worker "
-          f"{threads}; Ray Data shares the same cores, so 2 workers add no hardware. Crystals/s counts "
-          f"crystals stepped on per second of training (evaluation excluded); the last partial batch of each "
-          f"rank is dropped, so 2 workers step on fewer crystals per epoch.")
+    print(
+        f"note: this machine has {os.cpu_count()} cores in total (Ray sees {cpus:g} CPUs); torch threads per worker "
+        f"{threads}; Ray Data shares the same cores, so 2 workers add no hardware. Crystals/s counts "
+        f"crystals stepped on per second of training (evaluation excluded); the last partial batch of each "
+        f"rank is dropped, so 2 workers step on fewer crystals per epoch."
+    )
     print(machine_line())
     print(f"command: {command}")
 

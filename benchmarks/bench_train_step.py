@@ -139,9 +139,7 @@ def original_collate(
     for graph, (idx, dist) in zip(graphs, padded, strict=True):
         n = idx.shape[0]
         atom_fea.append(torch.from_numpy(table[graph["atomic_numbers"]]))
-        nbr_fea.append(
-            torch.from_numpy(np.exp(-((dist[..., None] - centres) ** 2) / STEP**2).astype(np.float32))
-        )
+        nbr_fea.append(torch.from_numpy(np.exp(-((dist[..., None] - centres) ** 2) / STEP**2).astype(np.float32)))
         nbr_idx.append(torch.from_numpy(idx + base))
         crystal_atom_idx.append(torch.arange(base, base + n))
         base += n
@@ -308,9 +306,7 @@ def main() -> None:
     f, g, h = ATOM_FEA, 41, H_FEA
     head_macs = bs * (f * h + h)
     base_macs = (n_padded * 92 * f + N_CONV * n_padded * (2 * f + g) * 2 * f) / n_batches + head_macs
-    mtc_macs = (
-        n_atoms * 92 * f + N_CONV * (n_atoms * f * 4 * f + n_edges * g * 2 * f)
-    ) / n_batches + head_macs
+    mtc_macs = (n_atoms * 92 * f + N_CONV * (n_atoms * f * 4 * f + n_edges * g * 2 * f)) / n_batches + head_macs
     base_gflops = 3 * 2 * base_macs * base_rate / bs / 1e9
     mtc_gflops = 3 * 2 * mtc_macs * mtc_rate / bs / 1e9
     edges_per_batch = n_edges // n_batches

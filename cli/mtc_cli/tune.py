@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from mtc_cli.common import console, user_errors
@@ -47,18 +48,31 @@ def tune(
         run_tune(data, space, trials, max_concurrent, gpus_per_trial, workers_per_trial, name, resume, address)
 
 
-def run_tune(data, space_path, trials=None, max_concurrent=1, gpus_per_trial=None, workers_per_trial=None,
-             name=None, resume=None, address=None):
+def run_tune(
+    data,
+    space_path,
+    trials=None,
+    max_concurrent=1,
+    gpus_per_trial=None,
+    workers_per_trial=None,
+    name=None,
+    resume=None,
+    address=None,
+):
     """Start or resume the tune, print the ranked table; returns the TuneOutcome."""
     from mtc.cluster import connect
     from mtc.errors import MtcError
+    from mtc.preflight import check_shared_paths
+    from mtc.tracking import checkpoint_root, tracking_uri
     from mtc.tune.run import resume_tune, start_tune
     from mtc.tune.search import load_space
 
     if resume:
         if space_path or trials or gpus_per_trial is not None or workers_per_trial is not None or name:
-            raise MtcError("--resume continues a tune with the space, budget and name it started with; "
-                           "drop --space, --trials, --gpus-per-trial, --workers-per-trial and --name")
+            raise MtcError(
+                "--resume continues a tune with the space, budget and name it started with; "
+                "drop --space, --trials, --gpus-per-trial, --workers-per-trial and --name"
+            )
         console.print(connect(address))
         outcome = resume_tune(resume, shards=data, echo=echo)
     else:
@@ -66,8 +80,17 @@ def run_tune(data, space_path, trials=None, max_concurrent=1, gpus_per_trial=Non
             raise MtcError("give --data SHARDS and --space SPACE.yaml (or --resume NAME)")
         space = load_space(space_path)
         console.print(connect(address))
-        outcome = start_tune(data, space, name=name, trials=trials, max_concurrent=max_concurrent,
-                             workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial, echo=echo)
+        check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
+        outcome = start_tune(
+            data,
+            space,
+            name=name,
+            trials=trials,
+            max_concurrent=max_concurrent,
+            workers_per_trial=workers_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            echo=echo,
+        )
     print_outcome(outcome)
     return outcome
 
@@ -78,24 +101,63 @@ def echo(line: str) -> None:
 
 
 def print_outcome(outcome) -> None:
+    """The ranked table (task names abbreviated, with a legend), the references and where the report is."""
     from mtc.tracking import tracking_uri
 
     ranked = outcome.report.ranked
     tasks = [c.removesuffix(" rel") for c in ranked.columns if c.endswith(" rel")]
+    short = abbreviations(tasks)
     table = Table(title=f"tune {outcome.name}: trials ranked by objective (mean val error / task alone)")
-    for column in ("rank", "trial", "objective", "status", "grouping", "loss", "lr", *tasks):
-        table.add_column(column, justify="left" if column in ("trial", "status", "grouping", "loss") else "right")
+    choices = outcome.report.choices
+    headers = (
+        "rank",
+        "trial",
+        "objective",
+        "status",
+        "grouping",
+        "loss",
+        "lr",
+        *(c.rsplit(".", 1)[-1] for c in choices),
+        *(short[t] for t in tasks),
+    )
+    for column in headers:
+        left = column in ("trial", "status", "grouping", "loss")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column != "grouping", min_width=4)
     for row in ranked.to_dict("records"):
         status = row["status"] if row["status"] != "stopped" else f"stopped @{row['epochs']}"
-        table.add_row(str(row["rank"]), row["trial"], _num(row["objective"]), status, row["grouping"],
-                      row["loss"], row["lr"], *(_num(row[f"{t} rel"]) for t in tasks))
-    console.print(table)
+        grouping = " | ".join("+".join(short[t] for t in g.split("+")) for g in row["grouping"].split(" | "))
+        table.add_row(
+            str(row["rank"]),
+            row["trial"],
+            _num(row["objective"]),
+            status,
+            grouping,
+            row["loss"],
+            row["lr"],
+            *(str(row[c]) for c in choices),
+            *(_num(row[f"{t} rel"]) for t in tasks),
+        )
+    (console if console.is_terminal else Console(width=160, highlight=False)).print(table)  # logs: no squeeze
+    legend = ", ".join(f"{s} = {t}" for t, s in short.items() if s != t)
+    console.print(f"per-task columns: val error / the task alone{'; ' + legend if legend else ''}", soft_wrap=True)
     refs = ", ".join(f"{t} {v:.4g}" for t, v in outcome.references.items())
-    console.print(f"single-task references (val MAE; 1 - AUC for binary): {refs}")
-    console.print(f"MLflow parent run [bold]{outcome.parent_run_id}[/] in {tracking_uri()}: report/trials.csv, "
-                  "report/best_config.yaml, report/affinity.csv, report/affinity.png")
+    console.print(f"single-task references (val MAE; 1 - AUC for binary): {refs}", soft_wrap=True)
+    console.print(
+        f"MLflow parent run [bold]{outcome.parent_run_id}[/] in {tracking_uri()}: report/trials.csv, "
+        "report/best_config.yaml, report/affinity.csv, report/affinity.png",
+        soft_wrap=True,
+    )
     if outcome.report.best is not None:
-        console.print(f"train the best: [bold]mtc train --data SHARDS --config {_best_yaml(outcome.parent_run_id)}[/]")
+        console.print(
+            f"train the best: [bold]mtc train --data SHARDS --config {_best_yaml(outcome.parent_run_id)}[/]",
+            soft_wrap=True,
+        )
+
+
+def abbreviations(tasks: list[str]) -> dict[str, str]:
+    """Initials of multi-word task names (formation_energy_per_atom -> fepa), unless they would collide."""
+    short = {t: "".join(p[0] for p in t.split("_") if p) if "_" in t else t for t in tasks}
+    return short if len(set(short.values())) == len(tasks) else {t: t for t in tasks}
 
 
 def _best_yaml(run_id: str) -> str:

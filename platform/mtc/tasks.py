@@ -86,9 +86,7 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"task {self.name!r}: derive is only allowed for binary tasks")
             derive_column = parse_derive(self.derive)[0]
             if derive_column != self.column:
-                raise ValueError(
-                    f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}"
-                )
+                raise ValueError(f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}")
         return self
 
     def target(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +109,7 @@ class TaskSpec(BaseModel):
         else:
             values = np.where(mask, source, 0.0).astype(np.float32)
             if self.kind == "binary" and not np.isin(values[mask], (0.0, 1.0)).all():
-                raise ValueError(
-                    f"binary task {self.name!r}: column {self.column!r} has values other than 0/1"
-                )
+                raise ValueError(f"binary task {self.name!r}: column {self.column!r} has values other than 0/1")
         return values, mask
 
 
@@ -167,9 +163,7 @@ def task_targets(table: pa.Table, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray
     return values, mask
 
 
-def fit_normalizer(
-    values: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]
-) -> tuple[np.ndarray, np.ndarray]:
+def fit_normalizer(values: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray, np.ndarray]:
     """Fits per-task z-score statistics on observed labels only.
 
     Binary tasks, tasks without labels and constant tasks get std 1 (binary and unlabelled: mean 0).

@@ -60,8 +60,10 @@ def test_yaml_parses(path: Path) -> None:
     assert _documents(path), f"{path} holds no document"
 
 
-@pytest.mark.parametrize(("name", "obj"), [o for o in _k8s_objects() if "/" not in o[1]["apiVersion"]
-                                           or not o[1]["apiVersion"].startswith("ray.io")])
+@pytest.mark.parametrize(
+    ("name", "obj"),
+    [o for o in _k8s_objects() if "/" not in o[1]["apiVersion"] or not o[1]["apiVersion"].startswith("ray.io")],
+)
 def test_builtin_kinds_validate_against_the_kubernetes_schema(name: str, obj: dict) -> None:
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -89,13 +91,16 @@ def test_raycluster_structure() -> None:
         assert template["spec"]["containers"][0]["image"]
     for group in groups:
         assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-               for g in groups)
+    gpus = sum(
+        g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in groups
+    )
     assert gpus >= 8, "sized for mtc train --gpus 8"
     claims = {d["metadata"]["name"] for _, d in _k8s_objects() if d["kind"] == "PersistentVolumeClaim"}
     for template in templates:
-        used = {v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]
-                if "persistentVolumeClaim" in v}
+        used = {
+            v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v
+        }
         assert used <= claims
         assert any(m["mountPath"] == "/shared" for m in template["spec"]["containers"][0]["volumeMounts"])
 
@@ -156,7 +161,8 @@ def test_every_job_named_anywhere_exists_and_its_arguments_parse() -> None:
 
 @pytest.mark.parametrize("job", JOBS)
 def test_job_entrypoint_help(job: str) -> None:
-    result = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert f"Usage: jobs/{job}.py" in result.stdout

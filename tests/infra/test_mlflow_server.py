@@ -75,28 +75,80 @@ def mlflow_server():
     pg_port, mlflow_port = _free_ports(2)
     procs: list[subprocess.Popen] = []
     try:
-        subprocess.run([*as_postgres, str(pg_bin / "initdb"), "-D", str(root / "data"), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                str(pg_bin / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
         pg_log = root / "postgres.log"
-        procs.append(subprocess.Popen(
-            [*as_postgres, str(pg_bin / "postgres"), "-D", str(root / "data"), "-p", str(pg_port), "-k", str(root),
-             "-c", "listen_addresses=127.0.0.1"],
-            stdout=pg_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *as_postgres,
+                    str(pg_bin / "postgres"),
+                    "-D",
+                    str(root / "data"),
+                    "-p",
+                    str(pg_port),
+                    "-k",
+                    str(root),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                ],
+                stdout=pg_log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         psql = [str(pg_bin / "psql"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
-        _wait(lambda: subprocess.run([*psql, "-c", "select 1"], capture_output=True).returncode == 0,
-              "PostgreSQL", procs[-1], pg_log)
+        _wait(
+            lambda: subprocess.run([*psql, "-c", "select 1"], capture_output=True).returncode == 0,
+            "PostgreSQL",
+            procs[-1],
+            pg_log,
+        )
         subprocess.run([*psql, "-c", "CREATE DATABASE mlflow"], check=True, capture_output=True)
 
         artifacts = root / "mlartifacts"
         uri = f"http://127.0.0.1:{mlflow_port}"
         server_log = root / "mlflow.log"
-        procs.append(subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--workers", "1"],  # one process: uvicorn's supervisor kills busy workers on a loaded 2-core box
-            stdout=server_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=5).status == 200, "mlflow server", procs[-1],
-              server_log)
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+                    "--artifacts-destination",
+                    str(artifacts),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--workers",
+                    "1",
+                ],  # one process: uvicorn's supervisor kills busy workers on a loaded 2-core box
+                stdout=server_log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        _wait(
+            lambda: urllib.request.urlopen(f"{uri}/health", timeout=5).status == 200,
+            "mlflow server",
+            procs[-1],
+            server_log,
+        )
         yield uri, artifacts
     finally:
         for proc in reversed(procs):
@@ -109,8 +161,9 @@ def _train(shards: str, name: str) -> str:
     from mtc.config import TrainConfig, load_config
     from mtc.train.trainer import train
 
-    config = load_config(TrainConfig, REPO / "configs/tiny.yaml",
-                         ["epochs=1", f"experiment={EXPERIMENT}", f"run_name={name}"])
+    config = load_config(
+        TrainConfig, REPO / "configs/tiny.yaml", ["epochs=1", f"experiment={EXPERIMENT}", f"run_name={name}"]
+    )
     return train(Path(shards), config, register="mtc-pg").run_id
 
 
@@ -121,7 +174,8 @@ def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(mlflow_se
     client = mlflow.MlflowClient(uri)
     experiment_id = client.create_experiment(EXPERIMENT)  # as `mtc tune` does before its trials start
     task = ray_session.remote(num_cpus=0.01, max_retries=0)(_train).options(
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}}
+    )
     run_ids = ray_session.get([task.remote(str(demo_shards), f"run-{k}") for k in range(2)], timeout=600)
 
     runs = client.search_runs([experiment_id])

@@ -44,8 +44,12 @@ def _free_ports(n: int) -> list[int]:
 
 def _node_ports() -> list[str]:
     listen, grpc, metrics, runtime_env = _free_ports(4)
-    return [f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
-            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
+    return [
+        f"--dashboard-agent-listen-port={listen}",
+        f"--dashboard-agent-grpc-port={grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+    ]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -81,18 +85,31 @@ class TwoNodes:
         self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_ADDRESS": self.address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # a job's `python` is the nodes' environment
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ADDRESS": self.address,
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }  # a job's `python` is the nodes' environment
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.procs: list[subprocess.Popen] = []
         self.worker_isolated = False
 
     def start(self) -> None:
         common = [str(BIN / "ray"), "start", "--num-cpus=1", f"--object-store-memory={300 * 1024**2}", "--block"]
-        head = [*common, "--head", f"--port={self.gcs_port}", f"--temp-dir={self.root / 'ray'}",
-                f"--ray-client-server-port={self.client_port}", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *_node_ports()]
+        head = [
+            *common,
+            "--head",
+            f"--port={self.gcs_port}",
+            f"--temp-dir={self.root / 'ray'}",
+            f"--ray-client-server-port={self.client_port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            *_node_ports(),
+        ]
         self._spawn(head, "head")
         self._wait_nodes(1)
         worker = [*common, f"--address={self.address}", *_node_ports()]
@@ -105,8 +122,9 @@ class TwoNodes:
 
     def _spawn(self, cmd: list[str], name: str) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (lives as long as the node)
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     def _wait_nodes(self, n: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -114,8 +132,9 @@ class TwoNodes:
             for proc in self.procs:
                 if proc.poll() is not None:
                     pytest.fail(f"a Ray node exited ({proc.returncode}); logs in {self.root}")
-            status = subprocess.run([str(BIN / "ray"), "status", f"--address={self.address}"], env=self.env,
-                                    capture_output=True, text=True)
+            status = subprocess.run(
+                [str(BIN / "ray"), "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True
+            )
             active = status.stdout.split("Active:")[-1].split("Pending:")[0]
             if status.returncode == 0 and active.count("node_") >= n:
                 return
@@ -127,8 +146,14 @@ class TwoNodes:
             _stop(proc)
 
     def mtc(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "mtc"), *args, "--address", self.address], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "mtc"), *args, "--address", self.address],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +176,17 @@ def structures(tmp_path_factory, demo_records) -> Path:
 
 
 def _featurize_args(src: Path, out: Path) -> list[str]:
-    return ["featurize", str(src), "--out", str(out), "--max-atoms", str(MAX_ATOMS), "--max-reject-rate", "0.5",
-            *(a for label in LABELS for a in ("--label", label))]
+    return [
+        "featurize",
+        str(src),
+        "--out",
+        str(out),
+        "--max-atoms",
+        str(MAX_ATOMS),
+        "--max-reject-rate",
+        "0.5",
+        *(a for label in LABELS for a in ("--label", label)),
+    ]
 
 
 def _ids(path: Path) -> list[str]:
@@ -163,8 +197,9 @@ def test_featurize_on_two_nodes_matches_one_node(cluster, structures, ray_sessio
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import featurize
 
-    single = featurize(structures, tmp_path / "one", FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.5),
-                       labels=LABELS)
+    single = featurize(
+        structures, tmp_path / "one", FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.5), labels=LABELS
+    )
     out = cluster.root / "shared" / "shards"
     result = cluster.mtc(*_featurize_args(structures, out))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -176,8 +211,9 @@ def test_featurize_on_two_nodes_matches_one_node(cluster, structures, ray_sessio
     assert single.n_read == 609 and set(single.rejected_by_reason) == set(BAD_JSONL_REASONS.values())
     parts = [p for p in out.glob("*.parquet") if p.name != "rejected.parquet"]
     ours = pa.concat_tables(pq.read_table(p) for p in parts).sort_by("id")
-    theirs = pa.concat_tables(pq.read_table(p) for p in (tmp_path / "one").glob("*.parquet")
-                              if p.name != "rejected.parquet").sort_by("id")
+    theirs = pa.concat_tables(
+        pq.read_table(p) for p in (tmp_path / "one").glob("*.parquet") if p.name != "rejected.parquet"
+    ).sort_by("id")
     assert ours.column("id").to_pylist() == theirs.column("id").to_pylist()
     assert ours.column("edge_dst").equals(theirs.column("edge_dst"))
     assert _ids(out / "rejected.parquet") == _ids(tmp_path / "one" / "rejected.parquet")
@@ -199,8 +235,14 @@ def test_screen_on_two_nodes_matches_one_node(cluster, trained, demo_records, ra
     from mtc.screen.score import screen
 
     rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords")} for r in demo_records[2000:2400]]
-    rows.append({"id": "bad-element", "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]], "species": ["Xx"],
-                 "frac_coords": [[0, 0, 0]]})
+    rows.append(
+        {
+            "id": "bad-element",
+            "lattice": [[4, 0, 0], [0, 4, 0], [0, 0, 4]],
+            "species": ["Xx"],
+            "frac_coords": [[0, 0, 0]],
+        }
+    )
     db = cluster.root / "shared" / "db"
     db.mkdir(parents=True)
     table = pa.Table.from_pylist(rows)
@@ -214,7 +256,8 @@ def test_screen_on_two_nodes_matches_one_node(cluster, trained, demo_records, ra
     assert result.returncode == 0, result.stdout + result.stderr
     assert (single.n_input, single.n_scored, single.n_rejected) == (401, 400, 1)
     assert f"{single.n_input:,} structures, {single.n_scored:,} scored, {single.n_rejected:,} rejected" in " ".join(
-        result.stdout.split())
+        result.stdout.split()
+    )
     ours = pq.read_table(out / "predictions").sort_by("id")
     theirs = pq.read_table(tmp_path / "one" / "predictions").sort_by("id")
     assert ours.column("id").equals(theirs.column("id"))
@@ -224,9 +267,21 @@ def test_screen_on_two_nodes_matches_one_node(cluster, trained, demo_records, ra
 
 def test_ray_job_submit_runs_a_job_entrypoint(cluster, structures):
     out = cluster.root / "shared" / "job-shards"
-    submit = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-              "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "jobs/featurize.py",
-              *_featurize_args(structures, out)[1:]]
+    submit = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        "jobs/featurize.py",
+        *_featurize_args(structures, out)[1:],
+    ]
     for _ in range(3):  # the job agent of a fresh head may not be ready yet
         result = subprocess.run(submit, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=300)
         if "No available agent" not in result.stderr:

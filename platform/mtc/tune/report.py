@@ -68,8 +68,14 @@ def ranked_table(trials: Sequence[TrialRecord], choices: Sequence[str] = ()) -> 
     """Finished trials by objective, then trials stopped early, then failed ones; one column per task."""
     rows = []
     for rank, trial in enumerate(sorted(trials, key=_sort_key), start=1):
-        row = {"rank": rank, "trial": trial.trial_id, "objective": trial.objective, "status": trial.status,
-               "epochs": trial.epochs, **describe(trial.config)}
+        row = {
+            "rank": rank,
+            "trial": trial.trial_id,
+            "objective": trial.objective,
+            "status": trial.status,
+            "epochs": trial.epochs,
+            **describe(trial.config),
+        }
         row.update({key: _dotted(trial.config, key) for key in choices})
         row.update({f"{task} rel": value for task, value in trial.relative.items()})
         row.update({f"{task} val error": value for task, value in trial.errors.items()})
@@ -98,14 +104,23 @@ def affinity(trials: Sequence[TrialRecord]) -> pd.DataFrame:
         order = {t.name: k for k, t in enumerate(trial.config.tasks)}
         for group in trial.config.model.groups or [list(order)]:
             key = (len(group), [order[t] for t in group])
-            rows.extend({"task": task, "group": TASK_SEP.join(group), "key": (*key, order[task]),
-                         "relative_error": trial.relative.get(task, math.nan)} for task in group)
+            rows.extend(
+                {
+                    "task": task,
+                    "group": TASK_SEP.join(group),
+                    "key": (*key, order[task]),
+                    "relative_error": trial.relative.get(task, math.nan),
+                }
+                for task in group
+            )
     frame = pd.DataFrame(rows, columns=["task", "group", "key", "relative_error"]).dropna(subset=["relative_error"])
     if frame.empty:
         return pd.DataFrame(columns=columns)
-    table = frame.groupby(["task", "group"], sort=False).agg(
-        key=("key", "first"), trials=("relative_error", "size"), best_relative_error=("relative_error", "min")
-    ).reset_index()
+    table = (
+        frame.groupby(["task", "group"], sort=False)
+        .agg(key=("key", "first"), trials=("relative_error", "size"), best_relative_error=("relative_error", "min"))
+        .reset_index()
+    )
     ordered = sorted(range(len(table)), key=lambda i: table["key"].iloc[i])  # small groups first, in task order
     return table.iloc[ordered][columns].reset_index(drop=True)
 
@@ -127,7 +142,10 @@ def affinity_heatmap(table: pd.DataFrame, tasks: Sequence[str]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
     image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 1 - spread, 1 + spread), aspect="auto")
     for (i, j), value in pd.DataFrame(values).stack().items():
-        ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8)
+        if not math.isfinite(value):
+            continue  # the task is not in that group
+        dark = abs(value - 1) > 0.6 * spread
+        ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(grid.shape[1]), [c.replace(TASK_SEP, "+\n") for c in grid.columns], fontsize=7)
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
     ax.set_xlabel("group the task trained in (shared trunk)")
@@ -143,9 +161,11 @@ def best_yaml(best: TrialRecord | None, tune_name: str) -> str:
     """The best finished trial's resolved config, ready for ``mtc train --config``."""
     if best is None:
         return ""
-    header = (f"# best trial {best.trial_id} of tune {tune_name}: objective {best.objective:.4f} "
-              f"(mean validation error / single-task reference)\n# train it: mtc train --data SHARDS --config "
-              "best_config.yaml\n")
+    header = (
+        f"# best trial {best.trial_id} of tune {tune_name}: objective {best.objective:.4f} "
+        f"(mean validation error / single-task reference)\n# train it: mtc train --data SHARDS --config "
+        "best_config.yaml\n"
+    )
     return header + dump_yaml(best.config.model_copy(update={"run_name": None}))
 
 
@@ -155,8 +175,14 @@ def build_report(trials: Sequence[TrialRecord], tune_name: str, choices: Sequenc
     best = finished[0] if finished else None
     tasks = [t.name for t in trials[0].config.tasks] if trials else []
     table = affinity(trials)
-    return TuneReport(ranked_table(trials, choices), best, best_yaml(best, tune_name), table,
-                      affinity_heatmap(table, tasks), list(choices))
+    return TuneReport(
+        ranked_table(trials, choices),
+        best,
+        best_yaml(best, tune_name),
+        table,
+        affinity_heatmap(table, tasks),
+        list(choices),
+    )
 
 
 def log_report(client, run_id: str, report: TuneReport) -> None:

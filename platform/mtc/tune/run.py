@@ -115,8 +115,16 @@ class ObjectiveCallback(TuneReportCallback):
         super().after_report(run_context, [report, *metrics[1:]], checkpoint)
 
 
-def _trial(point: dict[str, Any], *, shards: str, space: TuneSpace, references: dict[str, float] | None,
-           parent_run_id: str, tune_name: str, env: dict[str, str]) -> None:
+def _trial(
+    point: dict[str, Any],
+    *,
+    shards: str,
+    space: TuneSpace,
+    references: dict[str, float] | None,
+    parent_run_id: str,
+    tune_name: str,
+    env: dict[str, str],
+) -> None:
     """One Tune trial: a full ``mtc`` training run (its own MLflow child run) of the sampled point."""
     from mtc.train.trainer import train
 
@@ -141,8 +149,9 @@ class _Progress(tune.Callback):
         result = trial.last_result or {}
         ending = "done" if "best_epoch" in result else f"stopped early after epoch {int(result.get('epoch', 0))}"
         score = f"objective {result['objective']:.4f}, " if "objective" in result else ""
-        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} {self._point(trial.config)}: "
-                  f"{score}{ending}")
+        self.echo(
+            f"  {self.what} {self.done}/{self.total} {trial.trial_id} {self._point(trial.config)}: {score}{ending}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.done += 1
@@ -193,23 +202,38 @@ def release_orphan_placement_groups() -> int:
         from ray._private.state import state
         from ray.core.generated import gcs_pb2
 
-        table = [gcs_pb2.PlacementGroupTableData.FromString(raw)
-                 for raw in state._connect_and_get_accessor().get_placement_group_table()]
+        table = [
+            gcs_pb2.PlacementGroupTableData.FromString(raw)
+            for raw in state._connect_and_get_accessor().get_placement_group_table()
+        ]
     except Exception:  # a Ray client connection or another Ray version: Ray Train's own cleaner has to do
         return 0
     job, removed = ray.get_runtime_context().get_job_id(), 0
     for pg in table:
         by_actor = pg.creator_actor_id != b"\xff" * len(pg.creator_actor_id)
-        if (by_actor and pg.creator_actor_dead and not pg.is_detached and pg.creator_job_id.hex() == job
-                and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED):
+        if (
+            by_actor
+            and pg.creator_actor_dead
+            and not pg.is_detached
+            and pg.creator_job_id.hex() == job
+            and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED
+        ):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
             removed += 1
     return removed
 
 
-def start_tune(shards: Path, space: TuneSpace, *, name: str | None = None, trials: int | None = None,
-               max_concurrent: int = 1, workers_per_trial: int | None = None, gpus_per_trial: int | None = None,
-               echo: Echo = print) -> TuneOutcome:
+def start_tune(
+    shards: Path,
+    space: TuneSpace,
+    *,
+    name: str | None = None,
+    trials: int | None = None,
+    max_concurrent: int = 1,
+    workers_per_trial: int | None = None,
+    gpus_per_trial: int | None = None,
+    echo: Echo = print,
+) -> TuneOutcome:
     """A new tune of ``space`` on the graph shards: checks, parent run, references, trials, report."""
     import mlflow
     import ray
@@ -226,17 +250,28 @@ def start_tune(shards: Path, space: TuneSpace, *, name: str | None = None, trial
     if _find_parent(name) is not None or tune.Tuner.can_restore(_experiment_path(name)):
         raise MtcError(f"a tune named {name!r} exists; continue it with --resume {name}, or pick another --name")
     client = mlflow.MlflowClient(uri)
-    parent = client.create_run(tracking.experiment_id(base.experiment), run_name=name,
-                               tags={NAME_TAG: name, KIND_TAG: "parent", "mtc.shards": str(shards)})
+    parent = client.create_run(
+        tracking.experiment_id(base.experiment),
+        run_name=name,
+        tags={NAME_TAG: name, KIND_TAG: "parent", "mtc.shards": str(shards)},
+    )
     run_id = parent.info.run_id
-    for key, value in {"trials": space.trials, "search": space.algorithm(), "max_concurrent": concurrency,
-                       "workers_per_trial": base.scaling.workers, "gpus_per_trial": base.scaling.gpus,
-                       "tasks": ",".join(space.task_names()), "groupings": len(space.partitions()),
-                       "epochs": base.epochs}.items():
+    for key, value in {
+        "trials": space.trials,
+        "search": space.algorithm(),
+        "max_concurrent": concurrency,
+        "workers_per_trial": base.scaling.workers,
+        "gpus_per_trial": base.scaling.gpus,
+        "tasks": ",".join(space.task_names()),
+        "groupings": len(space.partitions()),
+        "epochs": base.epochs,
+    }.items():
         client.log_param(run_id, key, value)
     client.log_text(run_id, dump_space(space), "tune/space.yaml")
-    echo(f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
-         f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}")
+    echo(
+        f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
+        f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}"
+    )
     return _drive(client, run_id, name, shards, space, concurrency, echo)
 
 
@@ -251,8 +286,9 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
         raise MtcError(f"no tune named {name!r} in {uri}; start one with mtc tune --data ... --space ...")
     client = mlflow.MlflowClient(uri)
     run_id = parent.info.run_id
-    space = parse_space(yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/tune/space.yaml")),
-                        source=f"tune {name}")
+    space = parse_space(
+        yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/tune/space.yaml")), source=f"tune {name}"
+    )
     shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
     plan_concurrency(1, space.base_config().scaling, ray.cluster_resources())
     prepare_splits(shards, space.base_config())
@@ -275,8 +311,7 @@ def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus:
     return parse_space(data, source="the command line")
 
 
-def _drive(client, run_id: str, name: str, shards: Path, space: TuneSpace, concurrency: int,
-           echo: Echo) -> TuneOutcome:
+def _drive(client, run_id: str, name: str, shards: Path, space: TuneSpace, concurrency: int, echo: Echo) -> TuneOutcome:
     """References, then trials, then child-run bookkeeping and the report; the parent run ends FINISHED."""
     try:
         references = _references(client, run_id, name, shards, space, concurrency, echo)
@@ -294,20 +329,27 @@ def _drive(client, run_id: str, name: str, shards: Path, space: TuneSpace, concu
     return TuneOutcome(name, run_id, references, records, report)
 
 
-def _references(client, run_id: str, name: str, shards: Path, space: TuneSpace, concurrency: int,
-                echo: Echo) -> dict[str, float]:
+def _references(
+    client, run_id: str, name: str, shards: Path, space: TuneSpace, concurrency: int, echo: Echo
+) -> dict[str, float]:
     """Each task's single-task validation error: given in the space, or from a reference run with the same budget."""
     references = dict(space.references)
     missing = [t for t in space.task_names() if t not in references]
     if missing:
         echo(f"single-task references: {', '.join(missing)} ({space.base_config().epochs} epochs each)")
-        grid = _fit(name + "-references", _trainable(shards, space, None, run_id, name), lambda trainable: tune.Tuner(
-            trainable,
-            param_space={"reference": tune.grid_search(missing)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False,
-                                        trial_dirname_creator=_trial_dirname),
-            run_config=_run_config(name + "-references", _Progress(echo, "reference", len(missing), space)),
-        ), len(missing))
+        grid = _fit(
+            name + "-references",
+            _trainable(shards, space, None, run_id, name),
+            lambda trainable: tune.Tuner(
+                trainable,
+                param_space={"reference": tune.grid_search(missing)},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=_trial_dirname
+                ),
+                run_config=_run_config(name + "-references", _Progress(echo, "reference", len(missing), space)),
+            ),
+            len(missing),
+        )
         children = _child_runs(client, run_id)
         for result in grid:
             task = result.config["reference"]
@@ -319,32 +361,49 @@ def _references(client, run_id: str, name: str, shards: Path, space: TuneSpace, 
                 client.set_tag(child.info.run_id, "mtc.tune.reference", task)
     for task, value in references.items():
         client.log_metric(run_id, f"reference/{task}", value)
-    echo("references (validation MAE; 1 - AUC for binary tasks): "
-         + ", ".join(f"{t} {v:.4g}" for t, v in references.items()))
+    echo(
+        "references (validation MAE; 1 - AUC for binary tasks): "
+        + ", ".join(f"{t} {v:.4g}" for t, v in references.items())
+    )
     return references
 
 
-def _fit_trials(run_id: str, name: str, shards: Path, space: TuneSpace, references: dict[str, float],
-                concurrency: int, echo: Echo):
+def _fit_trials(
+    run_id: str, name: str, shards: Path, space: TuneSpace, references: dict[str, float], concurrency: int, echo: Echo
+):
     dims = param_space(space)
     echo(f"trials: {space.trials}, varying {', '.join(dims) or 'nothing'}")
-    return _fit(name, _trainable(shards, space, references, run_id, name), lambda trainable: tune.Tuner(
-        trainable,
-        param_space=dims,
-        tune_config=tune.TuneConfig(
-            metric="objective", mode="min", num_samples=space.trials, max_concurrent_trials=concurrency,
-            search_alg=_search_alg(space, dims), scheduler=_scheduler(space), reuse_actors=False,
-            trial_dirname_creator=_trial_dirname,
+    return _fit(
+        name,
+        _trainable(shards, space, references, run_id, name),
+        lambda trainable: tune.Tuner(
+            trainable,
+            param_space=dims,
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode="min",
+                num_samples=space.trials,
+                max_concurrent_trials=concurrency,
+                search_alg=_search_alg(space, dims),
+                scheduler=_scheduler(space),
+                reuse_actors=False,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=_run_config(name, _Progress(echo, "trial", space.trials, space)),
         ),
-        run_config=_run_config(name, _Progress(echo, "trial", space.trials, space)),
-    ), space.trials)
+        space.trials,
+    )
 
 
 def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | None, run_id: str, name: str):
-    env = {"MTC_HOME": str(tracking.mtc_home()), "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-           "MTC_STORAGE": tracking.checkpoint_root()}
-    fn = tune.with_parameters(_trial, shards=str(shards), space=space, references=references,
-                              parent_run_id=run_id, tune_name=name, env=env)
+    env = {
+        "MTC_HOME": str(tracking.mtc_home()),
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "MTC_STORAGE": tracking.checkpoint_root(),
+    }
+    fn = tune.with_parameters(
+        _trial, shards=str(shards), space=space, references=references, parent_run_id=run_id, tune_name=name, env=env
+    )
     return tune.with_resources(fn, {"CPU": TRIAL_CPUS})
 
 
@@ -354,9 +413,13 @@ def _trial_dirname(trial) -> str:
 
 
 def _run_config(name: str, progress: _Progress) -> tune.RunConfig:
-    return tune.RunConfig(name=name, storage_path=tracking.checkpoint_root(), verbose=0,
-                          callbacks=[progress, _ReleaseStoppedRuns()],
-                          failure_config=tune.FailureConfig(max_failures=0))
+    return tune.RunConfig(
+        name=name,
+        storage_path=tracking.checkpoint_root(),
+        verbose=0,
+        callbacks=[progress, _ReleaseStoppedRuns()],
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
 
 
 def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
@@ -382,8 +445,13 @@ def _scheduler(space: TuneSpace):
     from ray.tune.schedulers import ASHAScheduler
 
     last = epochs - 1
-    return ASHAScheduler(time_attr="epoch", max_t=last, grace_period=min(space.asha.grace_period, last),
-                         reduction_factor=space.asha.reduction_factor, stop_last_trials=False)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=last,
+        grace_period=min(space.asha.grace_period, last),
+        reduction_factor=space.asha.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
 def _experiment_path(name: str) -> str:
@@ -393,8 +461,8 @@ def _experiment_path(name: str) -> str:
 def _fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner], n_trials: int):
     """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it.
 
-    Raises TuneInterrupted unless all ``n_trials`` ended: Tune marks a trial that finished, or that its
-    scheduler stopped, ``done``; a trial cut short by an interruption is not.
+    Raises TuneInterrupted unless all ``n_trials`` ended: a finished trial's last result is the final report
+    (``best_epoch``), a trial ASHA stopped is marked ``done``; one cut short by an interruption is neither.
     """
     path = _experiment_path(name)
     if tune.Tuner.can_restore(path):
@@ -402,11 +470,18 @@ def _fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner], n_trials
     else:
         tuner = make_tuner(trainable)
     grid = tuner.fit()
-    ended = sum(1 for result in grid if result.error is not None or (result.metrics or {}).get("done"))
+    ended = sum(map(_ended, grid))
     if ended < n_trials:
-        raise TuneInterrupted(f"the tune stopped with {ended} of {n_trials} trials ended; continue it with "
-                              f"mtc tune --resume {name.removesuffix('-references')}")
+        raise TuneInterrupted(
+            f"the tune stopped with {ended} of {n_trials} trials ended; continue it with "
+            f"mtc tune --resume {name.removesuffix('-references')}"
+        )
     return grid
+
+
+def _ended(result) -> bool:
+    metrics = result.metrics or {}
+    return result.error is not None or "best_epoch" in metrics or bool(metrics.get("done"))
 
 
 def _find_parent(name: str):
@@ -414,13 +489,17 @@ def _find_parent(name: str):
 
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`{NAME_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'parent'",
-                              max_results=1) if experiments else []
+    runs = (
+        client.search_runs(experiments, f"tags.`{NAME_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'parent'", max_results=1)
+        if experiments
+        else []
+    )
     return runs[0] if runs else None
 
 
-def _finish_child_runs(client, run_id: str, name: str, space: TuneSpace, grid,
-                       references: Mapping[str, float]) -> list[TrialRecord]:
+def _finish_child_runs(
+    client, run_id: str, name: str, space: TuneSpace, grid, references: Mapping[str, float]
+) -> list[TrialRecord]:
     """Trial records from Tune's results; each child run gets the point as tags, the objective, a final status."""
     newest = _child_runs(client, run_id)
     records = []
@@ -436,8 +515,11 @@ def _finish_child_runs(client, run_id: str, name: str, space: TuneSpace, grid,
 
 def _child_runs(client, run_id: str) -> dict[str, Any]:
     """The newest child run of each name; older attempts that an interruption cut short end KILLED."""
-    children = client.search_runs([client.get_run(run_id).info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{run_id}'", order_by=["attributes.start_time DESC"])
+    children = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{run_id}'",
+        order_by=["attributes.start_time DESC"],
+    )
     newest: dict[str, Any] = {}
     for child in children:
         if child.info.run_name in newest and child.info.status == "RUNNING":
@@ -446,23 +528,35 @@ def _child_runs(client, run_id: str) -> dict[str, Any]:
     return newest
 
 
-def _record(space: TuneSpace, result, trial_id: str, references: Mapping[str, float],
-            child_run_id: str | None) -> TrialRecord:
+def _record(
+    space: TuneSpace, result, trial_id: str, references: Mapping[str, float], child_run_id: str | None
+) -> TrialRecord:
     metrics = result.metrics or {}
     config = trial_config(space, result.config)
     status = ERROR if result.error is not None else FINISHED if "best_epoch" in metrics else STOPPED
     errors = {t: float(metrics.get(f"val_error/{t}", math.nan)) for t in space.task_names()}
     epochs = int(metrics.get("training_iteration", 0)) - (status == FINISHED)  # the final report is no epoch
-    return TrialRecord(trial_id, dict(result.config), config, status, epochs,
-                       float(metrics.get("objective", math.nan)), errors, relative_errors(errors, references),
-                       child_run_id)
+    return TrialRecord(
+        trial_id,
+        dict(result.config),
+        config,
+        status,
+        epochs,
+        float(metrics.get("objective", math.nan)),
+        errors,
+        relative_errors(errors, references),
+        child_run_id,
+    )
 
 
 def _tag_child(client, child, record: TrialRecord) -> None:
     run_id = child.info.run_id
-    tags = {"mtc.tune.trial": record.trial_id, "mtc.tune.status": record.status,
-            **{f"mtc.tune.{k}": v for k, v in describe(record.config).items()},
-            **{f"mtc.tune.point.{k}": str(v) for k, v in record.point.items()}}
+    tags = {
+        "mtc.tune.trial": record.trial_id,
+        "mtc.tune.status": record.status,
+        **{f"mtc.tune.{k}": v for k, v in describe(record.config).items()},
+        **{f"mtc.tune.point.{k}": str(v) for k, v in record.point.items()},
+    }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     if math.isfinite(record.objective):

@@ -121,9 +121,7 @@ def parse_space(data: Mapping[str, Any], source: str = "the space") -> TuneSpace
         space = TuneSpace.model_validate(data)
         space.base_config()
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid tune space in {source}: {problems}") from None
     _check_against_tasks(space, source)
     return space
@@ -275,8 +273,12 @@ def reference_config(space: TuneSpace, task: str, run_name: str | None = None) -
     """The single-task run of ``task`` with the base settings and budget: its MAE is the task's reference."""
     base = space.base_config()
     spec = next(t for t in base.tasks if t.name == task)
-    update = {"tasks": [spec.model_dump(mode="json")], "model": {"groups": None},
-              "loss": {"strategy": "fixed", "weights": None}, "run_name": run_name}
+    update = {
+        "tasks": [spec.model_dump(mode="json")],
+        "model": {"groups": None},
+        "loss": {"strategy": "fixed", "weights": None},
+        "run_name": run_name,
+    }
     return _apply(base, update, f"reference run of {task}")
 
 

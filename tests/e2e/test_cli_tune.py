@@ -1,0 +1,162 @@
+"""``mtc tune`` through the CLI on real mp36k crystals: references, trials, ASHA, MLflow runs, report, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mtc import tracking
+from mtc_cli.app import app
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+runner = CliRunner()
+SPACE = "configs/tune/tiny.yaml"
+NAME = "tiny-e2e"
+TASKS = ["formation_energy_per_atom", "band_gap"]
+
+
+def client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking.tracking_uri())
+
+
+def parent_run():
+    runs = client().search_runs([tracking.experiment_id("mtc")], f"tags.`mtc.tune.name` = '{NAME}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def child_runs(parent_id: str) -> list:
+    return client().search_runs([tracking.experiment_id("mtc")], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def artifacts(run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for a in client().list_artifacts(run_id, path):
+        found |= artifacts(run_id, a.path) if a.is_dir else {a.path}
+    return found
+
+
+def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shards, ray_session, tmp_path):
+    started = time.perf_counter()
+    result = runner.invoke(
+        app, ["tune", "--data", str(demo_shards), "--space", SPACE, "--name", NAME, "--max-concurrent", "2"]
+    )
+    tune_seconds = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    assert "running 1 trial(s) at a time: the Ray cluster holds no more (asked 2)" in result.output
+    assert "trials ranked by objective" in result.output
+
+    parent = parent_run()
+    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "4"
+    references = {t: parent.data.metrics[f"reference/{t}"] for t in TASKS}
+    assert all(0 < v < 5 for v in references.values())
+    children = child_runs(parent.info.run_id)
+    refs = {c.data.tags["mtc.tune.reference"]: c for c in children if "mtc.tune.reference" in c.data.tags}
+    trials = [c for c in children if "mtc.tune.trial" in c.data.tags]
+    assert sorted(refs) == sorted(TASKS) and all(c.info.status == "FINISHED" for c in refs.values())
+    assert len(trials) == 4 and len(children) == 6
+    for child in trials:
+        tags, status = child.data.tags, child.data.tags["mtc.tune.status"]
+        assert (status, child.info.status) in {("finished", "FINISHED"), ("stopped", "KILLED")}, (status, child)
+        assert tags["mtc.tune.trial"] in result.output  # the terminal shows every trial
+        assert child.data.params["loss.strategy"] == tags.get("mtc.tune.point.strategy", "fixed")
+        assert child.data.metrics["tune/objective"] > 0
+        assert all(f"val/{t}/mae" in child.data.metrics for t in TASKS)  # metrics per task, per epoch
+
+    joint, apart = "+".join(TASKS), " | ".join(TASKS)
+    assert {c.data.tags["mtc.tune.grouping"] for c in trials} == {joint, apart}  # each grouping is tried first
+
+    assert artifacts(parent.info.run_id) >= {
+        "tune/space.yaml",
+        "report/trials.csv",
+        "report/best_config.yaml",
+        "report/affinity.csv",
+        "report/affinity.png",
+    }
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id,
+            artifact_path="report",
+            tracking_uri=tracking.tracking_uri(),
+            dst_path=str(tmp_path),
+        )
+    )
+    ranked = pd.read_csv(folder / "trials.csv")
+    assert list(ranked["rank"]) == [1, 2, 3, 4]
+    finished = ranked[ranked["status"] == "finished"]
+    assert not finished.empty and finished["objective"].is_monotonic_increasing
+    for t in TASKS:  # relative error = validation error / the task's reference
+        assert (ranked[f"{t} rel"] - ranked[f"{t} val error"] / references[t]).abs().max() < 1e-9
+    assert (ranked["objective"] - ranked[[f"{t} rel" for t in TASKS]].mean(axis=1)).abs().max() < 1e-9
+    affinity = pd.read_csv(folder / "affinity.csv")
+    assert set(affinity["task"]) <= set(TASKS) and (affinity["best_relative_error"] > 0).all()
+    assert set(affinity[affinity["group"] == joint]["task"]) == set(TASKS)  # the first trial is never cut
+    assert (folder / "affinity.png").read_bytes().startswith(b"\x89PNG")
+
+    started = time.perf_counter()
+    trained = runner.invoke(
+        app, ["train", "--data", str(demo_shards), "--config", str(folder / "best_config.yaml"), "--register", ""]
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "test metrics" in trained.output
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    resumed = runner.invoke(app, ["tune", "--resume", NAME])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(child_runs(parent.info.run_id)) == 6  # nothing ran again
+    assert parent_run().info.status == "FINISHED"
+    print(
+        f"tune {tune_seconds:.0f} s, best config trained in {train_seconds:.0f} s, "
+        f"resume of a finished tune {time.perf_counter() - started:.0f} s"
+    )
+
+    again = runner.invoke(app, ["tune", "--data", str(demo_shards), "--space", SPACE, "--name", NAME])
+    assert again.exit_code == 2 and f"continue it with --resume {NAME}" in again.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gpus-per-trial", "1"], "--gpus-per-trial 1 needs 1 GPU(s) for one trial, but the Ray cluster has no GPU"),
+        (["--workers-per-trial", "4"], "= 3.01 CPUs; the Ray cluster has 2"),
+    ],
+)
+def test_impossible_trials_fail_fast_naming_the_shortfall(demo_shards, ray_session, flags, message):
+    started = time.perf_counter()
+    result = runner.invoke(app, ["tune", "--data", str(demo_shards), "--space", SPACE, *flags])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert time.perf_counter() - started < 30
+
+
+def test_placement_group_of_a_dead_train_controller_is_released(ray_session):
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from mtc.tune.run import release_orphan_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:  # stands in for a Ray Train controller that Tune killed with its trial
+        def reserve(self):
+            group = placement_group([{"CPU": 0.25}])
+            ray.get(group.ready())
+            return group
+
+    controller = Controller.remote()
+    orphan = ray.get(controller.reserve.remote())
+    kept = placement_group([{"CPU": 0.25}])  # this driver's own: never touched
+    ray.get(kept.ready())
+    ray.kill(controller)
+    deadline = time.monotonic() + 30
+    while placement_group_table(orphan)["state"] != "REMOVED" and time.monotonic() < deadline:
+        release_orphan_placement_groups()  # the controller's death reaches the GCS a little after the kill
+        time.sleep(0.5)
+    assert placement_group_table(orphan)["state"] == "REMOVED"
+    assert placement_group_table(kept)["state"] == "CREATED"
+    ray.util.remove_placement_group(kept)
