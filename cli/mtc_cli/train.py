@@ -30,7 +30,8 @@ def train(
         float | None, typer.Option(min=0.0, max=1.0, help="Subsample the training split only (data-efficiency runs).")
     ] = None,
     resume: Annotated[
-        str | None, typer.Option(help="Continue the interrupted MLflow run RUN_ID from its last checkpoint.")
+        str | None,
+        typer.Option(help="Continue the interrupted run RUN_ID from its last checkpoint, with its own config."),
     ] = None,
     register: Annotated[
         str, typer.Option(help="Register the trained model as a new version of this name ('' to skip).")
@@ -66,6 +67,7 @@ def run_training(
     from mtc.config import TrainConfig, load_config
     from mtc.preflight import check_shared_paths
     from mtc.tracking import checkpoint_root, tracking_uri
+    from mtc.train.trainer import config_of_run
     from mtc.train.trainer import train as run_train
 
     overrides = list(overrides)
@@ -75,7 +77,7 @@ def run_training(
         overrides.append(f"scaling.workers={workers}")
     if train_fraction is not None:
         overrides.append(f"split.train_fraction={train_fraction}")
-    config = load_config(TrainConfig, config_path, overrides)
+    config = config_of_run(resume, overrides) if resume else load_config(TrainConfig, config_path, overrides)
     console.print(connect(address))
     check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
     tasks = ", ".join(t.name for t in config.tasks)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -129,3 +133,41 @@ def test_gpus_on_a_cpu_machine_fail_fast(demo_shards, ray_session):
 def test_bad_config_is_a_message(demo_shards, ray_session):
     result = runner.invoke(app, ["train", "--data", str(demo_shards), "-c", TINY, "--set", "optim.lr=-1"])
     assert result.exit_code == 2 and "optim.lr" in result.output and "Traceback" not in result.output
+
+
+def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTC_HOME", str(tmp_path))
+    command = [
+        sys.executable,
+        "-m",
+        "mtc_cli",
+        "train",
+        "--data",
+        str(demo_shards),
+        "-c",
+        TINY,
+        "--set",
+        "epochs=4",
+        "--set",
+        "experiment=resume-test",
+    ]
+    proc = subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((tmp_path / "ray_results").glob("mtc-*/checkpoint_*")):
+        time.sleep(0.5)
+    time.sleep(4)  # let the controller register the checkpoint
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = client().search_runs([tracking.experiment_id("resume-test")])[0]
+    assert interrupted.info.status == "RUNNING"
+
+    result = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", interrupted.info.run_id])
+    assert result.exit_code == 0, result.output
+    run = client().get_run(interrupted.info.run_id)
+    assert run.info.status == "FINISHED" and "test/band_gap/mae" in run.data.metrics
+    assert client().get_metric_history(run.info.run_id, "resumed_from_epoch")[0].value >= 1
+    assert len(client().get_metric_history(run.info.run_id, "train_loss")) >= 4
+    again = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", run.info.run_id])
+    assert again.exit_code == 2 and "nothing to continue" in again.output

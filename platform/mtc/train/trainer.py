@@ -160,6 +160,7 @@ def train(
     if resume_run_id:
         run = client.get_run(resume_run_id)
         exp_id = run.info.experiment_id
+        client.update_run(resume_run_id, status="RUNNING")
     else:
         exp_id = tracking.experiment_id(config.experiment)
         tags = {"mtc.shards": str(shards), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
@@ -210,6 +211,25 @@ def train(
     registered = log_model(run_id, bundle, register)
     client.set_terminated(run_id)
     return TrainResult(run_id, exp_id, dict(result.metrics or {}), bundle, result.checkpoint.path, registered)
+
+
+def config_of_run(run_id: str, overrides: list[str] | None = None) -> TrainConfig:
+    """The resolved config an unfinished run was started with (for ``--resume``), plus overrides."""
+    import mlflow
+
+    from mtc.config import load_config
+
+    tracking.configure()
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise MtcError(f"--resume {run_id}: no such MLflow run in {tracking.tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise MtcError(f"--resume {run_id}: the run finished; there is nothing to continue")
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=folder)
+        return load_config(TrainConfig, Path(path), overrides or [])
 
 
 def _log_inputs(client, run_id: str, config: TrainConfig, prepared: dict[str, Any]) -> None:
