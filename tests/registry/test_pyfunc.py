@@ -83,3 +83,20 @@ def test_versions_aliases_and_mistakes(trained):
     with pytest.raises(ModelNotFound, match="no registered model named 'nope'"):
         list_versions("nope")
     assert tracking.tracking_uri().startswith("sqlite:")
+
+
+def test_models_cli(trained):
+    from typer.testing import CliRunner
+
+    from mtc_cli.app import app
+
+    runner = CliRunner()
+    version = trained.registered["version"]
+    promoted = runner.invoke(app, ["models", "promote", "mtc-test", version, "--alias", "cli-check"])
+    assert promoted.exit_code == 0 and f"models:/mtc-test@cli-check -> version {version}" in promoted.output
+    listed = runner.invoke(app, ["models", "list", "mtc-test"])
+    assert listed.exit_code == 0 and "mtc-test" in listed.output and trained.run_id[:8] in listed.output
+    shown = runner.invoke(app, ["models", "show", "mtc-test", "cli-check"])
+    assert shown.exit_code == 0 and "band_gap/mae" in shown.output and "cli-check" in shown.output
+    missing = runner.invoke(app, ["models", "promote", "mtc-test", "999"])
+    assert missing.exit_code == 2 and "no version 999" in missing.output
