@@ -148,6 +148,7 @@ class ScalingConfig(StrictModel):
     gpus: int = Field(0, ge=0)
     cpus_per_worker: float = Field(0.5, gt=0, description="keep below 1 on small machines: Ray Data needs CPUs")
     max_failures: int = Field(2, ge=0, description="worker failures survived by resuming from a checkpoint")
+    placement: Literal["pack", "spread"] = Field("pack", description="spread: one worker per node where possible")
     collective_timeout_s: int = Field(600, ge=10)
 
 

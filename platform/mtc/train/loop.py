@@ -113,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             device,
         )
 
+    n_nodes = _count_nodes(world)
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(progress.epoch, config.epochs):
         started = time.perf_counter()
@@ -125,6 +126,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "steps": n_steps,
             "crystals_per_s": n_crystals * world / seconds,
+            "workers": world,
+            "nodes": n_nodes,
         }
         stop = torch.zeros(1)
         if rank == 0:
@@ -199,6 +202,18 @@ def _batches(shard, config: TrainConfig, device) -> Iterator[CrystalBatch]:
         local_shuffle_buffer_size=max(config.batch_size * 8, 2048),
     ):
         yield collate_arrow(table, config.tasks).to(device)
+
+
+def _count_nodes(world: int) -> int:
+    """Distinct Ray nodes the ranks run on (node ids, not IPs: test clusters share one IP)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return 1
+    nodes: list[str | None] = [None] * world
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
 
 
 def _all_ranks_have(have: bool, world: int) -> bool:

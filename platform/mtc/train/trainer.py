@@ -183,7 +183,12 @@ def train(
             "tracking_uri": uri,
             "threads": max(1, int(cpus - DATA_CPUS) // n_workers) if not scaling.gpus else 4,
         },
-        scaling_config=RayScaling(num_workers=n_workers, use_gpu=bool(scaling.gpus), resources_per_worker=resources),
+        scaling_config=RayScaling(
+            num_workers=n_workers,
+            use_gpu=bool(scaling.gpus),
+            resources_per_worker=resources,
+            placement_strategy=scaling.placement.upper(),
+        ),
         torch_config=TorchConfig(backend="nccl" if scaling.gpus else "gloo", timeout_s=scaling.collective_timeout_s),
         run_config=RunConfig(
             name=f"mtc-{run_id}",
