@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,9 +31,7 @@ def test_real_crystals_round_trip_and_rerun_reuses(tmp_path, demo_records, ray_s
     shards = read_shards(tmp_path / "shards")
     assert sorted(shards.column("id").to_pylist()) == sorted(r["id"] for r in records)
     # The same arrays as the pure function computes in this process.
-    table = pa.Table.from_pylist(
-        [{"id": r["id"], "source": "", "json": __import__("json").dumps(r)} for r in records[:40]]
-    )
+    table = pa.Table.from_pylist([{"id": r["id"], "source": "", "json": json.dumps(r)} for r in records[:40]])
     expected = {r["id"]: r for r in featurize_table(table, config, ["band_gap"]).to_pylist()}
     for row in shards.to_pylist():
         if row["id"] in expected:

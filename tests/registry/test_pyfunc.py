@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from pymatgen.core import Structure
 
 from mtc import tracking
+from mtc.config import FeaturizeConfig
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.model.bundle import ModelBundle
@@ -27,7 +29,7 @@ def test_registered_model_predicts_like_the_in_memory_model(trained, demo_record
     model = trained.bundle.build()
     graphs = featurize_table(
         pa.Table.from_pylist([{"id": r["id"], "source": "", "json": json.dumps(r)} for r in records]),
-        __import__("mtc.config", fromlist=["FeaturizeConfig"]).FeaturizeConfig(**trained.bundle.graph_params),
+        FeaturizeConfig(**trained.bundle.graph_params),
         [],
     )
     with torch.inference_mode():
@@ -62,14 +64,14 @@ def test_weights_are_a_state_dict_not_a_pickled_module(trained, tmp_path):
     path = mlflow.artifacts.download_artifacts(
         f"models:/mtc-test/{trained.registered['version']}", dst_path=str(tmp_path)
     )
-    weights = next(__import__("pathlib").Path(path).rglob("model.pt"))
+    weights = next(Path(path).rglob("model.pt"))
     state = torch.load(weights, weights_only=True)  # would fail on a pickled nn.Module
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     with zipfile.ZipFile(weights) as archive:
         pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
     assert b"MultiTaskCGCNN" not in pickled
     assert ModelBundle.load(weights.parent).task_names == ["formation_energy_per_atom", "band_gap", "is_metal"]
-    assert not list(__import__("pathlib").Path(path).rglob("python_model.pkl"))
+    assert not list(Path(path).rglob("python_model.pkl"))
 
 
 def test_versions_aliases_and_mistakes(trained):
