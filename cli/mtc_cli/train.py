@@ -65,8 +65,7 @@ def run_training(
     """Resolve the config, train, print the test table; returns the TrainResult."""
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
-    from mtc.preflight import check_shared_paths
-    from mtc.tracking import checkpoint_root, tracking_uri
+    from mtc.preflight import check_training_paths
     from mtc.train.trainer import config_of_run
     from mtc.train.trainer import train as run_train
 
@@ -79,7 +78,7 @@ def run_training(
         overrides.append(f"split.train_fraction={train_fraction}")
     config = config_of_run(resume, overrides) if resume else load_config(TrainConfig, config_path, overrides)
     console.print(connect(address))
-    check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
+    check_training_paths(data)
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
     result = run_train(data, config, resume_run_id=resume, register=register)

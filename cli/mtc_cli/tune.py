@@ -62,8 +62,7 @@ def run_tune(
     """Start or resume the tune, print the ranked table; returns the TuneOutcome."""
     from mtc.cluster import connect
     from mtc.errors import MtcError
-    from mtc.preflight import check_shared_paths
-    from mtc.tracking import checkpoint_root, tracking_uri
+    from mtc.preflight import check_training_paths
     from mtc.tune.run import resume_tune, start_tune
     from mtc.tune.search import load_space
 
@@ -80,7 +79,7 @@ def run_tune(
             raise MtcError("give --data SHARDS and --space SPACE.yaml (or --resume NAME)")
         space = load_space(space_path)
         console.print(connect(address))
-        check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
+        check_training_paths(data)
         outcome = start_tune(
             data,
             space,

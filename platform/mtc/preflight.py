@@ -129,3 +129,10 @@ def _probe(paths: dict[str, str]) -> dict[str, str | None]:
         except OSError:
             seen[label] = None
     return seen
+
+
+def check_training_paths(data: str | Path) -> None:
+    """What every node of a training (or tune) run reads or writes: the shards, checkpoints, the MLflow store."""
+    from mtc.tracking import checkpoint_root, tracking_uri
+
+    check_shared_paths({"--data": data, "MTC_STORAGE": checkpoint_root(), "the MLflow store": tracking_uri()})
