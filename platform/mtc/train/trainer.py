@@ -203,7 +203,8 @@ def train(
     try:
         result = trainer.fit()
     except Exception as err:
-        client.set_terminated(run_id, status="FAILED")
+        if client.get_run(run_id).info.status == "RUNNING":  # a tune that stopped this trial has ended it KILLED
+            client.set_terminated(run_id, status="FAILED")
         raise TrainingError(
             f"training failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the run "
             f"{run_id} holds what was logged; `mtc train --resume {run_id}` continues from the last checkpoint"

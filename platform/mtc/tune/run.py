@@ -564,5 +564,6 @@ def _tag_child(client, child, record: TrialRecord) -> None:
     for task, value in record.relative.items():
         if math.isfinite(value):
             client.log_metric(run_id, f"tune/relative_error/{task}", value)
-    if child.info.status == "RUNNING":
+    stopped_but_failed = record.status == STOPPED and child.info.status == "FAILED"  # its train() saw the actor die
+    if child.info.status == "RUNNING" or stopped_but_failed:
         client.set_terminated(run_id, status="KILLED" if record.status == STOPPED else "FAILED")
