@@ -1,4 +1,4 @@
-"""A real MLflow server on PostgreSQL (loopback), with two training runs logging to it at the same time.
+"""A real MLflow server on PostgreSQL (loopback): two trainings and a tune's concurrent trials log to it at once.
 
 PostgreSQL comes from the system packages (Debian: `apt-get install -y postgresql`; its binaries live in
 /usr/lib/postgresql/<version>/bin) and the psycopg driver from the dev extra. The test skips, saying why, when
@@ -8,6 +8,7 @@ either is missing; a server that does not start fails the test with its log.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -18,10 +19,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO
-from tests.infra.test_multinode import _free_ports
+from tests.infra.ray_nodes import LocalRayCluster, free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -72,7 +76,7 @@ def mlflow_server():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    pg_port, mlflow_port = _free_ports(2)
+    pg_port, mlflow_port = free_ports(2)
     procs: list[subprocess.Popen] = []
     try:
         subprocess.run(
@@ -167,7 +171,9 @@ def _train(shards: str, name: str) -> str:
     return train(Path(shards), config, register="mtc-pg").run_id
 
 
-def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(mlflow_server, demo_shards, ray_session):
+def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(
+    mlflow_server, demo_shards, demo_records, ray_session, tmp_path
+):
     import mlflow
 
     uri, artifacts = mlflow_server
@@ -189,3 +195,57 @@ def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(mlflow_se
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert sorted(v.run_id for v in versions) == sorted(run_ids)
     assert list(artifacts.rglob("model.pt")), "artifacts went through the server into --artifacts-destination"
+
+    # another process promotes version 2 and screens by alias, through the server alone
+    db = tmp_path / "db.parquet"
+    keep = ("id", "lattice", "species", "frac_coords")
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in keep} for r in demo_records[3000:3200]]), db)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MTC_HOME": str(tmp_path / "elsewhere")}
+    for args in (
+        ["models", "promote", "mtc-pg", "2", "--alias", "champion"],
+        ["screen", str(db), "--model", "models:/mtc-pg@champion", "--out", str(tmp_path / "screened")],
+    ):
+        done = subprocess.run([str(BIN / "mtc"), *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert client.get_model_version_by_alias("mtc-pg", "champion").version == "2"
+    assert sorted(pq.read_table(tmp_path / "screened/predictions").column("id").to_pylist()) == sorted(
+        r["id"] for r in demo_records[3000:3200]
+    )
+
+
+def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo_shards, tmp_path):
+    """`mtc tune --max-concurrent 2` on a Ray node with 4 logical CPUs, logging to the PostgreSQL-backed server."""
+    import mlflow
+    import yaml
+
+    uri, _ = mlflow_server
+    space = yaml.safe_load((REPO / "configs/tune/tiny.yaml").read_text())
+    space["references"] = {"formation_energy_per_atom": 0.25, "band_gap": 0.6}  # given: the trials alone run
+    space["train"]["epochs"] = 1
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    root = Path(tempfile.mkdtemp(prefix="mtcpt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    cluster = LocalRayCluster(root)
+    try:
+        cluster.start(head_cpus=4)  # two trials of 1 worker x 0.5 CPU + 1 CPU for Ray Data each
+        args = ["tune", "--data", str(demo_shards), "--space", str(tmp_path / "space.yaml"), "--name", "pg-tune"]
+        result = cluster.mtc(*args, "--max-concurrent", "2", timeout=600, env={"MLFLOW_TRACKING_URI": uri})
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 at a time" in result.stdout
+
+    client = mlflow.MlflowClient(uri)
+    parents = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`mtc.tune.name` = 'pg-tune'"
+    )
+    parent = next(p for p in parents if p.data.tags.get("mtc.tune.kind") == "parent")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = sorted(c.data.tags["mtc.tune.trial"] for c in children)
+    assert len(trials) == 4 and len(set(trials)) == 4, trials  # every trial once: none lost, none duplicated
+    assert len({c.info.run_name for c in children}) == 4
+    for child in children:
+        assert child.info.status in {"FINISHED", "KILLED"} and "tune/objective" in child.data.metrics
+    ranked = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/report/trials.csv")))
+    assert sorted(ranked["trial"]) == trials and sorted(ranked["run_id"]) == sorted(c.info.run_id for c in children)

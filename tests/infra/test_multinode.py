@@ -1,21 +1,15 @@
 """A real two-node Ray cluster on this machine: `mtc featurize` / `mtc screen` on it, a Ray job, the shared-path check.
 
-The head and the worker node are `ray start` processes (each in its own session, with its own ports and temp dir,
-so the test run's own Ray is untouched). The worker node runs in a private mount namespace where one folder is
-covered by an empty tmpfs: a path that the driver and the head see and the worker node does not, as on two hosts.
+The head and the worker node are `ray start` processes (tests/infra/ray_nodes.py), so the test run's own Ray is
+untouched. The worker node runs in a private mount namespace where one folder is covered by an empty tmpfs: a path
+that the driver and the head see and the worker node does not, as on two hosts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,134 +20,23 @@ import pytest
 
 from tests.conftest import REPO, write_jsonl
 from tests.data.corpus import BAD_JSONL_REASONS, MAX_ATOMS, bad_jsonl_rows
+from tests.infra.ray_nodes import BIN, LocalRayCluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 LABELS = ["formation_energy_per_atom", "band_gap"]
-START_TIMEOUT_S = 90
 
 
-def _free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+class TwoNodes(LocalRayCluster):
+    """Head + one worker node, 1 CPU each; ``private`` is invisible to the worker node (when root can hide it)."""
 
-
-def _node_ports() -> list[str]:
-    listen, grpc, metrics, runtime_env = _free_ports(4)
-    return [
-        f"--dashboard-agent-listen-port={listen}",
-        f"--dashboard-agent-grpc-port={grpc}",
-        f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}",
-    ]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a `ray start --block` and every process of its session (started with start_new_session)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    for pid in _session_pids(proc.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError):
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-    return pids
-
-
-class TwoNodes:
-    """Head + one worker node, 1 CPU each; ``private`` is invisible to the worker node."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.private = root / "private"
+    def start(self) -> TwoNodes:
+        super().start(head_cpus=1)
+        self.private = self.root / "private"
         self.private.mkdir()
-        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_ADDRESS": self.address,
-            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        }  # a job's `python` is the nodes' environment
-        self.env.pop("MLFLOW_TRACKING_URI", None)
-        self.procs: list[subprocess.Popen] = []
-        self.worker_isolated = False
-
-    def start(self) -> None:
-        common = [str(BIN / "ray"), "start", "--num-cpus=1", f"--object-store-memory={300 * 1024**2}", "--block"]
-        head = [
-            *common,
-            "--head",
-            f"--port={self.gcs_port}",
-            f"--temp-dir={self.root / 'ray'}",
-            f"--ray-client-server-port={self.client_port}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dashboard_port}",
-            *_node_ports(),
-        ]
-        self._spawn(head, "head")
-        self._wait_nodes(1)
-        worker = [*common, f"--address={self.address}", *_node_ports()]
-        if os.geteuid() == 0 and shutil.which("unshare"):
-            script = f'mount -t tmpfs tmpfs "{self.private}" && exec "$@"'
-            worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *worker]
-            self.worker_isolated = True
-        self._spawn(worker, "worker")
-        self._wait_nodes(2)
-
-    def _spawn(self, cmd: list[str], name: str) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (lives as long as the node)
-        self.procs.append(
-            subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
-
-    def _wait_nodes(self, n: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    pytest.fail(f"a Ray node exited ({proc.returncode}); logs in {self.root}")
-            status = subprocess.run(
-                [str(BIN / "ray"), "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True
-            )
-            active = status.stdout.split("Active:")[-1].split("Pending:")[0]
-            if status.returncode == 0 and active.count("node_") >= n:
-                return
-            time.sleep(1)
-        pytest.fail(f"{n} Ray node(s) did not come up in {START_TIMEOUT_S} s; logs in {self.root}")
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop(proc)
-
-    def mtc(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "mtc"), *args, "--address", self.address],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        self.worker_isolated = self.can_hide()
+        self.add_node(1, hide=self.private if self.worker_isolated else None)
+        return self
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +44,7 @@ def cluster():
     root = Path(tempfile.mkdtemp(prefix="mtc2n-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     nodes = TwoNodes(root)
     try:
-        nodes.start()
-        yield nodes
+        yield nodes.start()
     finally:
         nodes.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -303,7 +185,7 @@ def test_ray_job_submit_runs_a_job_entrypoint(cluster, structures):
         *_featurize_args(structures, out)[1:],
     ]
     for _ in range(3):  # the job agent of a fresh head may not be ready yet
-        result = subprocess.run(submit, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        result = cluster.run(submit, timeout=300)
         if "No available agent" not in result.stderr:
             break
         time.sleep(5)
