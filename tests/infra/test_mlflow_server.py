@@ -8,7 +8,7 @@ either is missing; a server that does not start fails the test with its log.
 from __future__ import annotations
 
 import contextlib
-import io
+import itertools
 import os
 import shutil
 import signal
@@ -245,7 +245,9 @@ def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo
     trials = sorted(c.data.tags["mtc.tune.trial"] for c in children)
     assert len(trials) == 4 and len(set(trials)) == 4, trials  # every trial once: none lost, none duplicated
     assert len({c.info.run_name for c in children}) == 4
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), "no two trials ran at once"
     for child in children:
         assert child.info.status in {"FINISHED", "KILLED"} and "tune/objective" in child.data.metrics
-    ranked = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/report/trials.csv")))
+    ranked = pd.read_csv(client.download_artifacts(parent.info.run_id, "report/trials.csv", str(tmp_path)))
     assert sorted(ranked["trial"]) == trials and sorted(ranked["run_id"]) == sorted(c.info.run_id for c in children)
