@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -155,7 +156,7 @@ def featurize(
 
     started = time.perf_counter()
     src, out = Path(src), Path(out)
-    scanned = scan_source(src, labels, chunk_rows=config.batch_size * 4)  # several blocks per CPU
+    scanned = scan_source(src, labels, chunk_rows=4096)
     params = config.graph_params()
     inputs_hash = hash_files(scanned.files)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,9 +173,13 @@ def featurize(
             return summary
 
     n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = (
-        ray.data.from_arrow(scanned.tables) if scanned.tables else _read_parquet_records(scanned, config.batch_size * 4)
-    )
+    block_rows = rows_per_block(scanned.n_rows, n_workers, config.batch_size)
+    tables = scanned.tables or _read_parquet_records(scanned)
+    blocks = [block for table in tables for block in _slices(table, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    # One stateless operator: Ray Data's per-operator reservation would hold back half the CPUs for outputs
+    # (measured: 1.4x slower on 2 CPUs); this dataset's own context leaves every other pipeline as it is.
+    ds.context.op_resource_reservation_enabled = False
     # Stateless work: plain tasks start faster than an actor pool and use every CPU Ray Data has.
     ds = ds.map_batches(
         featurize_table,
@@ -182,7 +187,7 @@ def featurize(
         batch_size=config.batch_size,
         batch_format="pyarrow",
         num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=n_workers),
+        compute=ray.data.TaskPoolStrategy(size=min(n_workers, len(blocks))),
     )
 
     writer = ShardWriter(out, scanned.label_columns, rows_per_shard=config.rows_per_shard)
@@ -227,17 +232,26 @@ def featurize(
     return summary
 
 
-def _read_parquet_records(scanned: ScannedSource, chunk_rows: int):
-    """Parquet inputs as a Ray dataset of records, each row tagged with its file."""
+def rows_per_block(n_rows: int, n_workers: int, batch_size: int) -> int:
+    """Rows per Ray Data task: about four tasks per worker (load balance, progress), within [batch_size, 4096]."""
+    return max(batch_size, min(4096, math.ceil(n_rows / (4 * n_workers))))
+
+
+def _read_parquet_records(scanned: ScannedSource) -> list[pa.Table]:
+    """Parquet inputs as record tables, each row tagged with its file and row."""
     import pyarrow.parquet as pq
-    import ray
 
     tables = []
     for path in scanned.parquet_files:
         table = pq.read_table(path)
-        table = table.append_column("source", pa.array([f"{path} row {i}" for i in range(table.num_rows)], pa.string()))
-        tables += [table.slice(start, chunk_rows) for start in range(0, table.num_rows, chunk_rows)]
-    return ray.data.from_arrow(tables)
+        tables.append(
+            table.append_column("source", pa.array([f"{path} row {i}" for i in range(table.num_rows)], pa.string()))
+        )
+    return tables
+
+
+def _slices(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(start, rows) for start in range(0, table.num_rows, rows)]
 
 
 def check_rejection_rate(summary: FeaturizeSummary, max_reject_rate: float) -> None:
