@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_screen import structures_parquet, train_small_model  # noqa: E402
 
-from tests.infra.ray_nodes import BIN, LocalRayCluster  # noqa: E402
+from tests.infra.ray_nodes import LocalRayCluster  # noqa: E402
 
 LAYOUTS = {"1 node x 1 CPU": [1], "2 nodes x 1 CPU": [1, 1], "1 node x 2 CPUs": [2]}  # CPUs of each node
 
@@ -86,28 +86,7 @@ def job_overhead(cluster: LocalRayCluster, db: Path, work: Path, repeats: int) -
 
     def job(k: int) -> None:
         out = work / f"job-shards-{k}"
-        submit = [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            cluster.dashboard,
-            "--working-dir",
-            ".",
-            "--runtime-env",
-            "jobs/runtime_env.yaml",
-            "--",
-            "python",
-            "jobs/featurize.py",
-            str(db),
-            "--out",
-            str(out),
-        ]
-        for _ in range(3):  # the job agent of a fresh head may not be ready yet
-            result = cluster.run(submit, timeout=1800)
-            if "No available agent" not in result.stderr:
-                break
-            time.sleep(5)
+        result = cluster.submit_job("python", "jobs/featurize.py", str(db), "--out", str(out), timeout=1800)
         checked(result, "ray job submit")
 
     def direct(k: int) -> None:

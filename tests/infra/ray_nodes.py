@@ -186,3 +186,25 @@ class LocalRayCluster:
 
     def mtc(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return self.run([str(BIN / "mtc"), *args, "--address", self.address], timeout=timeout, env=env)
+
+    def submit_job(self, *entrypoint: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`ray job submit` of ``entrypoint`` from the repository root, with jobs/runtime_env.yaml, waiting for it."""
+        submit = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "jobs/runtime_env.yaml",
+            "--",
+            *entrypoint,
+        ]
+        for _ in range(3):  # the job agent of a fresh head may not be ready yet
+            result = self.run(submit, timeout=timeout)
+            if "No available agent" not in result.stderr:
+                break
+            time.sleep(5)
+        return result

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, write_jsonl
 from tests.data.corpus import BAD_JSONL_REASONS, MAX_ATOMS, bad_jsonl_rows
-from tests.infra.ray_nodes import BIN, LocalRayCluster
+from tests.infra.ray_nodes import LocalRayCluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
@@ -169,26 +168,7 @@ def test_train_with_one_worker_per_node(cluster, demo_shards, tmp_path):
 
 def test_ray_job_submit_runs_a_job_entrypoint(cluster, structures):
     out = cluster.root / "shared" / "job-shards"
-    submit = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard,
-        "--working-dir",
-        ".",
-        "--runtime-env",
-        "jobs/runtime_env.yaml",
-        "--",
-        "python",
-        "jobs/featurize.py",
-        *_featurize_args(structures, out)[1:],
-    ]
-    for _ in range(3):  # the job agent of a fresh head may not be ready yet
-        result = cluster.run(submit, timeout=300)
-        if "No available agent" not in result.stderr:
-            break
-        time.sleep(5)
+    result = cluster.submit_job("python", "jobs/featurize.py", *_featurize_args(structures, out)[1:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     written = json.loads((out / "manifest.json").read_text())["n_written"]
