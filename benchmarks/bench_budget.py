@@ -63,7 +63,9 @@ def main() -> None:
         *([f"optim.lr={args.lr}"] if args.lr else []),
     ]
     probe_started = time.perf_counter()
-    probe = train(shards, load_config(TrainConfig, MT_CONFIG, [*base, "epochs=2", "run_name=budget-probe"]), None)
+    probe = train(
+        shards, load_config(TrainConfig, MT_CONFIG, [*base, "epochs=2", "run_name=budget-probe"]), register=None
+    )
     probe_s = time.perf_counter() - probe_started
     client = mlflow.MlflowClient(tracking.tracking_uri())
     stamps = sorted(m.timestamp for m in client.get_metric_history(probe.run_id, "epoch"))
