@@ -207,7 +207,9 @@ def screen(
     if pending:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
+        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+        ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
+        ds = ds.map_batches(
             ScreenActor,
             fn_constructor_kwargs={
                 "model_dir": str((out / MODEL_DIR).resolve()),
