@@ -51,18 +51,18 @@ def _kill_node_after_first_checkpoint(
         time.sleep(0.2)
 
 
-def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path, monkeypatch):
+def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path):
     import mlflow
 
-    from mtc import tracking
-
+    home = tmp_path / "home"  # a fresh checkpoint folder to watch
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"  # this run's own store, whatever the test process points at
     root = Path(tempfile.mkdtemp(prefix="mtcnl-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     cluster = LocalRayCluster(root)
     stop, killed = threading.Event(), []
     try:
         cluster.start(head_cpus=2)
         victim = cluster.add_node(1)
-        home = tmp_path / "home"  # a fresh checkpoint folder to watch; the run's store is this folder's SQLite
         killer = threading.Thread(
             target=_kill_node_after_first_checkpoint,
             args=(cluster, victim, home / "ray_results", stop, killed),
@@ -79,7 +79,7 @@ def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path, monk
             "--register",
             "",
             timeout=600,
-            env={"MTC_HOME": str(home)},
+            env={"MTC_HOME": str(home), "MLFLOW_TRACKING_URI": uri},
         )
     finally:
         stop.set()
@@ -88,8 +88,7 @@ def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path, monk
     assert killed, "no training worker ran on the worker node before the run ended"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    monkeypatch.setenv("MTC_HOME", str(home))
-    client = mlflow.MlflowClient(tracking.tracking_uri())
+    client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_id in result.stdout
     resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_epoch")]
