@@ -189,7 +189,7 @@ def main() -> None:
     for label, config in configs.items():
         print(f"--- {label}: {', '.join(t.name for t in config.tasks)}", flush=True)
         t0 = time.perf_counter()
-        results[label] = train(shards, config, register=None)
+        results[label] = train(shards, config)
         walls[label] = time.perf_counter() - t0
         m = results[label].metrics
         tasks = ", ".join(f"{t.name} MAE {fmt(m.get(f'test/{t.name}/mae'))}" for t in config.tasks)

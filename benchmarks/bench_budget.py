@@ -78,7 +78,7 @@ def main() -> None:
     print(f"probe: {per_epoch:.0f} s per epoch + {overhead:.0f} s per run (run {probe.run_id}) -> {epochs} epochs fit")
 
     config = load_config(TrainConfig, MT_CONFIG, [*base, f"epochs={epochs}", f"run_name=budget-{args.minutes:g}min"])
-    result = train(shards, config, register=None)
+    result = train(shards, config)
     total = time.perf_counter() - started
     shutil.rmtree(shards, ignore_errors=True)
     metrics = result.metrics

@@ -43,7 +43,7 @@ def structures_parquet(n: int, path: Path) -> Path:
 def train_small_model() -> str:
     from mtc.config import FeaturizeConfig, TrainConfig, load_config
     from mtc.data.featurize import featurize
-    from mtc.registry.models import promote
+    from mtc.registry.models import promote, publish
     from mtc.train.trainer import train
 
     shards = Path(os.environ["MTC_HOME"]) / "shards"
@@ -54,8 +54,8 @@ def train_small_model() -> str:
         labels=["formation_energy_per_atom", "band_gap", "efermi"],
     )
     config = load_config(TrainConfig, REPO / "configs/mt3.yaml", ["epochs=1", "experiment=bench-screen"])
-    result = train(shards, config, register="mtc-bench")
-    promote("mtc-bench", result.registered["version"], "bench")
+    result = train(shards, config)
+    promote("mtc-bench", publish(result.run_id, result.bundle, "mtc-bench")["version"], "bench")
     return "models:/mtc-bench@bench"
 
 

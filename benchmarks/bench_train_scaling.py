@@ -52,7 +52,8 @@ def main() -> None:
     from mtc import tracking
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
-    from mtc.train.trainer import DATA_CPUS, train
+    from mtc.train.resources import WorkerPlan
+    from mtc.train.trainer import train
 
     command = shlex.join([sys.executable, *sys.argv])
     print(f"command: {command}")
@@ -78,14 +79,14 @@ def main() -> None:
                 f"run_name=scaling-{workers}w-n{args.n}-e{args.epochs}",
             ],
         )
-        threads = max(1, int(cpus - DATA_CPUS) // workers)
+        threads = WorkerPlan.of(config.scaling).torch_threads(cpus)
         print(
             f"--- {workers} worker(s) x {config.scaling.cpus_per_worker:g} CPU, {threads} torch thread(s) each, "
             f"{config.epochs} epochs, batch {config.batch_size}",
             flush=True,
         )
         t0 = time.perf_counter()
-        result = train(shards, config, register=None)
+        result = train(shards, config)
         wall = time.perf_counter() - t0
         rates = {m.step: m.value for m in client.get_metric_history(result.run_id, "crystals_per_s")}
         steps = {m.step: m.value for m in client.get_metric_history(result.run_id, "steps")}

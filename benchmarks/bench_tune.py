@@ -56,7 +56,7 @@ def main() -> None:
     from mtc.cluster import connect
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import featurize
-    from mtc.tune.run import start_tune
+    from mtc.tune.driver import start_tune
     from mtc.tune.search import load_space
 
     started = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,22 @@ def demo_shards(tmp_path_factory, demo_records, ray_session) -> Path:
     return folder / "shards"
 
 
+@dataclass
+class Trained:
+    """A finished training run and its model as registered (``{"model_uri", "name", "version"}``)."""
+
+    run_id: str
+    bundle: object
+    registered: dict
+
+
 @pytest.fixture(scope="session")
-def trained(demo_shards, ray_session):
+def trained(demo_shards, ray_session) -> Trained:
     """One tiny model trained through Ray Train and registered as 'mtc-test' (registry and screen tests)."""
     from mtc.config import TrainConfig, load_config
+    from mtc.registry.models import publish
     from mtc.train.trainer import train
 
     config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
-    return train(demo_shards, config, register="mtc-test")
+    result = train(demo_shards, config)
+    return Trained(result.run_id, result.bundle, publish(result.run_id, result.bundle, "mtc-test"))

@@ -7,25 +7,16 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from mtc.tasks import TaskSpec, as_tasks, fit_normalizer, parse_derive, task_targets
+from mtc.tasks import TaskSpec, as_tasks, check_partition, fit_normalizer, task_targets
 
 NAN = float("nan")
 
 
-def test_parse_derive() -> None:
-    assert parse_derive("band_gap == 0") == ("band_gap", "==", 0.0)
-    assert parse_derive(" x<=-1.5e-2 ") == ("x", "<=", -0.015)
-    assert parse_derive("a != .5") == ("a", "!=", 0.5)
-    for bad in (
-        "band_gap",
-        "band_gap = 0",
-        "__import__('os').system('x') == 0",
-        "a == b",
-        "1 < a",
-        "a < 1 or 1",
-    ):
-        with pytest.raises(ValueError):
-            parse_derive(bad)
+def test_check_partition() -> None:
+    check_partition([["a", "b"], ["c"]], ["a", "b", "c"])
+    for bad in ([["a", "b"]], [["a", "b"], ["c"], []], [["a", "a"], ["b", "c"]], [["a", "b", "c", "d"]]):
+        with pytest.raises(ValueError, match="partition"):
+            check_partition(bad, ["a", "b", "c"])
 
 
 def test_taskspec_defaults_and_validation() -> None:

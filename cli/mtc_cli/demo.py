@@ -48,14 +48,14 @@ def demo(
         print_summary(summary)
 
         console.print(f"\n[bold]2. train[/] configs/mt3.yaml for {epochs} epochs (Ray Train, {workers} worker(s))")
-        result = run_training(
+        _, published = run_training(
             out / "shards",
             Path("configs/mt3.yaml"),
             [f"epochs={epochs}", "patience=0", "experiment=mtc-demo"],
             workers=workers,
         )
 
-        name, version = result.registered["name"], result.registered["version"]
+        name, version = published["name"], published["version"]
         promote(name, version, "champion")
         console.print(f"\n[bold]3. register[/] models:/{name}@champion -> version {version}")
 

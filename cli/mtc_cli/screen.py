@@ -99,8 +99,8 @@ def predict(
     import pyarrow as pa
 
     from mtc import tracking
+    from mtc.predict.inputs import read_structure_files
     from mtc.registry.models import load_predictor
-    from mtc.registry.structure_files import read_structure_files
 
     with user_errors():
         tracking.configure()

@@ -62,10 +62,15 @@ def run_training(
     register="mtc",
     address=None,
 ):
-    """Resolve the config, train, print the test table; returns the TrainResult."""
+    """Resolve the config, train, log the model (registered under ``register`` unless None), print the test table.
+
+    Returns:
+        (the TrainResult, ``{"model_uri", "name", "version"}`` of the logged model).
+    """
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
     from mtc.preflight import check_training_paths
+    from mtc.registry.models import publish
     from mtc.train.trainer import config_of_run
     from mtc.train.trainer import train as run_train
 
@@ -81,12 +86,13 @@ def run_training(
     check_training_paths(data)
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
-    result = run_train(data, config, resume_run_id=resume, register=register)
-    print_result(result, config)
-    return result
+    result = run_train(data, config, resume_run_id=resume)
+    published = publish(result.run_id, result.bundle, register)
+    print_result(result, config, published)
+    return result, published
 
 
-def print_result(result, config) -> None:
+def print_result(result, config, published: dict) -> None:
     from mtc.tracking import tracking_uri
     from mtc.train.trainer import describe_metrics
 
@@ -103,7 +109,7 @@ def print_result(result, config) -> None:
         )
     console.print(table)
     console.print(f"MLflow run [bold]{result.run_id}[/] in {tracking_uri()}")
-    reg = result.registered
+    reg = published
     if reg.get("version"):
         console.print(
             f"registered [bold]{reg['name']}[/] version {reg['version']}; make it the champion with "

@@ -1,3 +1,3 @@
 """mtc: multitask crystal graph networks, from structures to screened candidates."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

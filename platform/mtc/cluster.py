@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -47,3 +48,59 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     gpus = int(resources.get("GPU", 0))
     return f"Ray: {nodes} node(s), {int(resources.get('CPU', 0))} CPUs" + (f", {gpus} GPUs" if gpus else "")
+
+
+# Ray versions whose GCS placement-group table layout ``release_orphan_placement_groups`` has been checked against.
+_PG_TABLE_CHECKED = ((2, 51), (2, 70))
+
+
+def release_orphan_placement_groups() -> int:
+    """Remove this job's placement groups whose creating actor has died; returns how many were removed.
+
+    Ray Train's own cleaner needs the dashboard's state API, which an embedded Ray without a dashboard lacks;
+    a Train run that died with its Tune trial would keep its CPUs reserved until the driver exits. The GCS table
+    is the only place that names a placement group's creator without the dashboard, and it is a private Ray API:
+    used only on the Ray versions it was checked against, with a log line when it is off.
+    """
+    import ray
+    from ray.util.client import ray as client_ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    version = tuple(int(p) for p in ray.__version__.split(".")[:2])
+    if client_ray.is_connected():
+        _log_release_off("a Ray Client connection")
+        return 0
+    if not _PG_TABLE_CHECKED[0] <= version < _PG_TABLE_CHECKED[1]:
+        _log_release_off(f"Ray {ray.__version__}")
+        return 0
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    table = [
+        gcs_pb2.PlacementGroupTableData.FromString(raw)
+        for raw in state._connect_and_get_accessor().get_placement_group_table()
+    ]
+    job, removed = ray.get_runtime_context().get_job_id(), 0
+    for pg in table:
+        by_actor = pg.creator_actor_id != b"\xff" * len(pg.creator_actor_id)
+        if (
+            by_actor
+            and pg.creator_actor_dead
+            and not pg.is_detached
+            and pg.creator_job_id.hex() == job
+            and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED
+        ):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+    return removed
+
+
+@functools.cache
+def _log_release_off(why: str) -> None:
+    logging.getLogger(__name__).warning(
+        "mtc: freeing the CPUs of early-stopped tune trials is off on %s (checked on Ray %d.%d up to %d.%d); "
+        "Ray Train's own cleaner, which needs the Ray dashboard, has to do it",
+        why,
+        *_PG_TABLE_CHECKED[0],
+        *_PG_TABLE_CHECKED[1],
+    )

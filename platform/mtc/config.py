@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtc.errors import MtcError
-from mtc.tasks import TaskSpec
+from mtc.tasks import TaskSpec, check_partition
 
 
 class ConfigError(MtcError):
@@ -37,6 +37,11 @@ class FeaturizeConfig(StrictModel):
     def graph_params(self) -> dict[str, Any]:
         """The parameters that define the graphs (recorded in the manifest, compared on re-runs)."""
         return self.model_dump(include={"radius", "max_neighbors", "max_atoms", "min_distance"})
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """A pydantic error as ``key.path: message; ...`` (one line, for users)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -94,9 +99,8 @@ def load_config(model: type[BaseModel], path: Path | None = None, overrides: Seq
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
         source = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+        raise ConfigError(f"invalid configuration{source}: {describe_validation_error(err)}") from None
 
 
 def dump_yaml(config: BaseModel) -> str:
@@ -130,6 +134,7 @@ class OptimConfig(StrictModel):
     milestones: list[int] = Field(default_factory=list, description="epochs where 'step' multiplies lr by gamma")
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
+    plateau_patience: int = Field(5, ge=0, description="'plateau': epochs without a better val score before lr drops")
 
 
 class SplitConfig(StrictModel):
@@ -179,9 +184,7 @@ class TrainConfig(StrictModel):
         if self.split.val + self.split.test >= 1:
             raise ValueError("split.val + split.test must leave rows for training")
         if self.model.groups is not None:
-            flat = sorted(n for g in self.model.groups for n in g)
-            if flat != sorted(names) or any(not g for g in self.model.groups):
-                raise ValueError(f"model.groups {self.model.groups} must partition the tasks {names}")
+            check_partition(self.model.groups, names)
         if self.loss.weights is not None:
             unknown = set(self.loss.weights) - set(names)
             if unknown:

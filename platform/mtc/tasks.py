@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -11,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
+
+from mtc.terms import parse_term
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "==": operator.eq,
@@ -20,30 +21,15 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_DERIVE_RE = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
 
 
-def parse_derive(expr: str) -> tuple[str, str, float]:
-    """Parses a derivation ``<column> <op> <number>`` (op in ==, !=, <, <=, >, >=).
-
-    Args:
-        expr: e.g. ``"band_gap == 0"``.
-
-    Returns:
-        (column, op, threshold).
-
-    Raises:
-        ValueError: if ``expr`` does not have that form.
-    """
-    match = _DERIVE_RE.match(expr)
-    if match is None:
+def check_partition(groups: Sequence[Sequence[str]], names: Sequence[str]) -> None:
+    """Raises ValueError unless ``groups`` split ``names`` into non-empty groups, each name exactly once."""
+    flat = [name for group in groups for name in group]
+    if any(not group for group in groups) or sorted(flat) != sorted(names):
         raise ValueError(
-            f"cannot parse derive expression {expr!r}: expected '<column> <op> <number>' "
-            f"with op one of {', '.join(_OPS)}"
+            f"groups {[list(g) for g in groups]} must partition the tasks {list(names)} into non-empty groups"
         )
-    return match.group(1), match.group(2), float(match.group(3))
 
 
 class TaskSpec(BaseModel):
@@ -74,7 +60,7 @@ class TaskSpec(BaseModel):
     def _default_column(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and data.get("column") is None:
             data = dict(data)
-            data["column"] = parse_derive(data["derive"])[0] if data.get("derive") else data.get("name")
+            data["column"] = parse_term(data["derive"]).column if data.get("derive") else data.get("name")
         return data
 
     @model_validator(mode="after")
@@ -84,7 +70,7 @@ class TaskSpec(BaseModel):
         if self.derive is not None:
             if self.kind != "binary":
                 raise ValueError(f"task {self.name!r}: derive is only allowed for binary tasks")
-            derive_column = parse_derive(self.derive)[0]
+            derive_column = parse_term(self.derive).column
             if derive_column != self.column:
                 raise ValueError(f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}")
         return self
@@ -103,7 +89,7 @@ class TaskSpec(BaseModel):
         """
         mask = np.isfinite(source)
         if self.derive is not None:
-            _, op, threshold = parse_derive(self.derive)
+            _, op, threshold = parse_term(self.derive)
             values = _OPS[op](np.where(mask, source, 0.0), threshold).astype(np.float32)
             values[~mask] = 0.0
         else:

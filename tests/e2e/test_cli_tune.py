@@ -139,7 +139,7 @@ def test_placement_group_of_a_dead_train_controller_is_released(ray_session):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from mtc.tune.run import release_orphan_placement_groups
+    from mtc.cluster import release_orphan_placement_groups
 
     @ray.remote(num_cpus=0)
     class Controller:  # stands in for a Ray Train controller that Tune killed with its trial

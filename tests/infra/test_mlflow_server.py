@@ -163,12 +163,15 @@ def mlflow_server():
 def _train(shards: str, name: str) -> str:
     """One training run inside a Ray task (as a Tune trial runs); MLFLOW_TRACKING_URI comes from its runtime_env."""
     from mtc.config import TrainConfig, load_config
+    from mtc.registry.models import publish
     from mtc.train.trainer import train
 
     config = load_config(
         TrainConfig, REPO / "configs/tiny.yaml", ["epochs=1", f"experiment={EXPERIMENT}", f"run_name={name}"]
     )
-    return train(Path(shards), config, register="mtc-pg").run_id
+    result = train(Path(shards), config)
+    publish(result.run_id, result.bundle, "mtc-pg")
+    return result.run_id
 
 
 def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(

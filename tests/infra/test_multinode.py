@@ -152,10 +152,10 @@ def test_train_with_one_worker_per_node(cluster, demo_shards, tmp_path):
 
     from mtc import tracking
     from mtc.config import TrainConfig, load_config
-    from mtc.train.trainer import prepare_splits
+    from mtc.train.datasets import prepare_splits
 
     overrides = ["epochs=1", "experiment=two-nodes", "scaling.placement=spread"]
-    expected = prepare_splits(demo_shards, load_config(TrainConfig, REPO / "configs/tiny.yaml", overrides))["counts"]
+    expected = prepare_splits(demo_shards, load_config(TrainConfig, REPO / "configs/tiny.yaml", overrides)).counts
     args = ["train", "--data", str(demo_shards), "-c", str(REPO / "configs/tiny.yaml"), "--workers", "2"]
     result = cluster.mtc(*args, *(a for o in overrides for a in ("--set", o)), "--register", "", timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

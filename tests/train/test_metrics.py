@@ -11,9 +11,11 @@ import pytest
 from mtc.tasks import as_tasks
 from mtc.train.metrics import (
     binary_metrics,
+    flatten_metrics,
     mean_absolute_deviation,
     regression_metrics,
     roc_auc,
+    split_metrics,
     task_metrics,
     unit_free_score,
 )
@@ -60,10 +62,27 @@ def test_binary_metrics() -> None:
     assert m == {"auc": 0.75, "accuracy": 0.5, "n": 4.0}
 
 
-def test_unit_free_score() -> None:
-    assert unit_free_score({"a": 0.1, "b": 2.0}, {"a": 0.5, "b": 4.0}) == pytest.approx((0.2 + 0.5) / 2)
-    assert unit_free_score({"a": 0.1, "b": 2.0}, {"a": 0.5, "b": 0.0}) == pytest.approx(0.2)
-    assert math.isnan(unit_free_score({}, {}))
+def test_unit_free_score_counts_regression_and_binary_tasks() -> None:
+    tasks = as_tasks([{"name": "a"}, {"name": "b"}, {"name": "m", "kind": "binary"}])
+    per_task = {"a": {"mae": 0.1, "mad": 0.5}, "b": {"mae": 2.0, "mad": 4.0}, "m": {"auc": 0.9}}
+    # a: 0.2, b: 0.5, m: (1 - 0.9) / 0.5 = 0.2
+    assert unit_free_score(per_task, tasks) == pytest.approx((0.2 + 0.5 + 0.2) / 3)
+    assert unit_free_score({"a": {"mae": 0.1, "mad": 0.5}, "b": {"mae": 2.0, "mad": 0.0}}, tasks) == pytest.approx(0.2)
+    assert math.isnan(unit_free_score({}, tasks))
+
+
+def test_only_binary_tasks_still_give_a_finite_score() -> None:
+    """#10.4: with binary tasks alone, model selection must see a number, not NaN."""
+    tasks = as_tasks([{"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"}])
+    per_task = task_metrics(np.array([[0.9], [0.2], [0.7]]), np.array([[1.0], [0.0], [1.0]]), np.ones((3, 1), bool), tasks)
+    assert unit_free_score(per_task, tasks) == pytest.approx(0.0)
+
+
+def test_metric_keys_round_trip() -> None:
+    per_task = {"band_gap": {"mae": 0.3, "n": 4.0}, "is_metal": {"auc": 0.9}}
+    flat = flatten_metrics("val", per_task)
+    assert flat == {"val/band_gap/mae": 0.3, "val/band_gap/n": 4.0, "val/is_metal/auc": 0.9}
+    assert split_metrics({**flat, "val_score": 0.5, "test/band_gap/mae": 1.0}, "val") == per_task
 
 
 def test_task_metrics_with_mask_and_metal_auc() -> None:
@@ -78,13 +97,14 @@ def test_task_metrics_with_mask_and_metal_auc() -> None:
     pred = np.array([[0.3, 2.0, 0.8], [1.5, 3.0, 0.3], [0.5, -50.0, 0.4], [0.2, 4.0, 0.6]])
     mask = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
     m = task_metrics(pred, target, mask, tasks)
-    assert m["band_gap/mae"] == pytest.approx((0.3 + 0.5 + 0.5 + 0.8) / 4)
-    assert m["band_gap/mad"] == pytest.approx(0.75)
+    assert m["band_gap"]["mae"] == pytest.approx((0.3 + 0.5 + 0.5 + 0.8) / 4)
+    assert m["band_gap"]["mad"] == pytest.approx(0.75)
     # metals (gap 0): predicted gaps 0.3, 0.5; non-metals 1.5, 0.2: 2 of 4 pairs ranked right
-    assert m["band_gap/metal_auc"] == pytest.approx(0.5)
-    assert m["efermi/mae"] == pytest.approx(2 / 3) and m["efermi/n"] == 3
-    assert m["efermi/mad"] == pytest.approx(4 / 3)
-    assert m["is_metal/auc"] == pytest.approx(0.75) and m["is_metal/accuracy"] == 0.5
-    assert "is_metal/mae" not in m and "efermi/metal_auc" not in m
-    assert m["unit_free_score"] == pytest.approx((m["band_gap/mae"] / 0.75 + 0.5) / 2)
-    assert all(isinstance(v, float) for v in m.values())
+    assert m["band_gap"]["metal_auc"] == pytest.approx(0.5)
+    assert m["efermi"]["mae"] == pytest.approx(2 / 3) and m["efermi"]["n"] == 3
+    assert m["efermi"]["mad"] == pytest.approx(4 / 3)
+    assert m["is_metal"]["auc"] == pytest.approx(0.75) and m["is_metal"]["accuracy"] == 0.5
+    assert "mae" not in m["is_metal"] and "metal_auc" not in m["efermi"]
+    expected = (m["band_gap"]["mae"] / 0.75 + 0.5 + (1 - 0.75) / 0.5) / 3
+    assert unit_free_score(m, tasks) == pytest.approx(expected)
+    assert all(isinstance(v, float) for values in m.values() for v in values.values())

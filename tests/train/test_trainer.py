@@ -1,4 +1,4 @@
-"""Checks the driver makes before any worker starts."""
+"""Checks the driver makes before any worker starts: resources (one plan for every consumer) and the splits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from mtc.config import ScalingConfig, TrainConfig, load_config
 from mtc.errors import MtcError
-from mtc.train.trainer import ResourceError, check_resources, prepare_splits
+from mtc.train.datasets import prepare_splits
+from mtc.train.resources import ResourceError, WorkerPlan, check_resources
 
 
 @pytest.mark.parametrize(
@@ -19,22 +20,31 @@ from mtc.train.trainer import ResourceError, check_resources, prepare_splits
 )
 def test_impossible_requests_fail_fast(scaling, cluster, message):
     with pytest.raises(ResourceError) as err:
-        check_resources(scaling, cluster)
+        check_resources(WorkerPlan.of(scaling), cluster)
     assert message in str(err.value)
 
 
-def test_possible_requests_pass():
-    check_resources(ScalingConfig(workers=2), {"CPU": 2.0})
-    check_resources(ScalingConfig(gpus=8, cpus_per_worker=4), {"CPU": 64.0, "GPU": 8.0})
+def test_possible_requests_pass_and_count_how_many_fit():
+    assert check_resources(WorkerPlan.of(ScalingConfig(workers=2)), {"CPU": 2.0}) == 1
+    assert check_resources(WorkerPlan.of(ScalingConfig(gpus=8, cpus_per_worker=4)), {"CPU": 64.0, "GPU": 8.0}) == 1
+    assert check_resources(WorkerPlan.of(ScalingConfig(gpus=2, cpus_per_worker=1)), {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_gpus_decide_the_worker_count_everywhere():
+    """``gpus`` wins over ``workers``: 2 GPU workers, not 4, for the check, the threads and the batch split."""
+    plan = WorkerPlan.of(ScalingConfig(workers=4, gpus=2, cpus_per_worker=1))
+    assert (plan.workers, plan.gpus, plan.use_gpu, plan.cpus) == (2, 2, True, 3.0)
+    assert plan.resources_per_worker() == {"CPU": 1, "GPU": 1}
+    cpu_plan = WorkerPlan.of(ScalingConfig(workers=2))
+    assert (cpu_plan.workers, cpu_plan.use_gpu, cpu_plan.torch_threads(5.0)) == (2, False, 2)
 
 
 def test_normaliser_from_training_rows_only(demo_shards):
     config = load_config(TrainConfig, "configs/mt3.yaml")
     prepared = prepare_splits(demo_shards, config)
-    counts = prepared["counts"]
-    assert sum(counts.values()) == 2000 and counts["train"] > 1100
+    assert sum(prepared.counts.values()) == 2000 and prepared.counts["train"] > 1100
     # efermi has missing values in mp36k; the normaliser must stay finite
-    assert all(abs(m) < 100 for m in prepared["mean"]) and all(s > 0 for s in prepared["std"])
+    assert all(abs(m) < 100 for m in prepared.mean) and all(s > 0 for s in prepared.std)
 
 
 def test_unknown_label_and_tiny_data_are_named(demo_shards):
@@ -44,3 +54,6 @@ def test_unknown_label_and_tiny_data_are_named(demo_shards):
     config = load_config(TrainConfig, "configs/mt3.yaml", ["batch_size=5000"])
     with pytest.raises(MtcError, match="fewer than one batch"):
         prepare_splits(demo_shards, config)
+    # 2 GPU workers (not 4) share the training rows: the batch check divides by the real worker count
+    config = load_config(TrainConfig, "configs/mt3.yaml", ["batch_size=400", "scaling.workers=4", "scaling.gpus=2"])
+    assert prepare_splits(demo_shards, config).counts["train"] // 2 >= 400

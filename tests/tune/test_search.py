@@ -10,8 +10,8 @@ import yaml
 
 from mtc.config import ConfigError, ScalingConfig, TrainConfig, load_config
 from mtc.tasks import TaskSpec
-from mtc.train.trainer import ResourceError
-from mtc.tune import run
+from mtc.train.resources import ResourceError
+from mtc.tune import callbacks, driver
 from mtc.tune.report import FINISHED, STOPPED, TrialRecord, build_report
 from mtc.tune.search import (
     bell,
@@ -85,7 +85,7 @@ def test_objective_is_the_mean_error_relative_to_alone():
 
 def test_task_errors_are_mae_or_one_minus_auc():
     tasks = [TaskSpec(name=FE), TaskSpec(name="is_metal", kind="binary", derive="band_gap == 0")]
-    metrics = {f"val/{FE}/mae": 0.04, f"val/{FE}/rmse": 0.1, "val/is_metal/auc": 0.9}
+    metrics = {FE: {"mae": 0.04, "rmse": 0.1}, "is_metal": {"auc": 0.9}}
     assert task_errors(metrics, tasks) == pytest.approx({FE: 0.04, "is_metal": 0.1})
     assert math.isnan(task_errors({}, tasks)[FE])
 
@@ -181,7 +181,7 @@ def test_too_many_tasks_to_enumerate_and_missing_base(tmp_path, tiny):
     ],
 )
 def test_concurrency_never_exceeds_the_cluster(requested, scaling, cluster, expected):
-    assert run.plan_concurrency(requested, scaling, cluster) == expected
+    assert driver.plan_concurrency(requested, scaling, cluster) == expected
 
 
 @pytest.mark.parametrize(
@@ -190,24 +190,24 @@ def test_concurrency_never_exceeds_the_cluster(requested, scaling, cluster, expe
         (
             ScalingConfig(gpus=1),
             {"CPU": 2.0},
-            "--gpus-per-trial 1 needs 1 GPU(s) for one trial, but the Ray cluster has no GPU (2 CPUs)",
+            "--gpus-per-trial 1 asks for 1 GPU workers, but the Ray cluster has no GPU (2 CPUs)",
         ),
         (ScalingConfig(gpus=4), {"CPU": 64.0, "GPU": 2.0}, "the Ray cluster has 2 GPU(s)"),
         (
             ScalingConfig(workers=4, cpus_per_worker=0.5),
             {"CPU": 2.0},
-            "one trial needs 4 worker(s) x 0.5 CPU + 1 CPU for Ray Data + 0.01 CPU for the trial = 3.01 CPUs; "
-            "the Ray cluster has 2",
+            "4 worker(s) x 0.5 CPU + 1 CPU for Ray Data + 0.01 CPU for the trial need 3.01 CPUs; "
+            "the Ray cluster has 2. Lower --workers-per-trial",
         ),
     ],
 )
 def test_impossible_trials_name_the_shortfall(scaling, cluster, message):
     with pytest.raises(ResourceError) as err:
-        run.plan_concurrency(1, scaling, cluster)
+        driver.plan_concurrency(1, scaling, cluster)
     assert message in str(err.value)
 
 
-class _Captured(run.ObjectiveCallback):
+class _Captured(callbacks.ObjectiveCallback):
     """The callback's arithmetic without a Tune session: what it would forward is kept."""
 
     def __init__(self, tasks, references):  # no super().__init__: that needs a Tune session
@@ -216,7 +216,7 @@ class _Captured(run.ObjectiveCallback):
 
 def test_callback_adds_the_objective_each_epoch_and_the_best_epochs_at_the_end(monkeypatch):
     monkeypatch.setattr(
-        run.TuneReportCallback, "after_report", lambda self, ctx, metrics, ckpt: self.sent.append(metrics[0])
+        callbacks.TuneReportCallback, "after_report", lambda self, ctx, metrics, ckpt: self.sent.append(metrics[0])
     )
     callback = _Captured([TaskSpec(name="a"), TaskSpec(name="b")], {"a": 0.1, "b": 0.5})
     epochs = [(1, 0.2, 0.5, 1.0), (2, 0.05, 0.45, 0.5), (3, 0.08, 0.4, 0.6)]

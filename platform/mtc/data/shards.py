@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mtc.atomic import write_json_atomic
 from mtc.errors import MtcError
 
 SCHEMA_VERSION = 1
@@ -82,12 +83,6 @@ def read_shards(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
     if not paths:
         return graph_schema(read_manifest(folder)["label_columns"]).empty_table()
     return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class ShardWriter:

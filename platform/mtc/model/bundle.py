@@ -2,7 +2,8 @@
 
 ``model.json`` holds everything else needed to predict from raw structures: the model's
 hyperparameters and task specs, the target normaliser and the featurizer's graph parameters.
-No pickled module anywhere.
+No pickled module anywhere. ``model.json`` carries a ``format_version``; a bundle of another version is refused
+with a message that says what to do, never half-loaded.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from typing import Any
 
 import torch
 
+from mtc import __version__
+from mtc.errors import MtcError
 from mtc.model.multitask import MultiTaskCGCNN, model_from_config
 
 WEIGHTS, META = "model.pt", "model.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(MtcError):
+    """A saved model this mtc cannot read."""
 
 
 @dataclass
@@ -54,6 +62,7 @@ class ModelBundle:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict, folder / WEIGHTS)
         meta = {
+            "format_version": FORMAT_VERSION,
             "model_config": self.model_config,
             "mean": self.mean,
             "std": self.std,
@@ -65,6 +74,19 @@ class ModelBundle:
     @classmethod
     def load(cls, folder: Path) -> ModelBundle:
         folder = Path(folder)
+        if not (folder / META).exists():
+            raise BundleError(f"{folder} holds no saved mtc model ({META} missing)")
         meta = json.loads((folder / META).read_text())
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{folder / META} has model format {version or 'unversioned (an mtc before 0.2)'}; this mtc "
+                f"{__version__} reads format {FORMAT_VERSION}: "
+                + (
+                    "upgrade mtc (pip install -U mtc)"
+                    if isinstance(version, int) and version > FORMAT_VERSION
+                    else "retrain the model with this mtc"
+                )
+            )
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         return cls(meta["model_config"], meta["mean"], meta["std"], meta["graph_params"], state)

@@ -12,7 +12,7 @@ from torch import nn
 from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import CGCNNTrunk
 from mtc.model.heads import Head
-from mtc.tasks import TaskSpec, as_tasks
+from mtc.tasks import TaskSpec, as_tasks, check_partition
 
 
 class MultiTaskCGCNN(nn.Module):
@@ -47,9 +47,7 @@ class MultiTaskCGCNN(nn.Module):
         self.tasks = as_tasks(tasks)
         names = [t.name for t in self.tasks]
         self.groups = (tuple(names),) if groups is None else tuple(tuple(g) for g in groups)
-        flat = [name for group in self.groups for name in group]
-        if any(not group for group in self.groups) or sorted(flat) != sorted(names):
-            raise ValueError(f"groups {self.groups} must partition the task names {names} into non-empty groups")
+        check_partition(self.groups, names)
         group_of = {name: g for g, group in enumerate(self.groups) for name in group}
         self.trunk_of_task = [group_of[name] for name in names]
         self.hparams = {

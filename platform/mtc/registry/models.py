@@ -1,4 +1,9 @@
-"""Log, register, promote and load mtc models in MLflow (aliases, never stages)."""
+"""Log, register, promote and load mtc models in MLflow (aliases, never stages).
+
+A logged model is MLflow's pyfunc flavour (``pyfunc_entry.py`` + the mtc package as code, for
+``mlflow models serve``) around one artifact, ``bundle/`` (``model.pt`` + ``model.json``). mtc itself never runs
+the code stored with a model: ``load_bundle`` reads only the bundle's weights and JSON with the installed mtc.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
 
 DEFAULT_NAME = "mtc"
+ARTIFACT_PATH = "mtc_model"
+BUNDLE = "bundle"
 PIP_REQUIREMENTS = ["torch", "pymatgen", "pyarrow", "numpy", "pandas", "pydantic", "pyyaml", "mlflow"]
 
 
@@ -40,30 +47,42 @@ def _signature(bundle: ModelBundle):
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
-def log_model(run_id: str, bundle: ModelBundle, register: str | None = DEFAULT_NAME) -> dict:
-    """Log ``bundle`` as a pyfunc model of ``run_id`` and register a new version under ``register``.
-
-    Returns:
-        ``{"model_uri": ..., "name": ..., "version": ...}`` (name/version None when not registered).
-    """
+def log_model(run_id: str, bundle: ModelBundle) -> str:
+    """Log ``bundle`` as the pyfunc model of ``run_id``; returns its URI (``models:/m-...``)."""
     import mlflow
 
     import mtc
 
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
-        bundle_dir = bundle.save(Path(folder) / "bundle")
+        bundle_dir = bundle.save(Path(folder) / BUNDLE)
         info = mlflow.pyfunc.log_model(
-            name="mtc_model",
+            name=ARTIFACT_PATH,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"bundle": str(bundle_dir)},
+            artifacts={BUNDLE: str(bundle_dir)},
             code_paths=[str(Path(mtc.__file__).parent)],
             signature=_signature(bundle),
             input_example=example_input(),
             pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=register,
         )
-    version = info.registered_model_version
-    return {"model_uri": info.model_uri, "name": register, "version": str(version) if version else None}
+    return info.model_uri
+
+
+def register(model_uri: str, name: str = DEFAULT_NAME) -> str:
+    """Register a logged model as a new version of ``name``; returns the version."""
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name).version)
+
+
+def publish(run_id: str, bundle: ModelBundle, name: str | None = DEFAULT_NAME) -> dict:
+    """Log a trained run's model as a pyfunc and, given ``name``, register it.
+
+    Returns:
+        ``{"model_uri": ..., "name": ..., "version": ...}`` (name and version None when not registered).
+    """
+    model_uri = log_model(run_id, bundle)
+    version = register(model_uri, name) if name else None
+    return {"model_uri": model_uri, "name": name, "version": version}
 
 
 def promote(name: str, version: str, alias: str = "champion") -> None:
@@ -76,6 +95,56 @@ def promote(name: str, version: str, alias: str = "champion") -> None:
     except mlflow.exceptions.MlflowException:
         raise ModelNotFound(f"registered model {name!r} has no version {version}: see `mtc models list`") from None
     client.set_registered_model_alias(name, alias, str(version))
+
+
+def get_version(name: str, ref: str):
+    """The ModelVersion that ``ref`` (a version number or an alias) names; ModelNotFound otherwise."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+    except mlflow.exceptions.MlflowException:
+        raise ModelNotFound(
+            f"registered model {name!r} has no version or alias {ref!r}; see `mtc models list`"
+        ) from None
+
+
+def resolve_uri(model_uri: str) -> str:
+    """A registry alias (``models:/NAME@ALIAS``) as the concrete ``models:/NAME/VERSION`` it points at now."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    return f"models:/{name}/{get_version(name, alias).version}" if alias else model_uri
+
+
+def download(model_uri: str, folder: Path) -> Path:
+    """Download a logged model into ``folder``; returns ``folder``."""
+    import mlflow
+
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder))
+    except mlflow.exceptions.MlflowException as err:
+        raise ModelNotFound(f"cannot load {model_uri}: {str(err).splitlines()[0]}") from None
+    return Path(folder)
+
+
+def bundle_in(folder: Path) -> ModelBundle:
+    """The bundle of a model that ``download`` wrote into ``folder``: weights and JSON only, none of its code."""
+    return ModelBundle.load(Path(folder) / "artifacts" / BUNDLE)
+
+
+def load_bundle(model_uri: str) -> ModelBundle:
+    """The bundle of a logged model (``models:/mtc@champion``, ``models:/mtc/3``, ``runs:/RUN/mtc_model``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return bundle_in(download(resolve_uri(model_uri), Path(folder)))
+
+
+def load_predictor(model_uri: str, device: str = "cpu"):
+    """A StructurePredictor of a logged model (``models:/mtc@champion``, ``runs:/RUN/mtc_model``...) on ``device``."""
+    from mtc.predict.predictor import StructurePredictor
+
+    return StructurePredictor(load_bundle(model_uri), device)
 
 
 def list_versions(name: str | None = None) -> list[dict]:
@@ -115,33 +184,17 @@ def _registered(client, name: str):
         ) from None
 
 
-def load_predictor(model_uri: str):
-    """The StructurePredictor inside a logged pyfunc model (``models:/mtc@champion``, ``models:/mtc/3``...)."""
-    import mlflow
-
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as err:
-        raise ModelNotFound(f"cannot load {model_uri}: {str(err).splitlines()[0]}") from None
-    return model.unwrap_python_model().predictor
-
-
 def describe_version(name: str, version: str) -> dict:
     """Version (a number or an alias), aliases, source run, task names and test metrics."""
     import mlflow
 
+    from mtc.train.metrics import split_metrics
+
     client = mlflow.MlflowClient()
     model = _registered(client, name)
-    try:
-        mv = (
-            client.get_model_version(name, version)
-            if version.isdigit()
-            else client.get_model_version_by_alias(name, version)
-        )
-    except mlflow.exceptions.MlflowException:
-        raise ModelNotFound(f"registered model {name!r} has no version or alias {version!r}") from None
+    mv = get_version(name, version)
     run = client.get_run(mv.run_id)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
-    tasks = sorted({k.split("/")[1] for k in metrics if k.count("/") == 2})
     aliases = sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(mv.version))
+    tasks = sorted(split_metrics(metrics, "test"))
     return {"version": mv.version, "aliases": aliases, "run_id": mv.run_id, "tasks": tasks, "metrics": metrics}

@@ -3,47 +3,74 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtc.errors import MtcError
+from mtc.terms import Term, parse_term
 
 _OPS = {"<=": pc.less_equal, ">=": pc.greater_equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less, ">": pc.greater}
-_TERM = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
+
+Predicate = Callable[[pa.Table], pa.ChunkedArray]
 
 
 class FilterError(MtcError):
     """A --where or --sort that names an unknown column or cannot be parsed."""
 
 
-def parse_where(expression: str, columns: list[str]):
-    """Parse ``a > 1 and b < 2 or c == 0`` (``and`` binds tighter than ``or``) into a predicate on tables."""
-    alternatives = []
+def _numeric(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+
+
+def parse_where(expression: str, schema: pa.Schema) -> Predicate:
+    """Parse ``a > 1 and b < 2 or c == 0`` (``and`` binds tighter than ``or``) into a predicate on tables.
+
+    Every term compares a numeric column of ``schema`` with a number; nulls never pass.
+
+    Raises:
+        FilterError: for a term that cannot be read or a column that is missing or not numeric.
+    """
+    numeric = _numeric(schema)
+    alternatives: list[list[Term]] = []
     for alternative in re.split(r"\s+or\s+", expression.strip()):
         terms = []
-        for term in re.split(r"\s+and\s+", alternative):
-            match = _TERM.match(term)
-            if not match:
+        for text in re.split(r"\s+and\s+", alternative):
+            try:
+                term = parse_term(text)
+            except ValueError as err:
+                raise FilterError(f"--where: {err}; join terms with 'and' / 'or'") from None
+            if term.column not in numeric:
+                what = "is not numeric" if term.column in schema.names else "does not exist"
                 raise FilterError(
-                    f"--where: cannot read {term.strip()!r}; write terms like 'band_gap > 1.0' joined by 'and' / 'or'"
+                    f"--where: column {term.column!r} {what}; numeric prediction columns: {', '.join(numeric)}"
                 )
-            column, op, number = match.groups()
-            if column not in columns:
-                raise FilterError(f"--where: no column {column!r}; predictions have {', '.join(columns)}")
-            terms.append((column, op, float(number)))
+            terms.append(term)
         alternatives.append(terms)
 
     def predicate(table: pa.Table) -> pa.ChunkedArray:
-        def term_mask(column, op, number):
-            return pc.fill_null(_OPS[op](table.column(column), number), False)
+        def term_mask(term: Term):
+            return pc.fill_null(_OPS[term.op](table.column(term.column), term.threshold), False)
 
-        masks = [_reduce(pc.and_, [term_mask(*t) for t in terms]) for terms in alternatives]
+        masks = [_reduce(pc.and_, [term_mask(t) for t in terms]) for terms in alternatives]
         return _reduce(pc.or_, masks)
 
     return predicate
+
+
+def check_sort(sort: str, schema: pa.Schema) -> None:
+    """Raises FilterError unless ``sort`` names a column of ``schema``."""
+    if sort not in schema.names:
+        raise FilterError(f"--sort: no column {sort!r}; predictions have {', '.join(schema.names)}")
+
+
+def check_selection(where: str | None, sort: str | None, schema: pa.Schema) -> None:
+    """Validate ``--where`` and ``--sort`` against the prediction schema before any work."""
+    if where:
+        parse_where(where, schema)
+    if sort:
+        check_sort(sort, schema)
 
 
 def _reduce(op, masks):
@@ -58,9 +85,8 @@ def select(
 ) -> pa.Table:
     """Rows passing ``where``, ordered by ``sort`` (nulls last), the first ``top`` of them."""
     if where:
-        table = table.filter(parse_where(where, table.column_names)(table))
+        table = table.filter(parse_where(where, table.schema)(table))
     if sort:
-        if sort not in table.column_names:
-            raise FilterError(f"--sort: no column {sort!r}; predictions have {', '.join(table.column_names)}")
+        check_sort(sort, table.schema)
         table = table.sort_by([(sort, "descending" if desc else "ascending")])
     return table.slice(0, top) if top is not None else table

@@ -3,16 +3,15 @@
 The database is cut into *units* (a slice of one row group of one file). Each unit's predictions and
 rejections are written by an actor as ``predictions/part-<unit>.parquet`` and
 ``rejected/part-<unit>.parquet``, atomically, rejections first; a unit whose prediction part exists is
-done. Each folder reads as one Parquet dataset (``pandas.read_parquet(OUT / "predictions")``). A screen that is killed
-and run again scores only the units left, and every input id ends up exactly once in the output.
+done. Each folder reads as one Parquet dataset (``pandas.read_parquet(OUT / "predictions")``). A screen that is
+killed and run again scores only the units left, and every input id ends up exactly once in the output; a rerun
+whose database content or model differs from what the folder holds is refused before any work.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtc.data.shards import REJECTED_SCHEMA, write_json_atomic
+from mtc.atomic import write_json_atomic, write_parquet_atomic
+from mtc.data.shards import REJECTED_SCHEMA, hash_files
+from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.registry.pyfunc import STRUCTURE_COLUMNS
-from mtc.screen.rank import select
+from mtc.predict.inputs import STRUCTURE_COLUMNS
+from mtc.predict.predictor import output_schema
+from mtc.registry.models import bundle_in, download, resolve_uri
+from mtc.screen.rank import check_selection, select
+from mtc.tasks import TaskSpec
 
 PREDICTIONS, REJECTED, MODEL_DIR, STATE = "predictions", "rejected", "model", "screen.json"
 
@@ -50,7 +54,8 @@ class ScreenSummary:
 
 
 def database_files(db: Path) -> list[Path]:
-    db = Path(db)
+    """The database's Parquet files, as absolute paths (workers on other nodes get the same paths)."""
+    db = Path(db).expanduser().resolve()
     files = sorted(db.glob("*.parquet")) if db.is_dir() else [db]
     if not db.exists() or not files:
         raise ScreenError(f"{db}: no Parquet database there (a .parquet file or a folder of them)")
@@ -80,25 +85,23 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
                         "rows": min(unit_rows, rows - start),
                     }
                 )
-    seen, duplicates = set(), set()
-    for i in ids:
-        (duplicates if i in seen else seen).add(i)
+    duplicates = duplicate_ids(ids)
     if duplicates:
-        raise ScreenError(f"duplicate ids in the database ({len(duplicates)}): {', '.join(sorted(duplicates)[:10])}")
+        raise ScreenError(f"duplicate ids in the database ({len(duplicates)}): {', '.join(duplicates[:10])}")
     return units, len(ids)
 
 
 class ScreenActor:
-    """Loads the model once, then scores whole units and writes their parts."""
+    """Loads the model's weights once (none of its stored code), then scores whole units and writes their parts."""
 
     def __init__(self, model_dir: str, out: str, batch_size: int):
-        import mlflow
         import torch
 
-        self.predictor = mlflow.pyfunc.load_model(model_dir).unwrap_python_model().predictor
+        from mtc.predict.predictor import StructurePredictor
+
+        self.predictor = StructurePredictor(bundle_in(Path(model_dir)))
         if torch.cuda.is_available():
-            self.predictor.model.to("cuda")
-            self.predictor.device = torch.device("cuda")
+            self.predictor.to("cuda")
         else:
             torch.set_num_threads(1)  # one CPU per actor: more threads only fight the other actors
         self.out = Path(out)
@@ -109,10 +112,9 @@ class ScreenActor:
         done = {"unit": [], "scored": [], "rejected": []}
         for i in range(len(units["unit"])):
             unit = {k: units[k][i] for k in units}
-            records = self._records(unit)
-            predictions, rejected = self.predictor.predict_records(records, self.batch_size)
-            _write_atomic(rejected.cast(REJECTED_SCHEMA), self.out / REJECTED / f"part-{unit['unit']}.parquet")
-            _write_atomic(predictions, self.out / PREDICTIONS / f"part-{unit['unit']}.parquet")
+            predictions, rejected = self.predictor.predict_records(self._records(unit), self.batch_size)
+            write_parquet_atomic(rejected, self.out / REJECTED / f"part-{unit['unit']}.parquet")
+            write_parquet_atomic(predictions, self.out / PREDICTIONS / f"part-{unit['unit']}.parquet")
             done["unit"].append(unit["unit"])
             done["scored"].append(predictions.num_rows)
             done["rejected"].append(rejected.num_rows)
@@ -133,35 +135,36 @@ class ScreenActor:
         )
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _read_parts(folder: Path, schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables([schema.empty_table(), *(pq.read_table(p) for p in sorted(folder.glob("part-*.parquet")))])
 
 
-def _read_parts(folder: Path, schema: pa.Schema | None) -> pa.Table:
-    tables = [pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))]
-    if schema is not None:
-        tables = [schema.empty_table(), *(t.cast(schema) for t in tables)]
-    return pa.concat_tables(tables) if tables else pa.table({"id": pa.array([], pa.string())})
+def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int) -> None:
+    """Start ``out`` (download the model, record what is screened) or check that it holds this very screen."""
+    state = {"db": [str(f) for f in files], "db_hash": hash_files(files), "model": model_uri, "unit_rows": unit_rows}
+    if (out / STATE).exists():
+        previous = json.loads((out / STATE).read_text())
+        changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state[key]]
+        if changed:
+            raise ScreenError(
+                f"{out} holds a screen of other inputs ({', '.join(changed)} changed since it started); its "
+                "predictions would not match: choose a new --out, or delete it to start over"
+            )
+        return
+    for folder in (PREDICTIONS, REJECTED):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    if any((out / PREDICTIONS).iterdir()):
+        raise ScreenError(f"{out / PREDICTIONS} is not empty and holds no {STATE}; choose a new --out")
+    download(model_uri, out / MODEL_DIR)
+    write_json_atomic(out / STATE, state)
 
 
-def resolve_model(model_uri: str) -> str:
-    """A registry alias or version as the concrete ``models:/name/version`` it points at now."""
-    import mlflow
-
-    if not model_uri.startswith("models:/"):
-        return model_uri
-    name, _, ref = model_uri[len("models:/") :].partition("@")
-    if not ref:
-        return model_uri
-    try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, ref).version
-    except mlflow.exceptions.MlflowException:
-        raise ScreenError(
-            f"{model_uri}: registered model {name!r} has no alias {ref!r}; see `mtc models list`"
-        ) from None
-    return f"models:/{name}/{version}"
+_STATE_KEYS = {
+    "db": "the database files",
+    "db_hash": "the database content",
+    "model": "the model",
+    "unit_rows": "the unit size",
+}
 
 
 def screen(
@@ -177,30 +180,21 @@ def screen(
     top: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ScreenSummary:
-    """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs)."""
-    import mlflow
+    """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
+
+    The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored.
+    """
     import ray
 
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(out).expanduser().resolve()
     files = database_files(db)
     units, n_input = plan_units(files, unit_rows)
-    resolved = resolve_model(model_uri)
-    for folder in (PREDICTIONS, REJECTED):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-    state = {"db": [str(f.resolve()) for f in files], "model": resolved, "unit_rows": unit_rows}
-    if (out / STATE).exists():
-        previous = json.loads((out / STATE).read_text())
-        if previous != state:
-            raise ScreenError(
-                f"{out} holds a screen of other inputs or another model ({previous['model']}); "
-                "choose a new --out or delete it"
-            )
-    else:
-        if any((out / PREDICTIONS).iterdir()):
-            raise ScreenError(f"{out / PREDICTIONS} is not empty and holds no {STATE}; choose a new --out")
-        mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=str(out / MODEL_DIR))
-        write_json_atomic(out / STATE, state)
+    resolved = resolve_uri(model_uri)
+    _open_output(out, files, resolved, unit_rows)
+    bundle = bundle_in(out / MODEL_DIR)
+    schema = output_schema([TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]])
+    check_selection(where, sort, schema)
 
     pending = [u for u in units if not (out / PREDICTIONS / f"part-{u['unit']}.parquet").exists()]
     n_resumed = len(units) - len(pending)
@@ -211,11 +205,7 @@ def screen(
         ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
         ds = ds.map_batches(
             ScreenActor,
-            fn_constructor_kwargs={
-                "model_dir": str((out / MODEL_DIR).resolve()),
-                "out": str(out.resolve()),
-                "batch_size": batch_size,
-            },
+            fn_constructor_kwargs={"model_dir": str(out / MODEL_DIR), "out": str(out), "batch_size": batch_size},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_workers),
@@ -228,7 +218,7 @@ def screen(
             if on_progress:
                 on_progress(done_rows, n_input)
 
-    predictions = _read_parts(out / PREDICTIONS, None)
+    predictions = _read_parts(out / PREDICTIONS, schema)
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
     if predictions.num_rows + rejected.num_rows != n_input:
         raise ScreenError(
@@ -238,7 +228,7 @@ def screen(
     selected = None
     if where or sort or top:
         selected = select(predictions, where, sort, desc, top)
-        pq.write_table(selected, out / "selected.parquet")
+        write_parquet_atomic(selected, out / "selected.parquet")
     reasons: dict[str, int] = {}
     for reason in rejected.column("reason").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1

@@ -12,19 +12,23 @@ import torch
 from mtc.data.batching import collate_arrow
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.tasks import TaskSpec
-from mtc.train.metrics import task_metrics
+from mtc.train.metrics import task_metrics, unit_free_score
 
 
 @dataclass
 class Evaluation:
-    """Physical predictions of a split. pred, target: (n, T) float; mask: (n, T) bool."""
+    """Physical predictions of a split. pred, target: (n, T) float; mask: (n, T) bool.
+
+    ``metrics``: task name -> metric name -> value; ``score``: the unit-free selection score (lower is better).
+    """
 
     ids: list[str]
     pred: np.ndarray
     target: np.ndarray
     mask: np.ndarray
     tasks: Sequence[TaskSpec]
-    metrics: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    score: float
 
     def table(self) -> pa.Table:
         """id, then ``<task>`` (prediction) and ``<task>_true`` (null where missing) per task."""
@@ -52,4 +56,5 @@ def evaluate(
     pred = np.concatenate(preds) if preds else np.zeros((0, n_tasks), np.float32)
     target = np.concatenate(targets) if targets else np.zeros((0, n_tasks), np.float32)
     mask = np.concatenate(masks) if masks else np.zeros((0, n_tasks), bool)
-    return Evaluation(ids, pred, target, mask, tasks, task_metrics(pred, target, mask, tasks))
+    metrics = task_metrics(pred, target, mask, tasks)
+    return Evaluation(ids, pred, target, mask, tasks, metrics, unit_free_score(metrics, tasks))

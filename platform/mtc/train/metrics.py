@@ -1,11 +1,12 @@
-"""Per-task evaluation metrics on a whole split (numpy only)."""
+"""Per-task evaluation metrics on a whole split, the unit-free selection score, metric keys (no torch, no Ray)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from mtc.tasks import TaskSpec
 
@@ -66,7 +67,7 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def binary_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -85,28 +86,41 @@ def binary_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
     return {"auc": roc_auc(prob, label), "accuracy": accuracy, "n": float(label.size)}
 
 
-def unit_free_score(maes: Mapping[str, float], mads: Mapping[str, float]) -> float:
-    """Mean over tasks of MAE_k / MAD_k (lower is better; 1 is as good as predicting the mean).
+def task_error(task: TaskSpec, metrics: Mapping[str, float]) -> float:
+    """A task's error on a split: MAE for regression, 1 - ROC-AUC for binary tasks (NaN when absent)."""
+    return 1.0 - metrics.get("auc", math.nan) if task.kind == "binary" else metrics.get("mae", math.nan)
 
-    Tasks whose MAD is zero or not finite are skipped.
+
+def unit_free_score(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> float:
+    """Mean over tasks of each task's error relative to a constant predictor (lower is better; 1 = no skill).
+
+    Regression: MAE / MAD (predicting the mean scores 1). Binary: (1 - AUC) / 0.5 (a constant scores AUC 0.5).
+    Tasks whose ratio is undefined (no labels, MAD 0, a single class) are skipped.
 
     Args:
-        maes: task name -> MAE.
-        mads: task name -> MAD of that task's targets on the same split.
+        per_task: task name -> that task's metrics on the split (see ``task_metrics``).
+        tasks: the task specs.
 
     Returns:
         The score, NaN if no task qualifies.
     """
-    ratios = [maes[name] / mads[name] for name in maes if np.isfinite(mads.get(name, np.nan)) and mads[name] > 0]
+    ratios = []
+    for task in tasks:
+        metrics = per_task.get(task.name, {})
+        baseline = 0.5 if task.kind == "binary" else metrics.get("mad", math.nan)
+        ratio = task_error(task, metrics) / baseline if baseline > 0 else math.nan
+        if math.isfinite(ratio):
+            ratios.append(ratio)
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
-def task_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]) -> dict[str, float]:
-    """All metrics of a split, keyed ``"<task>/<metric>"``, plus ``"unit_free_score"``.
+def task_metrics(
+    pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]
+) -> dict[str, dict[str, float]]:
+    """Every task's metrics on a split.
 
     Regression tasks get mae, rmse, r2, spearman, mad, n; binary tasks auc, accuracy, n. A regression
-    task on ``band_gap`` also gets ``"<task>/metal_auc"``: ROC-AUC of metal (true gap == 0) against
-    score = -predicted gap.
+    task on ``band_gap`` also gets ``metal_auc``: ROC-AUC of metal (true gap == 0) against score = -predicted gap.
 
     Args:
         pred: (B, T) physical predictions (de-normalised values, probabilities).
@@ -115,14 +129,12 @@ def task_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: 
         tasks: T task specs.
 
     Returns:
-        Plain dict of floats.
+        task name -> metric name -> float.
     """
     pred = np.asarray(pred)
     target = np.asarray(target)
     mask = np.asarray(mask, dtype=bool)
-    out: dict[str, float] = {}
-    maes: dict[str, float] = {}
-    mads: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {}
     for k, task in enumerate(tasks):
         rows = mask[:, k]
         p, t = pred[rows, k], target[rows, k]
@@ -130,9 +142,27 @@ def task_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, tasks: 
             values = binary_metrics(p, t)
         else:
             values = regression_metrics(p, t)
-            maes[task.name], mads[task.name] = values["mae"], values["mad"]
             if task.column == "band_gap":
                 values["metal_auc"] = roc_auc(-p, t == 0)
-        out.update({f"{task.name}/{key}": value for key, value in values.items()})
-    out["unit_free_score"] = unit_free_score(maes, mads)
+        out[task.name] = values
+    return out
+
+
+def metric_key(split: str, task: str, metric: str) -> str:
+    """The one spelling of a per-task metric in reports and MLflow: ``<split>/<task>/<metric>``."""
+    return f"{split}/{task}/{metric}"
+
+
+def flatten_metrics(split: str, per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{task: {metric: v}}`` -> ``{"<split>/<task>/<metric>": v}``."""
+    return {metric_key(split, task, name): value for task, values in per_task.items() for name, value in values.items()}
+
+
+def split_metrics(metrics: Mapping[str, float], split: str) -> dict[str, dict[str, float]]:
+    """The inverse of ``flatten_metrics`` for one split; other keys are ignored."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == split:
+            out.setdefault(parts[1], {})[parts[2]] = value
     return out

@@ -22,7 +22,7 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """Linear warm-up for ``warmup_epochs``, then cosine decay / step milestones / plateau / constant."""
     if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=5)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.plateau_patience)
 
     def factor(epoch: int) -> float:
         if epoch < cfg.warmup_epochs:

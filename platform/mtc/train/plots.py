@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -29,7 +30,7 @@ def parity_plot(pred: np.ndarray, target: np.ndarray, task: str, unit: str, mae:
     ax.set_ylabel(f"predicted {task}{label}")
     ax.set_title(f"{task}: test MAE {mae:.4g}{(' ' + unit) if unit else ''}, n={len(pred)}", fontsize=9)
     ax.set_aspect("equal", adjustable="box")
-    return _png(fig)
+    return to_png(fig)
 
 
 def learning_curves(history: list[dict[str, float]]) -> bytes:
@@ -41,4 +42,4 @@ def learning_curves(history: list[dict[str, float]]) -> bytes:
     right.plot(epochs, [h["val_score"] for h in history], marker="o", ms=3, color="tab:orange")
     right.set(xlabel="epoch", ylabel="mean MAE / MAD", title="validation unit-free score (lower is better)")
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)

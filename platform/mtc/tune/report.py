@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from collections.abc import Sequence
@@ -129,11 +128,10 @@ def affinity_heatmap(table: pd.DataFrame, tasks: Sequence[str]) -> bytes | None:
     """Tasks x groups, coloured around 1 (blue: better than alone, red: worse); None for an empty table."""
     if table.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+
+    from mtc.train.plots import to_png
 
     grid = table.pivot(index="task", columns="group", values="best_relative_error")
     grid = grid.reindex(index=[t for t in tasks if t in grid.index], columns=list(dict.fromkeys(table["group"])))
@@ -151,10 +149,7 @@ def affinity_heatmap(table: pd.DataFrame, tasks: Sequence[str]) -> bytes | None:
     ax.set_xlabel("group the task trained in (shared trunk)")
     ax.set_title("validation error / single-task reference (best over trials; < 1: helped)", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return to_png(fig)
 
 
 def best_yaml(best: TrialRecord | None, tune_name: str) -> str:

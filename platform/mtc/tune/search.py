@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from mtc.config import ConfigError, StrictModel, TrainConfig, deep_merge, read_yaml
-from mtc.tasks import TaskSpec
+from mtc.config import ConfigError, StrictModel, TrainConfig, deep_merge, describe_validation_error, read_yaml
+from mtc.tasks import TaskSpec, check_partition
+from mtc.train.metrics import task_error
 
 MAX_ENUMERATED_TASKS = 4  # Bell(4) = 15 groupings; Bell(5) = 52 is too many to try by default
 TPE_STARTUP = 10  # Optuna's TPE samples this many points at random before it models anything
@@ -121,8 +122,7 @@ def parse_space(data: Mapping[str, Any], source: str = "the space") -> TuneSpace
         space = TuneSpace.model_validate(data)
         space.base_config()
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid tune space in {source}: {problems}") from None
+        raise ConfigError(f"invalid tune space in {source}: {describe_validation_error(err)}") from None
     _check_against_tasks(space, source)
     return space
 
@@ -184,9 +184,10 @@ def partitions(items: Sequence[str]) -> list[Partition]:
 
 def canonical_partition(groups: Partition, names: Sequence[str], source: str = "the space") -> Partition:
     """``groups`` sorted by task order; raises ConfigError unless they partition ``names`` into non-empty groups."""
-    flat = [n for g in groups for n in g]
-    if sorted(flat) != sorted(names) or any(not g for g in groups):
-        raise ConfigError(f"{source}: space.groupings entry {groups} must partition the tasks {list(names)}")
+    try:
+        check_partition(groups, names)
+    except ValueError as err:
+        raise ConfigError(f"{source}: space.groupings: {err}") from None
     return _sorted_groups(groups, {name: k for k, name in enumerate(names)})
 
 
@@ -293,19 +294,12 @@ def _apply(base: TrainConfig, update: Mapping[str, Any], what: str) -> TrainConf
     try:
         return TrainConfig.model_validate(deep_merge(base.model_dump(mode="json"), dict(update)))
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{what} gives an invalid training config: {problems}") from None
+        raise ConfigError(f"{what} gives an invalid training config: {describe_validation_error(err)}") from None
 
 
-def task_errors(metrics: Mapping[str, float], tasks: Sequence[TaskSpec], prefix: str = "val/") -> dict[str, float]:
-    """Each task's error on a split: MAE for regression, 1 - ROC-AUC for binary tasks (NaN when absent)."""
-    errors = {}
-    for task in tasks:
-        if task.kind == "binary":
-            errors[task.name] = 1.0 - float(metrics.get(f"{prefix}{task.name}/auc", math.nan))
-        else:
-            errors[task.name] = float(metrics.get(f"{prefix}{task.name}/mae", math.nan))
-    return errors
+def task_errors(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> dict[str, float]:
+    """Each task's error on a split (``mtc.train.metrics.task_error``) from that split's per-task metrics."""
+    return {task.name: task_error(task, per_task.get(task.name, {})) for task in tasks}
 
 
 def relative_errors(errors: Mapping[str, float], references: Mapping[str, float]) -> dict[str, float]:

@@ -1,0 +1,66 @@
+"""Structures users hand over (files pymatgen reads, pandas frames of the REST model) as featurizer records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from mtc.data.shards import REJECTED_SCHEMA
+
+STRUCTURE_COLUMNS = ("cif", "structure", "lattice", "species", "frac_coords")
+RECORD_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
+
+
+def read_structure_files(paths: list[Path]) -> tuple[pa.Table, pa.Table]:
+    """(records with ``id`` = file name, rejected rows for files pymatgen cannot read)."""
+    from pymatgen.core import Structure
+
+    records, rejected = [], []
+    for path in paths:
+        path = Path(path)
+        try:
+            structure = Structure.from_file(path)
+        except Exception as err:
+            reason = "missing_file" if not path.exists() else "unparseable_file"
+            rejected.append({"id": path.name, "source": str(path), "reason": reason, "detail": str(err)[:200]})
+            continue
+        records.append({"id": path.name, "source": str(path), "json": json.dumps({"structure": structure.as_dict()})})
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA), pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
+
+
+def records_from_frame(frame) -> pa.Table:
+    """A pandas input (``id`` optional, then cif | structure | lattice/species/frac_coords) as featurizer records.
+
+    Rows keep their order; a missing ``id`` column gives the row numbers as ids; a null id stays null (and is
+    rejected as ``missing_id`` by the featurizer).
+
+    Raises:
+        ValueError: when no structure column is present.
+    """
+    if not any(c in frame.columns for c in STRUCTURE_COLUMNS):
+        raise ValueError(
+            f"input needs a 'cif', 'structure' or 'lattice'/'species'/'frac_coords' column; got {list(frame.columns)}"
+        )
+    ids = frame["id"].tolist() if "id" in frame.columns else list(range(len(frame)))
+    keep = [c for c in STRUCTURE_COLUMNS if c in frame.columns]
+    rows = []
+    for i, (cid, payload) in enumerate(zip(ids, frame[keep].to_dict(orient="records"), strict=True)):
+        rows.append(
+            {
+                "id": None if _is_null(cid) else str(cid),
+                "source": f"row {i}",
+                "json": json.dumps(payload, default=_plain),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _plain(value):
+    """numpy arrays (and anything else JSON cannot hold) as lists / text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)

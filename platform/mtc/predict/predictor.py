@@ -1,0 +1,110 @@
+"""Raw structures -> predictions with a model bundle: featurize, collate, forward, de-normalise.
+
+One output schema per model, built once: every slice, empty or not, has the same column types, so parts of a
+screen or of a batch always concatenate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from mtc.config import FeaturizeConfig
+from mtc.data.batching import collate_arrow
+from mtc.data.featurize import featurize_table
+from mtc.data.shards import REJECTED_SCHEMA
+from mtc.model.bundle import ModelBundle
+from mtc.tasks import TaskSpec
+
+
+def output_schema(tasks: list[TaskSpec]) -> pa.Schema:
+    """``id``, then per task: float32 ``<task>``, or int8 ``<task>`` (0/1) + float32 ``<task>_probability``."""
+    fields = [pa.field("id", pa.string())]
+    for task in tasks:
+        if task.kind == "binary":
+            fields += [pa.field(task.name, pa.int8()), pa.field(f"{task.name}_probability", pa.float32())]
+        else:
+            fields.append(pa.field(task.name, pa.float32()))
+    return pa.schema(fields)
+
+
+class StructurePredictor:
+    """One loaded model, ready to score tables of structure records (see ``mtc.data.records``)."""
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu"):
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.model = bundle.build(self.device)
+        self.tasks = [TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]]
+        self.featurize_config = FeaturizeConfig(**bundle.graph_params)
+        self.schema = output_schema(self.tasks)
+
+    def to(self, device: str | torch.device) -> StructurePredictor:
+        """Move the model to ``device`` (e.g. ``"cuda"``); returns self."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def output_names(self) -> list[str]:
+        """Prediction columns: one per task, plus ``<task>_probability`` for binary tasks."""
+        return self.schema.names[1:]
+
+    @torch.inference_mode()
+    def predict_graphs(self, graphs: pa.Table) -> pa.Table:
+        """Predictions for featurized rows (graph-shard columns): a table of ``self.schema``, row for row."""
+        if graphs.num_rows == 0:
+            return self.schema.empty_table()
+        batch = collate_arrow(graphs).to(self.device)
+        out = self.model.to_physical(self.model(batch), self.bundle.mean, self.bundle.std).float().cpu().numpy()
+        columns = [graphs.column("id").cast(pa.string())]
+        for k, task in enumerate(self.tasks):
+            if task.kind == "binary":
+                columns += [pa.array((out[:, k] >= 0.5).astype(np.int8)), pa.array(out[:, k])]
+            else:
+                columns.append(pa.array(out[:, k]))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _score(self, records: pa.Table, batch_size: int):
+        """Yields (featurized slice with ``reason``, rejected mask, predictions of its good rows)."""
+        if "source" not in records.column_names:
+            records = records.append_column("source", pa.array(["input"] * records.num_rows, pa.string()))
+        for start in range(0, records.num_rows, batch_size):
+            graphs = featurize_table(records.slice(start, batch_size), self.featurize_config, [])
+            bad = pc.is_valid(graphs.column("reason"))
+            yield graphs, bad, self.predict_graphs(graphs.filter(pc.invert(bad)))
+
+    def predict_records(self, records: pa.Table, batch_size: int = 256) -> tuple[pa.Table, pa.Table]:
+        """Score records (``id``, ``source`` and a structure payload).
+
+        Returns:
+            (predictions of ``self.schema``, rejected rows of ``REJECTED_SCHEMA``); every input row is in one.
+        """
+        parts, rejected = [self.schema.empty_table()], [REJECTED_SCHEMA.empty_table()]
+        for graphs, bad, predictions in self._score(records, batch_size):
+            rejected.append(graphs.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
+            parts.append(predictions)
+        return pa.concat_tables(parts), pa.concat_tables(rejected)
+
+    def row_schema(self) -> pa.Schema:
+        """``self.schema`` plus ``error`` (null, or ``reason: detail`` of a rejected row)."""
+        return self.schema.append(pa.field("error", pa.string()))
+
+    def predict_rows(self, records: pa.Table, batch_size: int = 256) -> pa.Table:
+        """One output row per input row, in input order: ``self.schema`` (null where rejected) plus ``error``.
+
+        Ids are data here, not keys: repeated or missing ids keep their own rows.
+        """
+        parts = []
+        for graphs, bad, predictions in self._score(records, batch_size):
+            good = np.flatnonzero(~bad.to_numpy(zero_copy_only=False))
+            # row i of the slice takes prediction j where good[j] == i; rejected rows take a null
+            where = np.full(graphs.num_rows, -1, dtype=np.int64)
+            where[good] = np.arange(len(good))
+            take = pa.array(where, mask=where < 0)
+            columns = [graphs.column("id")] + [predictions.column(n).take(take) for n in self.output_names()]
+            reason, detail = graphs.column("reason"), graphs.column("detail")
+            error = pc.if_else(bad, pc.binary_join_element_wise(reason, detail, ": "), pa.scalar(None, pa.string()))
+            parts.append(pa.Table.from_arrays([*columns, error], schema=self.row_schema()))
+        return pa.concat_tables([self.row_schema().empty_table(), *parts])

@@ -1,0 +1,98 @@
+"""The splits of a training run: checks, the normaliser (training rows only) and the Ray datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mtc.config import TrainConfig
+from mtc.data.shards import read_manifest, read_shards, shard_paths
+from mtc.data.splits import SPLIT_NAMES, TRAIN, split_codes
+from mtc.errors import MtcError
+from mtc.tasks import fit_normalizer, task_targets
+from mtc.train.resources import WorkerPlan
+
+GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
+ARROW_INFLATION = 8  # in-memory Arrow bytes per compressed shard byte (zstd), measured on mp36k
+
+
+@dataclass(frozen=True)
+class PreparedSplits:
+    """What the driver learns from the labels before training: the normaliser, split sizes, the manifest."""
+
+    mean: list[float]
+    std: list[float]
+    counts: dict[str, int]
+    manifest: dict[str, Any]
+
+
+def prepare_splits(shards: Path, config: TrainConfig) -> PreparedSplits:
+    """Split counts and the normaliser fitted on the training rows only (missing labels ignored).
+
+    Raises MtcError for a label column the shards lack, too little data for one batch per worker, or a task
+    without a single training label.
+    """
+    manifest = read_manifest(shards)
+    missing = [c for c in config.label_columns() if c not in manifest["label_columns"]]
+    if missing:
+        raise MtcError(
+            f"{shards} has no label column {', '.join(missing)} (it has: {', '.join(manifest['label_columns'])}); "
+            "featurize with --label, or change the tasks"
+        )
+    labels = read_shards(shards, columns=["id", *config.label_columns()])
+    s = config.split
+    codes = split_codes(labels.column("id").to_pylist(), s.val, s.test, s.seed, s.train_fraction)
+    values, mask = task_targets(labels, config.tasks)
+    train_rows = codes == TRAIN
+    mean, std = fit_normalizer(values[train_rows], mask[train_rows], config.tasks)
+    counts = {name: int((codes == code).sum()) for name, code in SPLIT_NAMES.items()}
+    workers = WorkerPlan.of(config.scaling).workers
+    per_worker = counts["train"] // workers
+    if per_worker < config.batch_size:
+        raise MtcError(
+            f"{counts['train']} training crystals give each of the {workers} worker(s) {per_worker}, fewer than one "
+            f"batch of {config.batch_size}; lower batch_size (--set batch_size=...) or use more data"
+        )
+    no_labels = [t.name for k, t in enumerate(config.tasks) if not mask[train_rows, k].any()]
+    if no_labels:
+        raise MtcError(f"no training crystal has a label for task(s) {', '.join(no_labels)}")
+    return PreparedSplits(mean.tolist(), std.tolist(), counts, manifest)
+
+
+def split_dataset(shards: Path, config: TrainConfig, split: str):
+    """A Ray dataset of one split's graph rows, streamed from the shards."""
+    import ray
+
+    columns = [*GRAPH_COLUMNS, *config.label_columns()]
+    s = config.split
+    return ray.data.read_parquet([str(p) for p in shard_paths(shards)], columns=columns).map_batches(
+        _keep_split,
+        fn_kwargs={
+            "code": SPLIT_NAMES[split],
+            "val": s.val,
+            "test": s.test,
+            "seed": s.seed,
+            "train_fraction": s.train_fraction,
+        },
+        batch_format="pyarrow",
+    )
+
+
+def split_datasets(shards: Path, config: TrainConfig) -> dict:
+    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering)."""
+    import ray
+
+    datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
+    on_disk = sum(p.stat().st_size for p in shard_paths(shards) if p.exists())
+    fits = on_disk * ARROW_INFLATION < 0.3 * ray.available_resources().get("object_store_memory", 0)
+    if config.data_cache == "memory" or (config.data_cache == "auto" and fits):
+        datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    return datasets
+
+
+def _keep_split(batch: pa.Table, code: int, val: float, test: float, seed: int, train_fraction: float) -> pa.Table:
+    codes = split_codes(batch.column("id").to_pylist(), val, test, seed, train_fraction)
+    return batch.filter(pa.array(codes == code))

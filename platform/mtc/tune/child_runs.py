@@ -1,0 +1,98 @@
+"""The MLflow side of a tune: find its parent run, its child runs (one per trial), tag and close them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mtc.tune.report import ERROR, FINISHED, STOPPED, TrialRecord, describe
+from mtc.tune.search import TuneSpace, relative_errors, trial_config
+
+NAME_TAG, KIND_TAG = "mtc.tune.name", "mtc.tune.kind"
+
+
+def find_parent(name: str):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(experiments, f"tags.`{NAME_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'parent'", max_results=1)
+        if experiments
+        else []
+    )
+    return runs[0] if runs else None
+
+
+def finish_child_runs(
+    client, run_id: str, name: str, space: TuneSpace, grid, references: Mapping[str, float]
+) -> list[TrialRecord]:
+    """Trial records from Tune's results; each child run gets the point as tags, the objective, a final status."""
+    newest = child_runs(client, run_id)
+    records = []
+    for result in grid:
+        trial_id = Path(result.path).name
+        child = newest.get(f"{name}-{trial_id}")
+        record = _record(space, result, trial_id, references, child.info.run_id if child else None)
+        records.append(record)
+        if child is not None:
+            _tag_child(client, child, record)
+    return records
+
+
+def child_runs(client, run_id: str) -> dict[str, Any]:
+    """The newest child run of each name; older attempts that an interruption cut short end KILLED."""
+    children = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{run_id}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    newest: dict[str, Any] = {}
+    for child in children:
+        if child.info.run_name in newest and child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, status="KILLED")
+        newest.setdefault(child.info.run_name, child)
+    return newest
+
+
+def _record(
+    space: TuneSpace, result, trial_id: str, references: Mapping[str, float], child_run_id: str | None
+) -> TrialRecord:
+    metrics = result.metrics or {}
+    config = trial_config(space, result.config)
+    status = ERROR if result.error is not None else FINISHED if "best_epoch" in metrics else STOPPED
+    errors = {t: float(metrics.get(f"val_error/{t}", math.nan)) for t in space.task_names()}
+    epochs = int(metrics.get("training_iteration", 0)) - (status == FINISHED)  # the final report is no epoch
+    return TrialRecord(
+        trial_id,
+        dict(result.config),
+        config,
+        status,
+        epochs,
+        float(metrics.get("objective", math.nan)),
+        errors,
+        relative_errors(errors, references),
+        child_run_id,
+    )
+
+
+def _tag_child(client, child, record: TrialRecord) -> None:
+    run_id = child.info.run_id
+    tags = {
+        "mtc.tune.trial": record.trial_id,
+        "mtc.tune.status": record.status,
+        **{f"mtc.tune.{k}": v for k, v in describe(record.config).items()},
+        **{f"mtc.tune.point.{k}": str(v) for k, v in record.point.items()},
+    }
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    if math.isfinite(record.objective):
+        client.log_metric(run_id, "tune/objective", record.objective)
+    for task, value in record.relative.items():
+        if math.isfinite(value):
+            client.log_metric(run_id, f"tune/relative_error/{task}", value)
+    stopped_but_failed = record.status == STOPPED and child.info.status == "FAILED"  # its train() saw the actor die
+    if child.info.status == "RUNNING" or stopped_but_failed:
+        client.set_terminated(run_id, status="KILLED" if record.status == STOPPED else "FAILED")
