@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from mtc.config import FeaturizeConfig
 from mtc.data.graph import build_graph, min_interatomic_distance
+from mtc.data.records import Rejection, StructureLimits, crystal_from_record, parse_label
 from mtc.data.shards import (
     MANIFEST,
     REJECTED,
@@ -26,15 +27,7 @@ from mtc.data.shards import (
     read_manifest,
     remove_stale_staging,
 )
-from mtc.data.structures import (
-    InputError,
-    Rejection,
-    ScannedSource,
-    StructureLimits,
-    crystal_from_record,
-    parse_label,
-    scan_source,
-)
+from mtc.data.sources import InputError, ScannedSource, scan_source
 
 OUTCOME_FIELDS = [pa.field("source", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
 
@@ -48,7 +41,7 @@ def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Seq
     """Featurize a batch of records (one per row) into graph rows; bad rows carry a reason instead.
 
     Args:
-        table: rows ``id``, ``source`` and a structure payload (see ``mtc.data.structures``).
+        table: rows ``id``, ``source`` and a structure payload (see ``mtc.data.records``).
         config: graph and validation parameters.
         label_columns: label columns to parse into float64 (null when missing).
 

@@ -16,7 +16,7 @@ from mtc.tasks import TaskSpec
 
 
 class StructurePredictor:
-    """One loaded model, ready to score tables of structure records (see ``mtc.data.structures``)."""
+    """One loaded model, ready to score tables of structure records (see ``mtc.data.records``)."""
 
     def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu"):
         self.bundle = bundle

@@ -11,7 +11,7 @@ import pytest
 
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
-from mtc.data.structures import InputError, scan_source
+from mtc.data.sources import InputError, duplicate_ids, scan_source
 
 from .corpus import BAD_CIF_REASONS, BAD_JSONL_REASONS, MAX_ATOMS, write_bad_jsonl, write_cif_folder
 
@@ -155,3 +155,8 @@ def test_every_element_of_the_demo_slice(demo_records):
     out = featurize_table(table, FeaturizeConfig(), [])
     assert len(seen) > 80
     assert out.column("reason").null_count == len(records)
+
+
+def test_duplicate_ids_helper():
+    assert duplicate_ids(["b", "a", None, "b", None, "a", "c", "b"]) == ["a", "b"]
+    assert duplicate_ids(iter([None, None, "x"])) == []
