@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtc.data.records import STRUCTURE_FIELDS
+from mtc.data.records import STRUCTURE_FIELDS, record_id
 from mtc.errors import MtcError
 
 ID_PROP = "id_prop.csv"
@@ -41,7 +41,7 @@ class ScannedSource:
     ``tables`` hold rows ``id``, ``source`` and the record payload (``json`` text for JSONL,
     ``cif_path`` + label text for CIF folders); Parquet inputs leave ``tables`` empty and are read
     by the pipeline from ``parquet_files``. ``early_rejections`` are rows that never reach a worker
-    (a line that is not JSON, a row without id, an id whose CIF file is missing).
+    (a line that is not JSON, an id whose CIF file is missing).
     """
 
     kind: str
@@ -90,6 +90,17 @@ def scan_source(src: Path, labels: Sequence[str] | None = None, chunk_rows: int 
     if scanned.n_rows == 0:
         raise InputError(f"{src} holds no structures")
     return scanned
+
+
+def check_out_apart(src: Path, out: Path) -> None:
+    """Refuse an output folder that is the input or lies inside an input folder.
+
+    Shards written there would become part of the input (a Parquet folder reads every ``*.parquet``), and the
+    writer replaces ``part-*.parquet``, the usual name of a Parquet dataset's own files.
+    """
+    src_path, out_path = src.resolve(), out.resolve()
+    if out_path == src_path or (src_path.is_dir() and out_path.is_relative_to(src_path)):
+        raise InputError(f"--out {out} is or is inside the input {src}: choose a folder outside the input")
 
 
 def input_files(src: Path) -> list[Path]:
@@ -144,15 +155,20 @@ def _scan_cif_dir(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> S
     for line_no, row in lines:
         cid = row[0].strip()
         source = f"{id_prop}:{line_no}"
-        if not cid:
-            rejections.append(rejection_row(None, source, "missing_id", "the id cell is empty"))
-            continue
         cif_path = src / f"{cid}.cif"
-        if not cif_path.exists():
+        if cid and not cif_path.exists():
             rejections.append(rejection_row(cid, source, "missing_file", f"{cif_path.name} does not exist"))
             continue
         cells = dict(zip(columns, (c.strip() for c in row[1:]), strict=False))
-        rows.append({"id": cid, "source": source, "cif_path": str(cif_path), **{c: cells.get(c) for c in keep}})
+        # A row without id goes on: featurize_table rejects it, as it does for every reader.
+        rows.append(
+            {
+                "id": cid or None,
+                "source": source,
+                "cif_path": str(cif_path) if cid else None,
+                **{c: cells.get(c) for c in keep},
+            }
+        )
     _check_unique([r["id"] for r in rows], id_prop)
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("cif_path", pa.string())])
     schema = pa.schema([*schema, *((c, pa.string()) for c in keep)])
@@ -187,15 +203,12 @@ def _scan_jsonl(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> Sca
             if not isinstance(record, dict):
                 rejections.append(rejection_row(None, source, "unparseable_json", "the line is not an object"))
                 continue
-            cid = record.get("id")
-            if cid is None or str(cid).strip() == "":
-                rejections.append(rejection_row(None, source, "missing_id", "the row has no 'id'"))
-                continue
             for key, value in record.items():
                 if key not in STRUCTURE_FIELDS:
                     is_num = isinstance(value, int | float) and not isinstance(value, bool)
                     numeric[key] = numeric.get(key, False) or is_num
-            rows.append({"id": str(cid), "source": source, "json": line})
+            # A row without id goes on: featurize_table rejects it, as it does for every reader.
+            rows.append({"id": record_id(record.get("id")), "source": source, "json": line})
     _check_unique([r["id"] for r in rows], src)
     label_columns = _choose_labels(src, labels, [k for k, is_num in numeric.items() if is_num], list(numeric))
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
@@ -215,7 +228,7 @@ def _scan_parquet(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> S
     if "id" not in schema.names:
         raise InputError(f"{files[0]} has no 'id' column (columns: {', '.join(schema.names)})")
     ids = [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").cast(pa.string()).to_pylist()]
-    _check_unique(ids, src)
+    _check_unique(map(record_id, ids), src)
     numeric_types = (pa.types.is_integer, pa.types.is_floating)
     candidates = [f.name for f in schema if f.name not in STRUCTURE_FIELDS]
     numeric = [f.name for f in schema if f.name in candidates and any(t(f.type) for t in numeric_types)]
