@@ -11,9 +11,10 @@ import pytest
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import RejectionLimitError, featurize, featurize_table
 from mtc.data.shards import REJECTED, read_manifest, read_shards
+from mtc.data.sources import InputError
 
 from ..conftest import write_jsonl
-from .corpus import BAD_CIF_REASONS, BAD_JSONL_REASONS, MAX_ATOMS, write_bad_jsonl, write_cif_folder
+from .corpus import INPUTS, LABELS, MAX_ATOMS, case_key, expected, write_input, write_jsonl_input
 
 pytestmark = pytest.mark.ray
 
@@ -49,25 +50,32 @@ def test_real_crystals_round_trip_and_rerun_reuses(tmp_path, demo_records, ray_s
     assert read_manifest(tmp_path / "shards")["params"]["radius"] == 6.0
 
 
-def test_bad_corpus_rejected_good_rows_kept(tmp_path, demo_records, ray_session):
-    good = [r for r in demo_records[:40] if r["nsites"] < MAX_ATOMS]
-    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
-    config = FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.5)
-    summary = featurize(src, tmp_path / "shards", config, labels=["band_gap"])
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_bad_corpus_rejected_good_rows_kept(tmp_path, demo_records, ray_session, name):
+    good = [r for r in demo_records[:25] if r["nsites"] < MAX_ATOMS]
+    src = write_input(name, tmp_path, good)
+    config = FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=1.0)
+    summary = featurize(src, tmp_path / "shards", config, labels=LABELS)
+
     rejected = pq.read_table(tmp_path / "shards" / REJECTED).to_pylist()
-    by_id = {r["id"]: r["reason"] for r in rejected if r["id"]}
-    assert {k: by_id.get(k) for k in BAD_JSONL_REASONS} == BAD_JSONL_REASONS
-    assert summary.n_written == len(good)
-    assert summary.n_rejected == len(BAD_JSONL_REASONS) + 2
-    assert summary.rejected_by_reason["unparseable_json"] == 1
-    assert sorted(read_shards(tmp_path / "shards").column("id").to_pylist()) == sorted(r["id"] for r in good)
+    got = {case_key(r["id"], r["source"]): r["reason"] for r in rejected}
+    assert got == {key: reason for i, key, reason in expected() if i == name}
+    assert summary.n_written == len(good) and summary.n_rejected == len(got)
+    assert read_shards(tmp_path / "shards").column("id").to_pylist() == [r["id"] for r in good]
 
 
-def test_cif_folder(tmp_path, demo_records, ray_session):
-    folder = write_cif_folder(tmp_path / "cifs", demo_records[:30])
-    summary = featurize(folder, tmp_path / "shards", FeaturizeConfig(max_reject_rate=0.5))
-    assert summary.n_written == 30
-    assert summary.rejected_by_reason == dict.fromkeys(BAD_CIF_REASONS.values(), 1)
+def test_out_inside_the_input_is_refused_and_the_input_kept(tmp_path, demo_records, ray_session):
+    db = tmp_path / "db"
+    db.mkdir()
+    rows = [{k: r[k] for k in ("id", "lattice", "species", "frac_coords", "band_gap")} for r in demo_records[:6]]
+    for n in range(2):
+        pq.write_table(pa.Table.from_pylist(rows[3 * n : 3 * n + 3]), db / f"part-{n:05d}.parquet")
+    before = {p.name: p.read_bytes() for p in db.iterdir()}
+    for out in (db, db / "shards"):
+        with pytest.raises(InputError, match="inside the input") as caught:
+            featurize(db, out, FeaturizeConfig())
+        assert str(db) in str(caught.value) and str(out) in str(caught.value)
+    assert {p.name: p.read_bytes() for p in db.iterdir()} == before
 
 
 def test_parquet_input(tmp_path, demo_records, ray_session):
@@ -80,7 +88,7 @@ def test_parquet_input(tmp_path, demo_records, ray_session):
 
 def test_rejection_rate_limit_and_all_rejected(tmp_path, demo_records, ray_session):
     good = [r for r in demo_records[:5] if r["nsites"] < MAX_ATOMS]
-    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
+    src = write_jsonl_input(tmp_path / "mixed.jsonl", good)
     with pytest.raises(RejectionLimitError, match="max-reject-rate"):
         featurize(src, tmp_path / "a", FeaturizeConfig(max_atoms=MAX_ATOMS, max_reject_rate=0.1))
     assert (tmp_path / "a" / REJECTED).exists()  # the reasons are there to read

@@ -70,3 +70,27 @@ def test_manifest_schema_version_checked(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="schema 999"):
         read_manifest(tmp_path)
+
+
+def test_foreign_part_files_are_never_deleted(tmp_path):
+    """A folder with part-*.parquet but no manifest (a Parquet dataset) is refused before any work."""
+    foreign = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    with pytest.raises(ShardError, match=r"part-\*\.parquet file\(s\) \(part-00000.parquet\) but no manifest"):
+        ShardWriter(tmp_path, [])
+    assert pq.read_table(foreign).column("x").to_pylist() == [1, 2]
+
+
+def test_commit_replaces_only_the_shards_its_manifest_names(tmp_path):
+    rows = pa.Table.from_pylist(
+        [{"id": str(i), "atomic_numbers": [1], "edge_src": [0], "edge_dst": [0], "edge_dist": [1.0]} for i in range(3)]
+    )
+    first = ShardWriter(tmp_path, [], rows_per_shard=1)
+    first.write(rows)
+    first.commit({})
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "part-00009.parquet")  # a file the manifest does not name
+    second = ShardWriter(tmp_path, [], rows_per_shard=4)
+    second.write(rows)
+    second.commit({})
+    assert sorted(p.name for p in tmp_path.glob("part-*")) == ["part-00000.parquet", "part-00009.parquet"]
+    assert read_shards(tmp_path).num_rows == 3

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtc.config import FeaturizeConfig
-from mtc.data.graph import build_graph, min_interatomic_distance
+from mtc.data.graph import build_graph
+from mtc.data.records import Rejection, StructureLimits, crystal_from_record, parse_label, record_id
 from mtc.data.shards import (
     MANIFEST,
     REJECTED,
@@ -26,51 +27,44 @@ from mtc.data.shards import (
     read_manifest,
     remove_stale_staging,
 )
-from mtc.data.structures import (
-    InputError,
-    Rejection,
-    ScannedSource,
-    StructureLimits,
-    crystal_from_record,
-    parse_label,
-    scan_source,
-)
+from mtc.data.sources import InputError, ScannedSource, check_out_apart, scan_source
 
 OUTCOME_FIELDS = [pa.field("source", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
 
 
 def featurized_schema(label_columns: Sequence[str]) -> pa.Schema:
-    """Graph columns, labels, then where the row came from and why it was rejected (null when kept)."""
-    return pa.schema([*graph_schema(label_columns), *OUTCOME_FIELDS])
+    """Graph columns, labels, then where the row came from and why it was rejected (null when kept).
+
+    ``id`` is nullable here, unlike in the shards: a row without id is one of the rejected rows.
+    """
+    graph = graph_schema(label_columns)
+    return pa.schema([graph.field("id").with_nullable(True), *list(graph)[1:], *OUTCOME_FIELDS])
 
 
 def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Sequence[str]) -> pa.Table:
     """Featurize a batch of records (one per row) into graph rows; bad rows carry a reason instead.
 
     Args:
-        table: rows ``id``, ``source`` and a structure payload (see ``mtc.data.structures``).
+        table: rows ``id``, ``source`` and a structure payload (see ``mtc.data.records``).
         config: graph and validation parameters.
         label_columns: label columns to parse into float64 (null when missing).
 
     Returns:
         A table of ``featurized_schema(label_columns)`` with one row per input row, in order.
     """
-    limits = StructureLimits(max_atoms=config.max_atoms, min_distance=config.min_distance)
+    limits = StructureLimits(max_atoms=config.max_atoms, min_distance=config.min_distance, radius=config.radius)
     numbers, srcs, dsts, dists, outcomes = [], [], [], [], []
     labels = {c: [] for c in label_columns}
-    for record in table.to_pylist():
-        if record.get("json") is not None:
-            record = {**json.loads(record.pop("json")), **record}
+    ids = [record_id(i) for i in table.column("id").to_pylist()]
+    for cid, record in zip(ids, table.to_pylist(), strict=True):
         try:
+            if cid is None:
+                raise Rejection("missing_id", "the row has no 'id' (null or empty)")
+            if record.get("json") is not None:
+                record = {**json.loads(record.pop("json")), **record}
             values = {c: parse_label(record.get(c), c) for c in label_columns}
             crystal = crystal_from_record(record, limits)
             graph = build_graph(crystal.lattice, crystal.cart_coords, config.radius, config.max_neighbors)
-            closest = min_interatomic_distance(graph)
-            if closest < limits.min_distance:
-                raise Rejection(
-                    "overlapping_atoms",
-                    f"two atoms are {closest:.3f} Å apart, closer than {limits.min_distance} Å",
-                )
         except Rejection as rejection:
             numbers.append(np.zeros(0, np.int8))
             srcs.append(np.zeros(0, np.int32))
@@ -90,7 +84,7 @@ def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Seq
 
     schema = featurized_schema(label_columns)
     columns = [
-        pa.array([str(i) if i is not None else "" for i in table.column("id").to_pylist()], pa.string()),
+        pa.array(ids, pa.string()),
         _list_array(numbers, pa.int8()),
         _list_array(srcs, pa.int32()),
         _list_array(dsts, pa.int32()),
@@ -157,6 +151,7 @@ def featurize(
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     scanned = scan_source(src, labels, chunk_rows=4096)
+    check_out_apart(src, out)
     params = config.graph_params()
     inputs_hash = hash_files(scanned.files)
     out.mkdir(parents=True, exist_ok=True)

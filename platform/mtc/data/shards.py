@@ -98,6 +98,7 @@ class ShardWriter:
         self.dest.mkdir(parents=True, exist_ok=True)
         self.schema = graph_schema(label_columns)
         self.rows_per_shard = rows_per_shard
+        _previous_shards(self.dest)  # refuse a foreign folder now, before any work
         self.staging = self.dest / f".staging-{uuid.uuid4().hex[:12]}"
         self.staging.mkdir()
         self.shards: list[dict] = []
@@ -130,7 +131,7 @@ class ShardWriter:
         self._close_shard()
         rejected = pa.concat_tables(self.rejected) if self.rejected else REJECTED_SCHEMA.empty_table()
         pq.write_table(rejected, self.staging / REJECTED)
-        for stale in [*self.dest.glob("part-*.parquet"), self.dest / MANIFEST]:
+        for stale in [*_previous_shards(self.dest), self.dest / MANIFEST]:
             stale.unlink(missing_ok=True)
         for shard in self.shards:
             os.replace(self.staging / shard["file"], self.dest / shard["file"])
@@ -156,6 +157,24 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _previous_shards(dest: Path) -> list[Path]:
+    """The shard files a finished run's manifest names in ``dest``: the only files a new run may replace.
+
+    Raises ShardError when ``dest`` holds ``part-*.parquet`` files but no manifest: they are someone else's
+    (a Parquet dataset, perhaps the input itself), and deleting them would lose data.
+    """
+    manifest = dest / MANIFEST
+    if not manifest.exists():
+        foreign = sorted(p.name for p in dest.glob("part-*.parquet"))
+        if foreign:
+            raise ShardError(
+                f"{dest} holds {len(foreign)} part-*.parquet file(s) ({', '.join(foreign[:3])}) but no {MANIFEST}: "
+                "they are not mtc graph shards and would be overwritten; choose another --out"
+            )
+        return []
+    return [dest / s["file"] for s in json.loads(manifest.read_text()).get("shards", [])]
 
 
 def remove_stale_staging(dest: Path) -> None:

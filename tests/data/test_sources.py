@@ -11,9 +11,10 @@ import pytest
 
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
-from mtc.data.structures import InputError, scan_source
+from mtc.data.sources import InputError, duplicate_ids, scan_source
 
-from .corpus import BAD_CIF_REASONS, BAD_JSONL_REASONS, MAX_ATOMS, write_bad_jsonl, write_cif_folder
+from ..conftest import write_jsonl
+from .corpus import MAX_ATOMS, write_cif_folder, write_jsonl_input
 
 CONFIG = FeaturizeConfig(max_atoms=MAX_ATOMS)
 
@@ -24,57 +25,35 @@ def run_scan(src, labels=None):
     return scanned, out
 
 
-def outcome(table: pa.Table) -> dict[str, str | None]:
-    return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist(), strict=True))
-
-
-def test_jsonl_bad_rows_rejected_with_reasons(tmp_path, demo_records):
-    good = [r for r in demo_records[:30] if r["nsites"] < MAX_ATOMS]
-    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
-    scanned, out = run_scan(src, labels=["band_gap", "formation_energy_per_atom"])
-    reasons = outcome(out)
-    for cid, reason in BAD_JSONL_REASONS.items():
-        assert reasons[cid] == reason, cid
-    assert all(reasons[r["id"]] is None for r in good), "a good row was rejected"
-    early = {r["reason"] for r in scanned.early_rejections}
-    assert early == {"unparseable_json", "missing_id"}
+def test_rejection_details_name_the_problem(tmp_path, demo_records):
+    src = write_jsonl_input(tmp_path / "mixed.jsonl", demo_records[:5])
+    scanned, out = run_scan(src, labels=["band_gap"])
+    details = dict(zip(out.column("id").to_pylist(), out.column("detail").to_pylist(), strict=True))
+    assert "band_gap" in details["j-label-text"] and "n/a" in details["j-label-text"]
+    assert "Xx" in details["j-element"]
+    assert "101" in details["j-beyond-table"]
+    assert str(MAX_ATOMS) in details["j-too-big"]
+    assert "'cart_coords'" in details["j-bad-cart"]
+    assert "structure.sites[0].abc" in details["j-struct-text-abc"]
+    sources = dict(zip(out.column("id").to_pylist(), out.column("source").to_pylist(), strict=True))
+    assert sources["j-label-text"].startswith(str(src))
     assert all(":" in r["source"] for r in scanned.early_rejections)  # file:line
-    assert scanned.n_rows == len(good) + len(BAD_JSONL_REASONS) + 2
 
+
+def test_missing_label_is_null_not_rejection(tmp_path, demo_records):
+    good = demo_records[:3]
+    _, out = run_scan(write_jsonl_input(tmp_path / "mixed.jsonl", good), labels=["band_gap"])
     kept = out.filter(pa.compute.is_null(out.column("reason")))
     gaps = dict(zip(kept.column("id").to_pylist(), kept.column("band_gap").to_pylist(), strict=True))
-    assert gaps[good[0]["id"]] is None  # missing label kept as null
+    assert list(gaps) == [r["id"] for r in good]
+    assert gaps[good[0]["id"]] is None
     assert gaps[good[1]["id"]] == pytest.approx(good[1]["band_gap"])
-
-
-def test_rejection_details_name_the_problem(tmp_path, demo_records):
-    src = write_bad_jsonl(tmp_path / "mixed.jsonl", demo_records[:5])
-    _, out = run_scan(src, labels=["band_gap"])
-    details = dict(zip(out.column("id").to_pylist(), out.column("detail").to_pylist(), strict=True))
-    assert "band_gap" in details["bad-label"] and "n/a" in details["bad-label"]
-    assert "Xx" in details["bad-element"]
-    assert "101" in details["bad-beyond-table"]
-    assert str(MAX_ATOMS) in details["bad-too-big"]
-    sources = dict(zip(out.column("id").to_pylist(), out.column("source").to_pylist(), strict=True))
-    assert sources["bad-label"].startswith(str(src))
-
-
-def test_cif_folder_bad_files_rejected(tmp_path, demo_records):
-    good = demo_records[:12]
-    folder = write_cif_folder(tmp_path / "cifs", good)
-    scanned, out = run_scan(folder)
-    assert scanned.label_columns == ["formation_energy_per_atom", "band_gap"]
-    reasons = outcome(out)
-    reasons.update({r["id"]: r["reason"] for r in scanned.early_rejections})
-    for cid, reason in BAD_CIF_REASONS.items():
-        assert reasons[cid] == reason, cid
-    assert all(reasons[r["id"]] is None for r in good)
 
 
 def test_cif_graphs_equal_jsonl_graphs(tmp_path, demo_records):
     good = demo_records[:10]
-    _, from_cif = run_scan(write_cif_folder(tmp_path / "cifs", good, with_bad=False))
-    _, from_json = run_scan(write_bad_jsonl(tmp_path / "g.jsonl", good), labels=["band_gap"])
+    _, from_cif = run_scan(write_cif_folder(tmp_path / "cifs", good))
+    _, from_json = run_scan(write_jsonl(tmp_path / "g.jsonl", good), labels=["band_gap"])
     by_id = {r["id"]: r for r in from_json.to_pylist()}
     for row in from_cif.to_pylist():
         other = by_id[row["id"]]
@@ -84,7 +63,7 @@ def test_cif_graphs_equal_jsonl_graphs(tmp_path, demo_records):
 
 
 def test_id_prop_without_header_and_string_ids(tmp_path, demo_records):
-    folder = write_cif_folder(tmp_path / "cifs", demo_records[:3], with_bad=False)
+    folder = write_cif_folder(tmp_path / "cifs", demo_records[:3])
     lines = (folder / "id_prop.csv").read_text().splitlines()[1:]
     (folder / "id_prop.csv").write_text("\n".join(lines) + "\n")
     scanned, out = run_scan(folder)
@@ -139,7 +118,7 @@ def test_duplicate_ids_are_named(tmp_path, demo_records):
 
 
 def test_unknown_label_column_is_named(tmp_path, demo_records):
-    src = write_bad_jsonl(tmp_path / "m.jsonl", demo_records[:3])
+    src = write_jsonl_input(tmp_path / "m.jsonl", demo_records[:3])
     with pytest.raises(InputError, match="no column bandgap"):
         scan_source(src, labels=["bandgap"])
 
@@ -155,3 +134,8 @@ def test_every_element_of_the_demo_slice(demo_records):
     out = featurize_table(table, FeaturizeConfig(), [])
     assert len(seen) > 80
     assert out.column("reason").null_count == len(records)
+
+
+def test_duplicate_ids_helper():
+    assert duplicate_ids(["b", "a", None, "b", None, "a", "c", "b"]) == ["a", "b"]
+    assert duplicate_ids(iter([None, None, "x"])) == []

@@ -1,14 +1,14 @@
-"""Structure inputs: find and scan the sources (driver side), turn one record into checked arrays.
+"""Structure sources, read on the driver before any work: which layout, which rows, which labels.
 
-Three source layouts are read:
+Three layouts are read:
 
 * a CGCNN / MT-CGCNN folder: ``*.cif`` files and ``id_prop.csv`` (``id,target1,...``, header optional),
 * JSONL or JSONL.gz, one crystal per line,
 * Parquet (a file or a folder of files).
 
-A *record* is one crystal as a plain dict: an ``id``, a ``source`` (file and line) and the structure in
-one of these forms: ``lattice`` + ``species`` + ``frac_coords`` (the mp36k layout), a ``cif`` text, a
-``cif_path``, or a pymatgen ``structure`` dict (or its JSON text). Label columns sit beside them.
+The scan counts rows, chooses label columns and checks ids, so that a problem with the input as a whole
+(``InputError``) stops the job before any work; rows that can never reach a worker become rejections here.
+Parsing one record is ``mtc.data.records``'s job.
 """
 
 from __future__ import annotations
@@ -16,56 +16,22 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtc.elements import known_atomic_numbers
+from mtc.data.records import STRUCTURE_FIELDS, record_id
 from mtc.errors import MtcError
 
-STRUCTURE_FIELDS = frozenset(
-    {"id", "source", "lattice", "species", "frac_coords", "cart_coords", "cif", "cif_path", "structure", "json"}
-)
 ID_PROP = "id_prop.csv"
 
 
 class InputError(MtcError):
     """A problem with the input as a whole (not one structure): the job stops before any work."""
-
-
-class Rejection(Exception):
-    """One structure cannot be used. ``reason`` is a short code, ``detail`` says what is wrong."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class StructureLimits:
-    """Checks every structure must pass."""
-
-    max_atoms: int = 1000
-    min_distance: float = 0.5  # Å; closer pairs are overlapping atoms
-
-
-@dataclass(frozen=True)
-class CrystalArrays:
-    """One ordered crystal. lattice (3, 3) rows in Å; cart_coords (N, 3) Å; atomic_numbers (N,) int."""
-
-    lattice: np.ndarray
-    cart_coords: np.ndarray
-    atomic_numbers: np.ndarray
-
-
-# --------------------------------------------------------------------------------------- sources
 
 
 @dataclass
@@ -75,7 +41,7 @@ class ScannedSource:
     ``tables`` hold rows ``id``, ``source`` and the record payload (``json`` text for JSONL,
     ``cif_path`` + label text for CIF folders); Parquet inputs leave ``tables`` empty and are read
     by the pipeline from ``parquet_files``. ``early_rejections`` are rows that never reach a worker
-    (a line that is not JSON, a row without id, an id whose CIF file is missing).
+    (a line that is not JSON, an id whose CIF file is missing).
     """
 
     kind: str
@@ -126,6 +92,17 @@ def scan_source(src: Path, labels: Sequence[str] | None = None, chunk_rows: int 
     return scanned
 
 
+def check_out_apart(src: Path, out: Path) -> None:
+    """Refuse an output folder that is the input or lies inside an input folder.
+
+    Shards written there would become part of the input (a Parquet folder reads every ``*.parquet``), and the
+    writer replaces ``part-*.parquet``, the usual name of a Parquet dataset's own files.
+    """
+    src_path, out_path = src.resolve(), out.resolve()
+    if out_path == src_path or (src_path.is_dir() and out_path.is_relative_to(src_path)):
+        raise InputError(f"--out {out} is or is inside the input {src}: choose a folder outside the input")
+
+
 def input_files(src: Path) -> list[Path]:
     """Every file whose content defines the input (for the manifest's content hash)."""
     kind = detect_kind(src)
@@ -136,10 +113,16 @@ def input_files(src: Path) -> list[Path]:
     return [src]
 
 
-def _check_unique(ids: Sequence[str], src: Path) -> None:
-    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+def duplicate_ids(ids: Iterable[str | None]) -> list[str]:
+    """Ids seen more than once, sorted, each once; None (a missing id, rejected on its own) is ignored."""
+    counts = Counter(i for i in ids if i is not None)
+    return sorted(i for i, n in counts.items() if n > 1)
+
+
+def _check_unique(ids: Iterable[str | None], src: Path) -> None:
+    duplicates = duplicate_ids(ids)
     if duplicates:
-        shown = ", ".join(sorted(duplicates)[:10])
+        shown = ", ".join(duplicates[:10])
         more = f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
         raise InputError(f"{src}: duplicate ids ({len(duplicates)}): {shown}{more}; ids must be unique")
 
@@ -172,15 +155,20 @@ def _scan_cif_dir(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> S
     for line_no, row in lines:
         cid = row[0].strip()
         source = f"{id_prop}:{line_no}"
-        if not cid:
-            rejections.append(rejection_row(None, source, "missing_id", "the id cell is empty"))
-            continue
         cif_path = src / f"{cid}.cif"
-        if not cif_path.exists():
+        if cid and not cif_path.exists():
             rejections.append(rejection_row(cid, source, "missing_file", f"{cif_path.name} does not exist"))
             continue
         cells = dict(zip(columns, (c.strip() for c in row[1:]), strict=False))
-        rows.append({"id": cid, "source": source, "cif_path": str(cif_path), **{c: cells.get(c) for c in keep}})
+        # A row without id goes on: featurize_table rejects it, as it does for every reader.
+        rows.append(
+            {
+                "id": cid or None,
+                "source": source,
+                "cif_path": str(cif_path) if cid else None,
+                **{c: cells.get(c) for c in keep},
+            }
+        )
     _check_unique([r["id"] for r in rows], id_prop)
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("cif_path", pa.string())])
     schema = pa.schema([*schema, *((c, pa.string()) for c in keep)])
@@ -215,15 +203,12 @@ def _scan_jsonl(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> Sca
             if not isinstance(record, dict):
                 rejections.append(rejection_row(None, source, "unparseable_json", "the line is not an object"))
                 continue
-            cid = record.get("id")
-            if cid is None or str(cid).strip() == "":
-                rejections.append(rejection_row(None, source, "missing_id", "the row has no 'id'"))
-                continue
             for key, value in record.items():
                 if key not in STRUCTURE_FIELDS:
                     is_num = isinstance(value, int | float) and not isinstance(value, bool)
                     numeric[key] = numeric.get(key, False) or is_num
-            rows.append({"id": str(cid), "source": source, "json": line})
+            # A row without id goes on: featurize_table rejects it, as it does for every reader.
+            rows.append({"id": record_id(record.get("id")), "source": source, "json": line})
     _check_unique([r["id"] for r in rows], src)
     label_columns = _choose_labels(src, labels, [k for k, is_num in numeric.items() if is_num], list(numeric))
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
@@ -243,7 +228,7 @@ def _scan_parquet(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> S
     if "id" not in schema.names:
         raise InputError(f"{files[0]} has no 'id' column (columns: {', '.join(schema.names)})")
     ids = [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").cast(pa.string()).to_pylist()]
-    _check_unique([i for i in ids if i is not None], src)
+    _check_unique(map(record_id, ids), src)
     numeric_types = (pa.types.is_integer, pa.types.is_floating)
     candidates = [f.name for f in schema if f.name not in STRUCTURE_FIELDS]
     numeric = [f.name for f in schema if f.name in candidates and any(t(f.type) for t in numeric_types)]
@@ -270,147 +255,9 @@ def rejection_row(cid: str | None, source: str, reason: str, detail: str) -> dic
     return {"id": cid, "source": source, "reason": reason, "detail": detail}
 
 
-# --------------------------------------------------------------------------------------- records
-
-
-def crystal_from_record(record: dict, limits: StructureLimits) -> CrystalArrays:
-    """Read and check the structure of one record; raises Rejection with the reason."""
-    if record.get("cif_path") is not None:
-        crystal = _from_cif_text(_read_cif_file(record["cif_path"]))
-    elif record.get("cif") is not None:
-        crystal = _from_cif_text(record["cif"])
-    elif record.get("structure") is not None:
-        crystal = _from_pymatgen_dict(record["structure"])
-    elif record.get("lattice") is not None or record.get("species") is not None:
-        crystal = _from_columns(record)
-    else:
-        raise Rejection("missing_structure", "no 'cif', 'structure' or 'lattice'/'species'/'frac_coords' field")
-    _check_crystal(crystal, limits)
-    return crystal
-
-
-def parse_label(value, column: str) -> float | None:
-    """A label cell as a float; None (missing) for null, NaN or an empty cell."""
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    if isinstance(value, bool):
-        raise Rejection("bad_label", f"label '{column}' is {value!r}, not a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise Rejection("bad_label", f"label '{column}' is {value!r}, not a number") from None
-    return None if math.isnan(number) else number
-
-
 def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return True
-
-
-def _read_cif_file(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError as err:
-        raise Rejection("unreadable_file", f"{path}: {err.strerror}") from None
-
-
-def _from_cif_text(text: str) -> CrystalArrays:
-    import warnings
-
-    from pymatgen.io.cif import CifParser
-
-    if not text or not text.strip():
-        raise Rejection("empty_cif", "the CIF is empty")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            parser = CifParser.from_str(text, occupancy_tolerance=1.0)
-            structures = parser.parse_structures(primitive=False, on_error="raise")
-        except Exception as err:  # pymatgen raises many types on bad CIFs
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise Rejection("unparseable_cif", f"pymatgen cannot read the CIF: {message[:200]}") from None
-    if not structures:
-        raise Rejection("unparseable_cif", "the CIF holds no structure")
-    return _from_structure(structures[0])
-
-
-def _from_pymatgen_dict(value) -> CrystalArrays:
-    from pymatgen.core import Structure
-
-    try:
-        as_dict = json.loads(value) if isinstance(value, str) else value
-        structure = Structure.from_dict(as_dict)
-    except Exception as err:
-        raise Rejection("bad_structure", f"not a pymatgen Structure dict: {str(err)[:200]}") from None
-    return _from_structure(structure)
-
-
-def _from_structure(structure) -> CrystalArrays:
-    if not structure.is_ordered:
-        raise Rejection("disordered", "the structure has partial occupancies (disordered sites)")
-    numbers = np.array([site.specie.Z for site in structure], dtype=np.int64)
-    return CrystalArrays(np.array(structure.lattice.matrix), np.array(structure.cart_coords), numbers)
-
-
-def _from_columns(record: dict) -> CrystalArrays:
-    species = record.get("species")
-    if not isinstance(species, list | tuple | np.ndarray) or len(species) == 0:
-        raise Rejection("bad_species", "'species' is missing or empty")
-    lattice = _float_array(record.get("lattice"), "lattice", (3, 3))
-    if record.get("frac_coords") is not None:
-        frac = _float_array(record["frac_coords"], "frac_coords", (len(species), 3))
-        cart = frac @ lattice
-    else:
-        cart = _float_array(record.get("cart_coords"), "frac_coords", (len(species), 3))
-    return CrystalArrays(lattice, cart, _atomic_numbers(species))
-
-
-def _float_array(value, name: str, shape: tuple[int, int]) -> np.ndarray:
-    if value is None:
-        raise Rejection("bad_coordinates", f"'{name}' is missing")
-    try:
-        array = np.array([list(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        raise Rejection("bad_coordinates", f"'{name}' holds a value that is not a number") from None
-    if array.shape != shape:
-        raise Rejection("bad_coordinates", f"'{name}' has shape {array.shape}, expected {shape}")
-    if not np.isfinite(array).all():
-        raise Rejection("bad_coordinates", f"'{name}' holds NaN or infinity")
-    return array
-
-
-_SYMBOL_TO_Z: dict[str, int] = {}
-
-
-def _atomic_numbers(species) -> np.ndarray:
-    if not _SYMBOL_TO_Z:
-        from pymatgen.core.periodic_table import Element
-
-        _SYMBOL_TO_Z.update({e.symbol: e.Z for e in Element})
-    numbers = []
-    for s in species:
-        if isinstance(s, dict):
-            raise Rejection("disordered", f"site species {s} is a partial occupancy (disordered site)")
-        symbol = str(s).strip().rstrip("0123456789+-.")
-        z = _SYMBOL_TO_Z.get(symbol)
-        if z is None:
-            raise Rejection("unknown_element", f"'{s}' is not a chemical element")
-        numbers.append(z)
-    return np.array(numbers, dtype=np.int64)
-
-
-def _check_crystal(crystal: CrystalArrays, limits: StructureLimits) -> None:
-    n_atoms = len(crystal.atomic_numbers)
-    if n_atoms == 0:
-        raise Rejection("bad_species", "the structure has no atoms")
-    if n_atoms > limits.max_atoms:
-        raise Rejection("too_many_atoms", f"{n_atoms} atoms in the cell, more than the limit of {limits.max_atoms}")
-    volume = abs(float(np.linalg.det(crystal.lattice)))
-    if not volume > 1e-3:
-        raise Rejection("singular_lattice", f"the lattice vectors are (nearly) coplanar: volume {volume:.3g} Å³")
-    unknown = sorted(set(crystal.atomic_numbers.tolist()) - known_atomic_numbers())
-    if unknown:
-        raise Rejection("unknown_element", f"atomic numbers {unknown} are beyond the CGCNN element table (Z 1-100)")

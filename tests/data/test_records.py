@@ -1,0 +1,92 @@
+"""One record -> arrays or a named Rejection, without Ray."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mtc.data.records import Rejection, StructureLimits, crystal_from_record
+
+CUBE = [[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]
+
+
+def rejection_of(record: dict, limits: StructureLimits | None = None) -> Rejection:
+    with pytest.raises(Rejection) as caught:
+        crystal_from_record(record, limits or StructureLimits())
+    return caught.value
+
+
+def test_bad_cart_coords_named_as_such():
+    rejection = rejection_of({"lattice": CUBE, "species": ["Na"], "cart_coords": [["x", 0, 0]]})
+    assert rejection.reason == "bad_coordinates"
+    assert "'cart_coords'" in rejection.detail and "frac_coords" not in rejection.detail
+
+
+def test_cart_coords_read_as_cartesian():
+    crystal = crystal_from_record(
+        {"lattice": CUBE, "species": ["Na", "Cl"], "cart_coords": [[0, 0, 0], [2, 2, 2]]}, StructureLimits()
+    )
+    assert crystal.cart_coords.tolist() == [[0, 0, 0], [2, 2, 2]]
+
+
+def structure_dict(**top) -> dict:
+    """A ``Structure.as_dict()``-shaped NaCl whose ``@module``/``@class`` and site properties name other code."""
+    site = {"species": [{"element": "Na", "occu": 1}], "abc": [0, 0, 0], "properties": {}}
+    return {
+        "@module": "os",
+        "@class": "system",
+        "lattice": {"matrix": CUBE},
+        "sites": [site, {"species": [{"element": "Cl", "occu": 1.0}], "xyz": [2.0, 2.0, 2.0]}],
+        **top,
+    }
+
+
+def test_structure_dict_never_imports_what_it_names(tmp_path, monkeypatch):
+    """pymatgen's from_dict would import ``@module`` names (site properties included): a crafted row runs code."""
+    fired = tmp_path / "fired"
+    (tmp_path / "mtc_corpus_payload.py").write_text(
+        f"import pathlib\npathlib.Path({str(fired)!r}).write_text('ran')\nclass Payload:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    payload = {"@module": "mtc_corpus_payload", "@class": "Payload"}
+    record = structure_dict(properties={"x": payload})
+    record["sites"][0]["properties"] = {"magmom": payload}
+    record["sites"][0]["species"][0]["@module"] = "mtc_corpus_payload"
+    for value in (record, json.dumps(record)):
+        crystal = crystal_from_record({"structure": value}, StructureLimits())
+        assert crystal.atomic_numbers.tolist() == [11, 17]
+        assert crystal.cart_coords.tolist() == [[0, 0, 0], [2, 2, 2]]
+    assert not fired.exists()
+    assert "mtc_corpus_payload" not in sys.modules
+
+
+def test_dense_cell_rejected_before_any_neighbour_search(monkeypatch):
+    """1,000 atoms in 1 Å³ would be ~10⁹ candidate pairs; the check is arithmetic on the cell."""
+    import mtc.data.records as records
+
+    monkeypatch.setattr(records, "closest_distance", None)  # any neighbour search would raise TypeError
+    rng = np.random.default_rng(0)
+    record = {"lattice": np.eye(3).tolist(), "species": ["H"] * 1000, "frac_coords": rng.random((1000, 3)).tolist()}
+    started = time.perf_counter()
+    rejection = rejection_of(record)
+    assert time.perf_counter() - started < 0.5
+    assert rejection.reason == "too_dense" and "1000 atoms in 1 Å³" in rejection.detail
+
+
+def test_neighbour_search_work_is_bounded():
+    """A real density with a radius that would make millions of pairs: refused before the search."""
+    side = 20.0
+    rng = np.random.default_rng(1)
+    record = {"lattice": (np.eye(3) * side).tolist(), "species": ["Si"] * 800, "frac_coords": rng.random((800, 3))}
+    assert rejection_of(record, StructureLimits(radius=30.0, min_distance=0)).reason == "too_many_neighbors"
+    assert rejection_of(record, StructureLimits(radius=8.0)).reason == "overlapping_atoms"  # the usual radius passes
+
+
+def test_overlap_through_a_periodic_image():
+    record = {"lattice": [[0.3, 0, 0], [0, 5, 0], [0, 0, 5]], "species": ["Na"], "frac_coords": [[0, 0, 0]]}
+    rejection = rejection_of(record)
+    assert rejection.reason == "overlapping_atoms" and "0.300 Å" in rejection.detail
