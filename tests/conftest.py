@@ -87,6 +87,7 @@ class Trained:
     """A finished training run and its model as registered (``{"model_uri", "name", "version"}``)."""
 
     run_id: str
+    experiment_id: str
     bundle: object
     registered: dict
 
@@ -100,4 +101,4 @@ def trained(demo_shards, ray_session) -> Trained:
 
     config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
     result = train(demo_shards, config)
-    return Trained(result.run_id, result.bundle, publish(result.run_id, result.bundle, "mtc-test"))
+    return Trained(result.run_id, result.experiment_id, result.bundle, publish(result.run_id, result.bundle, "mtc-test"))

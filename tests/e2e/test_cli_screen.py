@@ -154,7 +154,7 @@ def test_other_model_into_same_folder_is_refused(database, champion, trained, tm
     out = tmp_path / "s"
     assert runner.invoke(app, ["screen", str(database), "--model", champion, "--out", str(out)]).exit_code == 0
     other = runner.invoke(app, ["screen", str(database), "--model", f"runs:/{trained.run_id}/x", "--out", str(out)])
-    assert other.exit_code == 2 and "another model" in other.output
+    assert other.exit_code == 2 and "the model changed" in other.output
 
 
 def test_predict_files(champion, demo_records, tmp_path):

@@ -171,3 +171,11 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     assert len(client().get_metric_history(run.info.run_id, "train_loss")) >= 4
     again = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", run.info.run_id])
     assert again.exit_code == 2 and "nothing to continue" in again.output
+
+    # #10.6: a run whose training finished but whose last steps failed resumes from its final checkpoint
+    client().set_terminated(run.info.run_id, status="FAILED")
+    losses = len(client().get_metric_history(run.info.run_id, "train_loss"))
+    finish = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", run.info.run_id])
+    assert finish.exit_code == 0, finish.output
+    assert client().get_run(run.info.run_id).info.status == "FINISHED"
+    assert len(client().get_metric_history(run.info.run_id, "train_loss")) == losses  # no epoch trained again

@@ -16,6 +16,7 @@ from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, GaussianExpansion
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN, model_from_config
 from mtc.tasks import as_tasks
+from tests.model.conftest import graph_table
 
 TASKS = as_tasks(
     [
@@ -162,3 +163,14 @@ def test_to_physical_and_config_round_trip(demo_table: pa.Table) -> None:
     assert rebuilt.tasks == model.tasks and rebuilt.groups == model.groups
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(batch), raw)
+
+
+def test_a_training_batch_of_one_atom_trains() -> None:
+    """#10.14: a batch holding one one-atom crystal used to raise in BatchNorm (one value per channel)."""
+    row = {"id": "Po", "lattice": [[3.35, 0, 0], [0, 3.35, 0], [0, 0, 3.35]], "species": ["Po"]}
+    table = graph_table([{**row, "frac_coords": [[0, 0, 0]], "formation_energy_per_atom": 0.1, "band_gap": 0.0}])
+    batch = collate_arrow(table, TASKS)
+    assert batch.atomic_numbers.numel() == 1
+    model = MultiTaskCGCNN(TASKS, atom_fea_len=8, h_fea_len=8, n_conv=2).train()
+    MultiTaskLoss(TASKS)(model(batch), batch.targets, batch.mask).total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -102,3 +102,42 @@ def test_models_cli(trained):
     assert shown.exit_code == 0 and "band_gap/mae" in shown.output and "cli-check" in shown.output
     missing = runner.invoke(app, ["models", "promote", "mtc-test", "999"])
     assert missing.exit_code == 2 and "no version 999" in missing.output
+
+
+def test_rest_model_keeps_row_order_with_repeated_missing_and_bad_ids(trained, demo_records):
+    """#10.11: ids are data, not keys: every input row gets its own output row, in order."""
+    loaded = mlflow.pyfunc.load_model(f"models:/mtc-test/{trained.registered['version']}")
+    good = [Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif") for r in demo_records[2100:2103]]
+    frame = pd.DataFrame({"id": ["a", "a", None, "b"], "cif": [good[0], good[1], good[2], "not a cif"]})
+    out = loaded.predict(frame)
+    assert len(out) == 4 and list(out["id"].iloc[[0, 1, 3]]) == ["a", "a", "b"]
+    first, second = out["band_gap"].iloc[0], out["band_gap"].iloc[1]
+    assert np.isfinite(first) and np.isfinite(second) and first != second  # two crystals, two predictions
+    assert out["error"].iloc[2].startswith("missing_id") and out["error"].iloc[3].startswith("unparseable_cif")
+    assert out["error"].iloc[:2].isna().all() and np.isnan(out["band_gap"].iloc[3])
+
+
+def test_mtc_loads_weights_without_running_the_models_code(trained, tmp_path):
+    """#10.15: the code stored with a logged model never runs when mtc loads it (only its weights and JSON)."""
+    from mtc.registry.models import bundle_in, download
+
+    folder = download(f"models:/mtc-test/{trained.registered['version']}", tmp_path / "model")
+    marker = tmp_path / "code-ran"
+    for init in folder.rglob("mtc/__init__.py"):  # the package copy logged with the model (models-from-code)
+        init.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    bundle = bundle_in(folder)
+    assert bundle.task_names == trained.bundle.task_names and not marker.exists()
+
+
+def test_bundle_format_version_is_checked(trained, tmp_path):
+    from mtc.model.bundle import BundleError
+
+    folder = trained.bundle.save(tmp_path / "bundle")
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["format_version"] == 1
+    (folder / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(BundleError, match="upgrade mtc"):
+        ModelBundle.load(folder)
+    (folder / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format_version"}))
+    with pytest.raises(BundleError, match="retrain the model"):
+        ModelBundle.load(folder)

@@ -77,10 +77,22 @@ class ConvLayer(nn.Module):
             + per_atom[:, 2 * f :].index_select(0, edge_src)
             + F.linear(edge_fea, weight[:, 2 * f :], self.fc_full.bias)
         )
-        filt, core = self.bn1(gated).chunk(2, dim=1)
+        filt, core = batch_norm(self.bn1, gated).chunk(2, dim=1)
         message = torch.sigmoid(filt) * F.softplus(core)
         summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message)
-        return F.softplus(atom_fea + self.bn2(summed))
+        return F.softplus(atom_fea + batch_norm(self.bn2, summed))
+
+
+def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)``, except that a training batch of a single row uses the running statistics.
+
+    One row has no variance to normalise by (BatchNorm raises); a batch of one one-atom crystal is legal input.
+
+    Args: x (R, C). Returns: (R, C).
+    """
+    if bn.training and x.shape[0] < 2:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
 
 
 def mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
