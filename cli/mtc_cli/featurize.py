@@ -54,7 +54,7 @@ def featurize(
             radius=radius, max_neighbors=max_neighbors, max_atoms=max_atoms, max_reject_rate=max_reject_rate
         )
         console.print(connect(address))
-        check_shared_paths({"--out": out})
+        check_shared_paths({"SRC": src, "--out": out})  # workers read the input on every node
         with progress_bar() as progress:
             task = progress.add_task("featurizing", total=None)
             try:

@@ -9,7 +9,7 @@ from mtc.data.shards import read_shards
 from mtc_cli.app import app
 
 from ..conftest import write_jsonl
-from ..data.corpus import MAX_ATOMS, write_bad_jsonl
+from ..data.corpus import MAX_ATOMS, write_jsonl_input
 
 pytestmark = pytest.mark.ray
 runner = CliRunner()
@@ -28,7 +28,7 @@ def test_featurize_real_data_then_reuse(tmp_path, demo_records, ray_session):
 
 def test_bad_rows_counted_by_reason(tmp_path, demo_records, ray_session):
     good = [r for r in demo_records[:40] if r["nsites"] < MAX_ATOMS]
-    src = write_bad_jsonl(tmp_path / "mixed.jsonl", good)
+    src = write_jsonl_input(tmp_path / "mixed.jsonl", good)
     result = runner.invoke(
         app,
         [
@@ -39,7 +39,7 @@ def test_bad_rows_counted_by_reason(tmp_path, demo_records, ray_session):
             "--max-atoms",
             str(MAX_ATOMS),
             "--max-reject-rate",
-            "0.5",
+            "1.0",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -53,12 +53,30 @@ def test_bad_rows_counted_by_reason(tmp_path, demo_records, ray_session):
         (["featurize", "{tmp}/missing.jsonl", "--out", "{tmp}/o"], "does not exist"),
         (["featurize", "{bad}", "--out", "{tmp}/o", "--max-reject-rate", "0.05"], "max-reject-rate"),
         (["featurize", "{bad}", "--out", "{tmp}/o", "--label", "nope"], "no column nope"),
+        (["featurize", "{bad}", "--out", "{bad}"], "inside the input"),
     ],
 )
 def test_user_mistakes_are_messages_not_tracebacks(tmp_path, demo_records, ray_session, args, message):
-    bad = write_bad_jsonl(tmp_path / "mixed.jsonl", demo_records[:10])
+    bad = write_jsonl_input(tmp_path / "mixed.jsonl", demo_records[:10])
     args = [a.format(tmp=tmp_path, bad=bad) for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_input_visibility_checked_like_out(tmp_path, demo_records, ray_session, monkeypatch):
+    """On a cluster every node reads the input: it goes through the same shared-path check as --out."""
+    import mtc.preflight
+
+    seen = {}
+
+    def refuse(paths):
+        seen.update(paths)
+        raise mtc.preflight.SharedPathError("a node cannot see it")
+
+    monkeypatch.setattr(mtc.preflight, "check_shared_paths", refuse)
+    src = write_jsonl(tmp_path / "mp.jsonl", demo_records[:3])
+    result = runner.invoke(app, ["featurize", str(src), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "a node cannot see it" in result.output
+    assert seen == {"SRC": src, "--out": tmp_path / "o"}

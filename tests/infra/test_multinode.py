@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, write_jsonl
-from tests.data.corpus import BAD_JSONL_REASONS, MAX_ATOMS, bad_jsonl_rows
+from tests.conftest import REPO
+from tests.data.corpus import MAX_ATOMS, expected, write_jsonl_input
 from tests.infra.ray_nodes import LocalRayCluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
@@ -51,9 +51,9 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def structures(tmp_path_factory, demo_records) -> Path:
-    """600 real crystals plus one row per kind of bad input."""
+    """600 real crystals after the corpus's bad JSONL rows."""
     good = demo_records[:600]
-    return write_jsonl(tmp_path_factory.mktemp("mn-src") / "mixed.jsonl", good + bad_jsonl_rows(good))
+    return write_jsonl_input(tmp_path_factory.mktemp("mn-src") / "mixed.jsonl", good)
 
 
 def _featurize_args(src: Path, out: Path) -> list[str]:
@@ -89,7 +89,8 @@ def test_featurize_on_two_nodes_matches_one_node(cluster, structures, ray_sessio
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["n_read"], manifest["n_written"]) == (single.n_read, single.n_written)
     assert manifest["rejected_by_reason"] == single.rejected_by_reason
-    assert single.n_read == 609 and set(single.rejected_by_reason) == set(BAD_JSONL_REASONS.values())
+    jsonl_cases = [reason for name, _, reason in expected() if name == "records.jsonl"]
+    assert single.n_read == 600 + len(jsonl_cases) and set(single.rejected_by_reason) == set(jsonl_cases)
     parts = [p for p in out.glob("*.parquet") if p.name != "rejected.parquet"]
     ours = pa.concat_tables(pq.read_table(p) for p in parts).sort_by("id")
     theirs = pa.concat_tables(

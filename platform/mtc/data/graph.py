@@ -50,10 +50,18 @@ def build_graph(
     Ties in distance (within ``DISTANCE_RESOLUTION``) are broken by neighbour index, then by image,
     so the result is deterministic.
     """
-    centre, neighbour, images, dist = _neighbours(lattice, cart_coords, radius)
+    coords = np.ascontiguousarray(cart_coords, dtype=float)
+    centre, neighbour, images, dist = find_points_in_spheres(
+        coords,
+        coords,
+        r=float(radius),
+        pbc=np.array([1, 1, 1], dtype=np.int64),
+        lattice=np.ascontiguousarray(lattice, dtype=float),
+        tol=1e-8,
+    )
     dist_key = np.rint(dist / DISTANCE_RESOLUTION).astype(np.int64)
     keep = ~((centre == neighbour) & ~images.any(axis=1))  # the atom itself
-    keep[keep] = _up_to_kth_distance(centre[keep], dist_key[keep], len(cart_coords), max_neighbors)
+    keep[keep] = _up_to_kth_distance(centre[keep], dist_key[keep], len(coords), max_neighbors)
     centre, neighbour, images, dist, dist_key = centre[keep], neighbour[keep], images[keep], dist[keep], dist_key[keep]
 
     order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], neighbour, dist_key, centre))
@@ -81,24 +89,6 @@ def _up_to_kth_distance(centre: np.ndarray, dist_key: np.ndarray, n_atoms: int, 
     return dist_key <= kth[centre]
 
 
-def closest_distance(lattice: np.ndarray, cart_coords: np.ndarray, cutoff: float) -> float:
-    """Shortest distance between two atoms (periodic images included) if below ``cutoff`` Å, else inf.
-
-    The overlap test, run before the graph: with a cut-off of ~0.5 Å the search finds almost no pairs.
-    """
-    centre, neighbour, images, dist = _neighbours(lattice, cart_coords, cutoff)
-    dist = dist[~((centre == neighbour) & ~images.any(axis=1))]  # the atom itself
-    return float(dist.min()) if len(dist) else float("inf")
-
-
-def _neighbours(lattice: np.ndarray, cart_coords: np.ndarray, radius: float):
-    """Every (centre, neighbour, image, distance) within ``radius`` Å, the atom itself (image 0) included."""
-    coords = np.ascontiguousarray(cart_coords, dtype=float)
-    return find_points_in_spheres(
-        coords,
-        coords,
-        r=float(radius),
-        pbc=np.array([1, 1, 1], dtype=np.int64),
-        lattice=np.ascontiguousarray(lattice, dtype=float),
-        tol=1e-8,
-    )
+def min_interatomic_distance(graph: CrystalGraph) -> float:
+    """Shortest edge of the graph (inf when it has none), the overlap check's input."""
+    return float(graph.edge_dist.min()) if graph.n_edges else float("inf")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mtc.data.graph import closest_distance
 from mtc.elements import known_atomic_numbers
 
 STRUCTURE_FIELDS = frozenset(
@@ -43,7 +42,7 @@ MAX_NEIGHBOR_PAIRS = 4_000_000
 
 @dataclass(frozen=True)
 class StructureLimits:
-    """Checks every structure must pass, all before its graph is built."""
+    """Checks every structure must pass (the overlap test on its graph, the others before it is built)."""
 
     max_atoms: int = 1000
     min_distance: float = 0.5  # Å; closer pairs are overlapping atoms
@@ -236,7 +235,7 @@ def _check_atom_count(n_atoms: int, limits: StructureLimits) -> None:
 
 
 def _check_crystal(crystal: CrystalArrays, limits: StructureLimits) -> None:
-    """Cheap checks first; the overlap test is the only neighbour search, and runs once the work is bounded."""
+    """Arithmetic on the cell only: whatever passes costs a bounded neighbour search (overlaps: on the graph)."""
     n_atoms = len(crystal.atomic_numbers)
     if n_atoms == 0:
         raise Rejection("bad_species", "the structure has no atoms")
@@ -261,9 +260,3 @@ def _check_crystal(crystal: CrystalArrays, limits: StructureLimits) -> None:
             f"about {pairs:.3g} neighbour pairs within {limits.radius} Å, more than the bound of "
             f"{MAX_NEIGHBOR_PAIRS:.3g}: a smaller radius or fewer atoms per cell",
         )
-    if limits.min_distance > 0:
-        closest = closest_distance(crystal.lattice, crystal.cart_coords, limits.min_distance)
-        if closest < limits.min_distance:
-            raise Rejection(
-                "overlapping_atoms", f"two atoms are {closest:.3f} Å apart, closer than {limits.min_distance} Å"
-            )
