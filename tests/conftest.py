@@ -101,4 +101,6 @@ def trained(demo_shards, ray_session) -> Trained:
 
     config = load_config(TrainConfig, "configs/tiny.yaml", ["epochs=1", "experiment=registry-tests"])
     result = train(demo_shards, config)
-    return Trained(result.run_id, result.experiment_id, result.bundle, publish(result.run_id, result.bundle, "mtc-test"))
+    return Trained(
+        result.run_id, result.experiment_id, result.bundle, publish(result.run_id, result.bundle, "mtc-test")
+    )

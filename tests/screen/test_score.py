@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pymatgen.core import Structure
 
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
@@ -56,3 +58,35 @@ def test_where_and_sort_are_checked_before_any_scoring(demo_records, model, tmp_
         with pytest.raises(FilterError, match=message):
             screen(db, model, tmp_path / "out", where=where, sort=sort, workers=1)
     assert not list((tmp_path / "out" / PREDICTIONS).glob("part-*.parquet"))
+
+
+def test_bad_input_corpus_through_the_screen_and_the_rest_model(demo_records, model, tmp_path, ray_session):
+    """Every corpus case gets its reason from the screen and from the REST model; no good row is lost."""
+    import mlflow
+    import pandas as pd
+
+    from tests.data.corpus import load_cases, write_input
+
+    good = demo_records[3200:3210]
+    db = write_input("parquet", tmp_path / "db", good)
+    summary = screen(db, model, tmp_path / "out", workers=1)
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    cases = [c for c in load_cases() if c.input == "parquet"]
+    assert summary.n_scored == len(good) and summary.n_rejected == len(cases) == len(rejected)
+    by_source_row = {int(r["source"].rsplit(" ", 1)[1]): r["reason"] for r in rejected}
+    for case in cases:
+        row = int(case.key.split()[1]) if case.key.startswith("row ") else None
+        reason = by_source_row[row] if row is not None else next(r["reason"] for r in rejected if r["id"] == case.key)
+        assert reason == case.reason, case
+
+    rest = mlflow.pyfunc.load_model(model)
+    record_cases = [c for c in load_cases() if c.record is not None and set(c.record) <= {"id", "cif", "structure"}]
+    frame = pd.DataFrame([{k: c.record.get(k) for k in ("id", "cif", "structure")} for c in record_cases])
+    frame["structure"] = [s if s is None or isinstance(s, str) else json.dumps(s) for s in frame["structure"]]
+    good_cif = [Structure(r["lattice"], r["species"], r["frac_coords"]).to(fmt="cif") for r in good[:3]]
+    frame = pd.concat([frame, pd.DataFrame({"id": [r["id"] for r in good[:3]], "cif": good_cif})], ignore_index=True)
+    out = rest.predict(frame)
+    assert len(out) == len(frame) and len(record_cases) >= 10
+    for i, case in enumerate(record_cases):
+        assert isinstance(out["error"].iloc[i], str) and out["error"].iloc[i].startswith(case.reason + ":"), case
+    assert out["error"].iloc[len(record_cases) :].isna().all() and out["band_gap"].iloc[-3:].notna().all()

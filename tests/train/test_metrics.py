@@ -74,7 +74,9 @@ def test_unit_free_score_counts_regression_and_binary_tasks() -> None:
 def test_only_binary_tasks_still_give_a_finite_score() -> None:
     """#10.4: with binary tasks alone, model selection must see a number, not NaN."""
     tasks = as_tasks([{"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"}])
-    per_task = task_metrics(np.array([[0.9], [0.2], [0.7]]), np.array([[1.0], [0.0], [1.0]]), np.ones((3, 1), bool), tasks)
+    per_task = task_metrics(
+        np.array([[0.9], [0.2], [0.7]]), np.array([[1.0], [0.0], [1.0]]), np.ones((3, 1), bool), tasks
+    )
     assert unit_free_score(per_task, tasks) == pytest.approx(0.0)
 
 

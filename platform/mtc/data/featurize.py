@@ -29,6 +29,7 @@ from mtc.data.shards import (
 )
 from mtc.data.sources import InputError, ScannedSource, check_out_apart, scan_source
 
+TRUSTED_PATH = "cif_path"  # set by the CIF-folder scan alone
 OUTCOME_FIELDS = [pa.field("source", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
 
 
@@ -61,7 +62,9 @@ def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Seq
             if cid is None:
                 raise Rejection("missing_id", "the row has no 'id' (null or empty)")
             if record.get("json") is not None:
-                record = {**json.loads(record.pop("json")), **record}
+                payload = json.loads(record.pop("json"))
+                payload.pop(TRUSTED_PATH, None)  # data never names a file to read; only a CIF folder's scan does
+                record = {**payload, **record}
             values = {c: parse_label(record.get(c), c) for c in label_columns}
             crystal = crystal_from_record(record, limits)
             graph = build_graph(crystal.lattice, crystal.cart_coords, config.radius, config.max_neighbors)
@@ -246,6 +249,8 @@ def _read_parquet_records(scanned: ScannedSource) -> list[pa.Table]:
     tables = []
     for path in scanned.parquet_files:
         table = pq.read_table(path)
+        if TRUSTED_PATH in table.column_names:  # data never names a file to read; only a CIF folder's scan does
+            table = table.drop_columns([TRUSTED_PATH])
         tables.append(
             table.append_column("source", pa.array([f"{path} row {i}" for i in range(table.num_rows)], pa.string()))
         )

@@ -156,6 +156,9 @@ def _scan_cif_dir(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> S
         cid = row[0].strip()
         source = f"{id_prop}:{line_no}"
         cif_path = src / f"{cid}.cif"
+        if cid and (Path(cid).name != cid or cid in (".", "..")):  # an id must not reach outside the folder
+            rejections.append(rejection_row(cid, source, "bad_id", f"the id {cid!r} is a path, not a file name"))
+            continue
         if cid and not cif_path.exists():
             rejections.append(rejection_row(cid, source, "missing_file", f"{cif_path.name} does not exist"))
             continue

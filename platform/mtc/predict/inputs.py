@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from mtc.data.shards import REJECTED_SCHEMA
 
-STRUCTURE_COLUMNS = ("cif", "structure", "lattice", "species", "frac_coords")
+STRUCTURE_COLUMNS = ("cif", "structure", "lattice", "species", "frac_coords", "cart_coords")
 RECORD_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
 
 
