@@ -23,9 +23,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# The headline figures of the README, on the shipped data/mp36k (about 15 minutes on 2 cores; benchmarks/README.md).
 bench: install
-	$(BIN)/python benchmarks/bench_featurize.py
-	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_featurize.py --n 10000
+	$(BIN)/python benchmarks/bench_train_step.py --threads 1
+	$(BIN)/python benchmarks/bench_screen.py --n 10000
+	$(BIN)/python benchmarks/bench_tune.py --n 3000 --epochs 3 --trials 6
 
 clean:
 	rm -rf $(VENV) .mtc demo-out .pytest_cache

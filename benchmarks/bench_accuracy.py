@@ -1,9 +1,9 @@
 """Accuracy: the three-task MT-CGCNN (configs/mt3.yaml) against each single-task CGCNN under the same budget.
 
-Data: ``--n`` crystals of mp36k (all 36,737 by default; fewer: a seeded random sample, seed 0, written once
-as plain JSONL under ``bench-out/data`` so the shards are reused on re-runs), featurized with
-``mtc.data.featurize.featurize`` into ``--shards-dir`` (default ``bench-out/shards-<n>``; reused when the
-inputs and parameters are the same).
+Data: ``--n`` crystals of ``--data`` (default: the shipped mp36k, all 36,737; fewer: a seeded random sample,
+seed 0, written once as plain JSONL under ``bench-out/data`` so the shards are reused on re-runs), featurized
+with ``mtc.data.featurize.featurize`` into ``--shards-dir`` (default ``bench-out/shards-<data>-<n>``; reused
+when the inputs and parameters are the same).
 
 Budget, identical for all four runs and checked before any training: the same epochs (``--epochs``), no early
 stopping (``patience=0``), the same model (CGCNN defaults: atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1),
@@ -29,13 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/mp36k/mp36k.jsonl.gz")
+from bench_data import REPO, add_data_option
+
 LABELS = ["formation_energy_per_atom", "band_gap", "efermi"]
 MT_CONFIG = REPO / "configs" / "mt3.yaml"
 ST_CONFIGS = {task: REPO / "configs" / f"st_{task}.yaml" for task in LABELS}
 EXPERIMENT = "bench-accuracy"
-# Xie & Grossman 2018 (CGCNN, 46k MP crystals, 60/20/20), see /work/shared/DESIGN.md
+# Xie & Grossman, PRL 120, 145301 (2018): CGCNN on 46k MP crystals, 60/20/20
 REFERENCE_MAE = {"formation_energy_per_atom": 0.039, "band_gap": 0.388, "efermi": 0.363}
 REFERENCE_AUC = 0.95
 UNITS = {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "efermi": "eV"}
@@ -53,37 +53,42 @@ def count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def sample_source(n: int, data_dir: Path, seed: int = 0) -> tuple[Path, int]:
-    """The mp36k file itself when ``n`` covers it, else a seeded random sample of ``n`` lines (file order kept).
+def sample_source(src: Path, n: int, data_dir: Path, seed: int = 0) -> tuple[Path, int]:
+    """``src`` itself when ``n`` covers it, else a seeded random sample of ``n`` lines (file order kept).
 
     The sample is written once (plain JSONL, byte-identical for the same n and seed), so featurize's content
     hash matches and the shards are reused on later runs.
     """
     import numpy as np
 
-    total = count_lines(SHARED)
+    total = count_lines(src)
     if n >= total:
-        return SHARED, total
-    out = data_dir / f"mp36k-sample{n}-seed{seed}.jsonl"
+        return src, total
+    out = data_dir / f"{data_name(src)}-sample{n}-seed{seed}.jsonl"
     if not out.exists():
         keep = set(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        with gzip.open(SHARED, "rt") as src, tmp.open("w") as dst:
-            for i, line in enumerate(line for line in src if line.strip()):
+        with gzip.open(src, "rt") as lines, tmp.open("w") as dst:
+            for i, line in enumerate(line for line in lines if line.strip()):
                 if i in keep:
                     dst.write(line if line.endswith("\n") else line + "\n")
         tmp.rename(out)
     return out, n
 
 
-def prepare_shards(n: int, shards_dir: Path | None, bench_dir: Path):
-    """Featurize (or reuse) ``n`` crystals with the three labels; returns (shards path, FeaturizeSummary)."""
+def data_name(src: Path) -> str:
+    """``mp36k`` for ``.../mp36k.jsonl.gz``: names the samples and shards made from ``src``."""
+    return src.name.split(".")[0]
+
+
+def prepare_shards(data: Path, n: int, shards_dir: Path | None, bench_dir: Path):
+    """Featurize (or reuse) ``n`` crystals of ``data`` with the three labels; returns (shards, FeaturizeSummary)."""
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import featurize
 
-    src, n = sample_source(n, bench_dir / "data")
-    shards = Path(shards_dir) if shards_dir else bench_dir / f"shards-{n}"
+    src, n = sample_source(data, n, bench_dir / "data")
+    shards = Path(shards_dir) if shards_dir else bench_dir / f"shards-{data_name(data)}-{n}"
     summary = featurize(src, shards, FeaturizeConfig(), labels=LABELS)
     return shards, summary
 
@@ -117,11 +122,12 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=36737, help="crystals of mp36k (all: 36737)")
+    parser.add_argument("--n", type=int, default=36737, help="crystals of --data (mp36k: all 36737)")
+    add_data_option(parser)
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every run (no early stopping)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per run")
-    parser.add_argument("--shards-dir", type=Path, default=None, help="default bench-out/shards-<n>")
+    parser.add_argument("--shards-dir", type=Path, default=None, help="default bench-out/shards-<data>-<n>")
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
     args = parser.parse_args()
 
@@ -140,7 +146,7 @@ def main() -> None:
     print(connect())
     print(f"MTC_HOME={home} | MLflow {tracking.tracking_uri()} | experiment {EXPERIMENT}")
 
-    shards, summary = prepare_shards(args.n, args.shards_dir, args.bench_dir)
+    shards, summary = prepare_shards(args.data, args.n, args.shards_dir, args.bench_dir)
     featurize_s = time.perf_counter() - started
     print(
         f"data: {summary.n_written} crystals featurized ({summary.n_rejected} rejected) from "

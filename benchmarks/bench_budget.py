@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_accuracy import EXPERIMENT, LABELS, MT_CONFIG, REPO, SHARED, fmt, machine_line, use_bench_home
+from bench_accuracy import EXPERIMENT, LABELS, MT_CONFIG, REPO, fmt, machine_line, use_bench_home
+from bench_data import add_data_option
 
 CGCNN_44MIN_MAE = 0.100  # DESIGN.md: original CGCNN code, defaults, same machine kind, 44 minutes
 TARGET_MAE = 0.050
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None, help="default: configs/mt3.yaml's")
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
+    add_data_option(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -52,7 +54,7 @@ def main() -> None:
     print(machine_line())
     print(connect())
     shards = Path(tempfile.mkdtemp(prefix="budget-shards-", dir=args.bench_dir))
-    summary = featurize(SHARED, shards, FeaturizeConfig(), labels=LABELS)
+    summary = featurize(args.data, shards, FeaturizeConfig(), labels=LABELS)
     print(f"featurize: {summary.n_written} of {summary.n_read} crystals in {summary.seconds:.0f} s")
 
     base = [
@@ -63,9 +65,7 @@ def main() -> None:
         *([f"optim.lr={args.lr}"] if args.lr else []),
     ]
     probe_started = time.perf_counter()
-    probe = train(
-        shards, load_config(TrainConfig, MT_CONFIG, [*base, "epochs=2", "run_name=budget-probe"]), register=None
-    )
+    probe = train(shards, load_config(TrainConfig, MT_CONFIG, [*base, "epochs=2", "run_name=budget-probe"]))
     probe_s = time.perf_counter() - probe_started
     client = mlflow.MlflowClient(tracking.tracking_uri())
     stamps = sorted(m.timestamp for m in client.get_metric_history(probe.run_id, "epoch"))

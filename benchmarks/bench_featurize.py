@@ -11,7 +11,7 @@
 
 (b) is checked against (a) on the baseline subset: same number of neighbours for every atom, the same
 kept distances, the same neighbour indices (up to ties at the 12th neighbour).
-Run: ``python benchmarks/bench_featurize.py [--n 2000] [--baseline-n 300] [--profile]``.
+Run: ``python benchmarks/bench_featurize.py [--n 2000] [--baseline-n 300] [--profile] [--data PATH]``.
 """
 
 from __future__ import annotations
@@ -32,30 +32,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from bench_data import add_data_option, first_lines
 from pymatgen.core import Lattice, Structure
 
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/mp36k/mp36k.jsonl.gz")
-DEMO = REPO / "data" / "demo" / "mp_demo.jsonl.gz"
 RADIUS, MAX_NBR = 8.0, 12
 LABELS = ["formation_energy_per_atom", "band_gap", "efermi"]
 BATCH = 64
-
-
-def load_lines(path: Path, n: int) -> list[str]:
-    """The first ``n`` non-empty lines of a JSONL(.gz) file, newline kept (as the pipeline sees them)."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        return list(islice((line for line in fh if line.strip()), n))
 
 
 def peak_rss_mib() -> float:
@@ -259,13 +249,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="crystals for (b) and (c)")
     parser.add_argument("--baseline-n", type=int, default=300, help="crystals for (a), spread over the N")
     parser.add_argument("--warm-repeats", type=int, default=2, help="warm (c) runs; the best is reported")
-    parser.add_argument("--data", type=Path, default=None, help="JSONL(.gz) input (default: mp36k, else demo)")
+    add_data_option(parser)
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of (b), top 15 cumulative")
     parser.add_argument("--skip-ray", action="store_true", help="skip (c)")
     args = parser.parse_args()
 
-    path = args.data or (SHARED if SHARED.exists() else DEMO)
-    lines = load_lines(path, args.n)
+    path = args.data
+    lines = first_lines(path, args.n)
     n = len(lines)
     step = max(1, n // max(1, args.baseline_n))
     subset = list(range(0, n, step))[: args.baseline_n]

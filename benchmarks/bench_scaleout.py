@@ -1,6 +1,6 @@
 """Featurize and screen throughput on one Ray node vs two, and the overhead of `ray job submit` over a direct run.
 
-    .venv/bin/python benchmarks/bench_scaleout.py [--n 4000] [--repeats 2]
+    .venv/bin/python benchmarks/bench_scaleout.py [--n 4000] [--repeats 2] [--data PATH]
 
 Clusters are real `ray start` nodes on this machine (tests/infra/ray_nodes.py), driven through the `mtc` CLI with
 `--address`, as a user drives a remote cluster:
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_data import add_data_option  # noqa: E402
 from bench_screen import structures_parquet, train_small_model  # noqa: E402
 
 from tests.infra.ray_nodes import LocalRayCluster  # noqa: E402
@@ -97,8 +98,9 @@ def job_overhead(cluster: LocalRayCluster, db: Path, work: Path, repeats: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4000, help="mp36k structures")
+    parser.add_argument("--n", type=int, default=4000, help="structures of --data")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
+    add_data_option(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     os.environ["MTC_HOME"] = str(work / "home")  # the model's store, inherited by every `mtc` command
@@ -112,13 +114,14 @@ def main() -> None:
     import ray
 
     ray.shutdown()
-    db = structures_parquet(args.n, work / "db.parquet")
+    db = structures_parquet(args.data, args.n, work / "db.parquet")
 
     results = {
         name: measure_layout(cpus, db, model, work, args.repeats, jobs=len(cpus) == 2) for name, cpus in LAYOUTS.items()
     }
     one, two = results["1 node x 1 CPU"], results["2 nodes x 1 CPU"]
-    print(f"\n{args.n:,} mp36k structures (Parquet in, Parquet out), `mtc ... --address`, best of {args.repeats}")
+    print(f"\n{args.n:,} structures of {args.data.name} (Parquet in, Parquet out), `mtc ... --address`")
+    print(f"best of {args.repeats} after a warm-up")
     print(f"{'layout':18s} {'featurize/s':>12s} {'screen/s':>10s}")
     for name, seconds in results.items():
         print(f"{name:18s} {args.n / seconds['featurize']:12.0f} {args.n / seconds['screen']:10.0f}")

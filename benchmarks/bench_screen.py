@@ -1,6 +1,6 @@
 """Screening throughput (Parquet -> predictions Parquet) against featurize-only throughput, same data, same run.
 
-    .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS]
+    .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS] [--data PATH]
 
 Without --model, a small model is trained first (1 epoch on the demo data, not timed) and registered in a
 benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write.
@@ -9,7 +9,6 @@ benchmark-private MLflow store. Structures/s are end to end: read, featurize, pr
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -20,22 +19,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-REPO = Path(__file__).resolve().parents[1]
-MP36K = Path("/work/shared/data/mp36k/mp36k.jsonl.gz")
-if not MP36K.exists():
-    MP36K = REPO.parent / "shared/data/mp36k/mp36k.jsonl.gz"
+from bench_data import DEMO, REPO, add_data_option, first_lines
 
 
-def structures_parquet(n: int, path: Path) -> Path:
-    """The first n mp36k crystals as a structure database (id + lattice/species/frac_coords, no labels)."""
+def structures_parquet(src: Path, n: int, path: Path) -> Path:
+    """The first n crystals of ``src`` as a structure database (id + lattice/species/frac_coords, no labels)."""
     rows = []
-    with gzip.open(MP36K if MP36K.exists() else REPO / "data/demo/mp_demo.jsonl.gz", "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            rows.append({k: r[k] for k in ("id", "lattice", "species", "frac_coords")})
-            if len(rows) == n:
-                break
+    for line in first_lines(src, n):
+        r = json.loads(line)
+        rows.append({k: r[k] for k in ("id", "lattice", "species", "frac_coords")})
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4096)
     return path
 
@@ -48,7 +40,7 @@ def train_small_model() -> str:
 
     shards = Path(os.environ["MTC_HOME"]) / "shards"
     featurize(
-        REPO / "data/demo/mp_demo.jsonl.gz",
+        DEMO,
         shards,
         FeaturizeConfig(),
         labels=["formation_energy_per_atom", "band_gap", "efermi"],
@@ -69,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--model", default=None)
+    add_data_option(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-screen-"))
     os.environ.setdefault("MTC_HOME", str(work / "home"))
@@ -84,8 +77,8 @@ def main() -> None:
     print(connect())
     tracking.configure()
     model = args.model or train_small_model()
-    db = structures_parquet(args.n, work / "db.parquet")
-    warm = structures_parquet(300, work / "warm.parquet")
+    db = structures_parquet(args.data, args.n, work / "db.parquet")
+    warm = structures_parquet(args.data, 300, work / "warm.parquet")
 
     featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[])  # start Ray workers and imports
     screen(warm, model, work / "warm-screen", workers=2)
@@ -96,7 +89,7 @@ def main() -> None:
         assert pq.read_table(out / "predictions").num_rows + pq.read_table(out / "rejected").num_rows == args.n
 
     base = args.n / seconds["featurize only (all CPUs)"]
-    print(f"\n{args.n:,} mp36k structures, Parquet in -> Parquet out, model {model}")
+    print(f"\n{args.n:,} structures of {args.data.name}, Parquet in -> Parquet out, model {model}")
     print(f"{'stage':32s} {'seconds':>8s} {'structures/s':>13s} {'vs featurize':>13s}")
     for stage, s in seconds.items():
         print(f"{stage:32s} {s:8.1f} {args.n / s:13.0f} {args.n / s / base:12.0%}")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import REPO, machine_line, prepare_shards, use_bench_home
+from bench_data import add_data_option
 
 CONFIG = REPO / "configs" / "st_formation_energy_per_atom.yaml"
 EXPERIMENT = "bench-train-scaling"
@@ -37,11 +38,12 @@ EXPERIMENT = "bench-train-scaling"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="crystals of mp36k (seeded sample)")
+    parser.add_argument("--n", type=int, default=2000, help="crystals of --data (seeded sample)")
+    add_data_option(parser)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run; epoch 1 is not counted")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run, in order")
-    parser.add_argument("--shards-dir", type=Path, default=None, help="default bench-out/shards-<n>")
+    parser.add_argument("--shards-dir", type=Path, default=None, help="default bench-out/shards-<data>-<n>")
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
     args = parser.parse_args()
 
@@ -60,7 +62,7 @@ def main() -> None:
     print(machine_line())
     print(connect())
     print(f"MTC_HOME={home} | MLflow {tracking.tracking_uri()} | experiment {EXPERIMENT}")
-    shards, summary = prepare_shards(args.n, args.shards_dir, args.bench_dir)
+    shards, summary = prepare_shards(args.data, args.n, args.shards_dir, args.bench_dir)
     print(f"data: {summary.n_written} crystals -> {shards} ({'reused' if summary.reused else 'featurized'})")
 
     cpus = ray.cluster_resources().get("CPU", 1)

@@ -9,24 +9,23 @@
 
 Both: CGCNN defaults (atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1), batch 256, Adam lr 0.01, MSE on
 z-scored formation energy, one process, the same crystals in the same order. Graph building happens before
-timing and is not measured. Run: ``python benchmarks/bench_train_step.py [--n 2000]``.
+timing and is not measured. Run: ``python benchmarks/bench_train_step.py [--n 2000] [--data PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+from bench_data import add_data_option, first_lines
 from pymatgen.core import Lattice, Structure
 from torch import nn
 from torch.nn import functional as F
@@ -37,9 +36,6 @@ from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.tasks import TaskSpec
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/mp36k/mp36k.jsonl.gz")
-DEMO = REPO / "data" / "demo" / "mp_demo.jsonl.gz"
 RADIUS, MAX_NBR, DMIN, DMAX, STEP = 8.0, 12, 0.0, 8.0, 0.2
 ATOM_FEA, H_FEA, N_CONV = 64, 128, 3
 TARGET = "formation_energy_per_atom"
@@ -51,24 +47,23 @@ TARGET = "formation_energy_per_atom"
 def load_graphs(path: Path, n: int) -> list[dict]:
     """First ``n`` crystals of a JSONL file as graphs: the 12 nearest neighbours within 8 Å per atom."""
     graphs = []
-    with gzip.open(path, "rt") as fh:
-        for line in islice(fh, n):
-            row = json.loads(line)
-            structure = Structure(Lattice(row["lattice"]), row["species"], row["frac_coords"])
-            centres, points, _, dists = structure.get_neighbor_list(RADIUS)
-            order = np.lexsort((dists, centres))
-            centres, points, dists = centres[order], points[order], dists[order]
-            keep = np.arange(centres.size) - np.searchsorted(centres, centres) < MAX_NBR
-            graphs.append(
-                {
-                    "id": row["id"],
-                    "atomic_numbers": np.array([site.specie.Z for site in structure], dtype=np.int8),
-                    "edge_src": points[keep].astype(np.int32),
-                    "edge_dst": centres[keep].astype(np.int32),
-                    "edge_dist": dists[keep].astype(np.float32),
-                    TARGET: float(row[TARGET]),
-                }
-            )
+    for line in first_lines(path, n):
+        row = json.loads(line)
+        structure = Structure(Lattice(row["lattice"]), row["species"], row["frac_coords"])
+        centres, points, _, dists = structure.get_neighbor_list(RADIUS)
+        order = np.lexsort((dists, centres))
+        centres, points, dists = centres[order], points[order], dists[order]
+        keep = np.arange(centres.size) - np.searchsorted(centres, centres) < MAX_NBR
+        graphs.append(
+            {
+                "id": row["id"],
+                "atomic_numbers": np.array([site.specie.Z for site in structure], dtype=np.int8),
+                "edge_src": points[keep].astype(np.int32),
+                "edge_dst": centres[keep].astype(np.int32),
+                "edge_dist": dists[keep].astype(np.float32),
+                TARGET: float(row[TARGET]),
+            }
+        )
     return graphs
 
 
@@ -217,6 +212,7 @@ def same_function_check(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="number of crystals")
+    add_data_option(parser)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the data")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -231,7 +227,7 @@ def main() -> None:
     torch.manual_seed(0)
     bs = args.batch_size
 
-    path = SHARED if SHARED.exists() else DEMO
+    path = args.data
     start = time.perf_counter()
     graphs = load_graphs(path, args.n)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """A tune on mp36k under a stated budget: the best grouping and weights found, and per task the test MAE of the
 tuned configuration against the same task trained alone with the same budget (the tune's own reference runs).
 
-    .venv/bin/python benchmarks/bench_tune.py [--n 3000] [--epochs 3] [--trials 6]
+    .venv/bin/python benchmarks/bench_tune.py [--n 3000] [--epochs 3] [--trials 6] [--data PATH]
 
 Tasks: formation energy, band gap, Fermi energy (configs/mt3.yaml's model); the space: every grouping of the
 three tasks, fixed weights on the simplex or uncertainty weighting, learning rate 1e-3..1e-2.
@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_data import REPO, add_data_option, first_lines
 
-REPO = Path(__file__).resolve().parents[1]
-MP36K = REPO.parent / "shared/data/mp36k/mp36k.jsonl.gz"
 TASKS = ["formation_energy_per_atom", "band_gap", "efermi"]
 
 
@@ -46,6 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=6)
+    add_data_option(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
     os.environ.setdefault("MTC_HOME", str(work / "home"))
@@ -64,11 +64,8 @@ def main() -> None:
     print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}")
     print(connect())
     src = work / "mp.jsonl.gz"
-    with gzip.open(MP36K, "rt") as f, gzip.open(src, "wt") as out:
-        for i, line in enumerate(f):
-            if i == args.n:
-                break
-            out.write(line)
+    with gzip.open(src, "wt") as out:
+        out.writelines(first_lines(args.data, args.n))
     shards = featurize(src, work / "shards", FeaturizeConfig(), labels=TASKS).out
     (work / "space.yaml").write_text(yaml.safe_dump(space_yaml(args.epochs, args.trials)))
     space = load_space(work / "space.yaml")
@@ -79,7 +76,8 @@ def main() -> None:
     best = outcome.report.best
     tuned = client.get_run(best.run_id).data.metrics
     print(
-        f"\nbudget: {args.n} mp36k crystals (60/20/20), {args.epochs} epochs per run, {args.trials} trials + "
+        f"\nbudget: {args.n} crystals of {args.data.name} (60/20/20), {args.epochs} epochs per run, "
+        f"{args.trials} trials + "
         f"{len(TASKS)} single-task references, one at a time, {minutes:.1f} min wall on 2 cores"
     )
     print(f"best trial {best.trial_id}: objective {best.objective:.3f} (mean val error / task alone; < 1 is better)")

@@ -18,7 +18,7 @@ from mtc.preflight import MARKER_PREFIX, _probe, check_shared_paths, local_path
         ("/data/shards", Path("/data/shards")),
         ("shards", Path("shards")),
         ("file:///data/out", Path("/data/out")),
-        ("sqlite:////home/me/.mtc/mlflow.db", Path("/home/me/.mtc")),
+        ("sqlite:////srv/mtc/mlflow.db", Path("/srv/mtc")),
         ("s3://bucket/mtc/ray_results", None),
         ("gs://bucket/x", None),
         ("http://mlflow:5000", None),

@@ -1,18 +1,22 @@
-"""What every command shares: the consoles, clean error messages, progress bars."""
+"""What every command shares: the consoles, clean error messages, progress, short task names."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtc.errors import MtcError
 
 console = Console(highlight=False)
+console.soft_wrap = not console.is_terminal  # a log keeps each line whole (tables still fit the width)
 err_console = Console(stderr=True, highlight=False)
+
+Update = Callable[..., None]  # update(done, total, detail="")
 
 
 @contextlib.contextmanager
@@ -25,13 +29,82 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def progress_bar() -> Progress:
-    """A rich progress bar with counts and elapsed time (quiet when output is not a terminal)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
+@contextlib.contextmanager
+def progress(
+    what: str, unit: str | None = "structures", every: float = 5.0, keep_lines: bool = False
+) -> Iterator[Update]:
+    """Yields ``update(done, total, detail="")``: a rich bar on a terminal, plain lines in a log.
+
+    When stdout is not a terminal (a file, a pipe, Ray Jobs, CI), each update prints one line to stdout, at most
+    every ``every`` seconds (and always the last): ``what done/total unit (pct): rate unit/s, detail, ETA ..``.
+    ``unit=None`` leaves the rate out (the caller's detail carries its own). ``keep_lines`` also prints every
+    line above the bar on a terminal (training epochs are worth keeping on screen).
+    """
+    started = time.monotonic()
+    first: list[float] = []  # (time, done) of the first update: later rates leave start-up out
+    last_line = started
+
+    def line(done: int, total: int | None, detail: str) -> str:
+        now = time.monotonic()
+        since, before = first if first and done > first[1] else (started, 0)
+        recent = (done - before) / max(now - since, 1e-9)  # for the ETA: start-up left out once it can be
+        head = f"{what} {done:,}/{total:,}" if total else f"{what} {done:,}"
+        parts = [detail] if detail else []
+        if unit:
+            head += f" {unit}" + (f" ({done / total:.0%})" if total else "")
+            parts.insert(0, f"{done / max(now - started, 1e-9):,.0f} {unit}/s")
+        if total and recent > 0 and done < total:
+            parts.append(f"ETA {clock((total - done) / recent)}")
+        return f"{head}: {', '.join(parts)}" if parts else head
+
+    if console.is_terminal:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        columns += [TimeRemainingColumn(), TextColumn("{task.fields[detail]}")]
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(what, total=None, detail="")
+
+            def update(done: int, total: int | None, detail: str = "") -> None:
+                if keep_lines:
+                    bar.console.print(line(done, total, detail), markup=False, soft_wrap=True)
+                first[:] = first or [time.monotonic(), done]
+                bar.update(task, completed=done, total=total, detail=detail)
+
+            yield update
+        return
+
+    def update(done: int, total: int | None, detail: str = "") -> None:
+        nonlocal last_line
+        now = time.monotonic()
+        if now - last_line >= every or (total is not None and done >= total):
+            console.print(line(done, total, detail), markup=False, soft_wrap=True)
+            last_line = now
+        first[:] = first or [now, done]
+
+    yield update
+
+
+def clock(seconds: float) -> str:
+    """45s, 3m05s, 2h07m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def abbreviations(tasks: list[str]) -> dict[str, str]:
+    """Initials of multi-word task names (formation_energy_per_atom -> fepa), unless they would collide."""
+    short = {t: "".join(p[0] for p in t.split("_") if p) if "_" in t else t for t in tasks}
+    return short if len(set(short.values())) == len(tasks) else {t: t for t in tasks}
+
+
+def legend(short: Mapping[str, str], units: Mapping[str, str] | None = None) -> str:
+    """``fepa = formation_energy_per_atom (eV/atom), bg = band_gap (eV)``: what the short names stand for."""
+    units = units or {}
+    entries = []
+    for task, name in short.items():
+        unit = f" ({units[task]})" if units.get(task) else ""
+        if name != task or unit:
+            entries.append(f"{name} = {task}{unit}" if name != task else f"{task}{unit}")
+    return ", ".join(entries)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import console, progress_bar, user_errors
+from mtc_cli.common import console, progress, user_errors
 from mtc_cli.featurize import print_summary
-from mtc_cli.screen import print_table
+from mtc_cli.tables import print_predictions
 from mtc_cli.train import run_training
 
 DEMO = Path("data/demo")
@@ -36,14 +36,9 @@ def demo(
         console.rule("[bold]mtc demo")
         console.print(connect())
         console.print(f"\n[bold]1. featurize[/] {DEMO / 'mp_demo.jsonl.gz'} -> {out / 'shards'}")
-        with progress_bar() as progress:
-            task = progress.add_task("featurizing", total=None)
+        with progress("featurize") as update:
             summary = featurize(
-                DEMO / "mp_demo.jsonl.gz",
-                out / "shards",
-                FeaturizeConfig(),
-                labels=DEMO_LABELS,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                DEMO / "mp_demo.jsonl.gz", out / "shards", FeaturizeConfig(), labels=DEMO_LABELS, on_progress=update
             )
         print_summary(summary)
 
@@ -74,6 +69,6 @@ def demo(
             f"{screened.n_scored:,} candidates scored, {screened.n_rejected} rejected "
             f"({screened.throughput:,.0f} structures/s)"
         )
-        print_table(screened.selected, "most stable predicted insulators (band gap > 1 eV)")
+        print_predictions(screened.selected, "most stable predicted insulators (band gap > 1 eV)")
         console.rule()
         console.print(f"predictions: {target}/predictions   runs and models: [bold]mtc ui[/]")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtc_cli.common import console, progress_bar, user_errors
+from mtc_cli.common import console, progress, user_errors
 
 
 def featurize(
@@ -45,7 +45,6 @@ def featurize(
     """
     from mtc.cluster import connect
     from mtc.config import FeaturizeConfig
-    from mtc.data.featurize import RejectionLimitError
     from mtc.data.featurize import featurize as run_featurize
     from mtc.preflight import check_shared_paths
 
@@ -55,20 +54,8 @@ def featurize(
         )
         console.print(connect(address))
         check_shared_paths({"SRC": src, "--out": out})  # workers read the input on every node
-        with progress_bar() as progress:
-            task = progress.add_task("featurizing", total=None)
-            try:
-                summary = run_featurize(
-                    src,
-                    out,
-                    config,
-                    labels=label,
-                    workers=workers,
-                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
-            except RejectionLimitError:
-                progress.stop()
-                raise
+        with progress("featurize") as update:
+            summary = run_featurize(src, out, config, labels=label, workers=workers, on_progress=update)
         print_summary(summary)
 
 

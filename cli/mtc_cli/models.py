@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from mtc_cli.common import console, user_errors
+from mtc_cli.tables import print_metrics
 
 app = typer.Typer(no_args_is_help=True, help="Registered models: list versions, show one, move aliases.")
 
@@ -45,12 +46,11 @@ def show(
         info = describe_version(name, version)
         console.print(f"[bold]{name}[/] version {info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
         console.print(f"run {info['run_id']}  tasks: {', '.join(info['tasks'])}")
-        table = Table(title="test metrics")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in sorted(info["metrics"].items()):
-            table.add_row(key, f"{value:.4g}")
-        console.print(table)
+        rows = [
+            (task, {k.rsplit("/", 1)[1]: v for k, v in info["metrics"].items() if k.startswith(f"test/{task}/")})
+            for task in info["tasks"]
+        ]
+        print_metrics("test metrics", rows, {})
 
 
 @app.command("promote")

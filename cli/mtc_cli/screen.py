@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from mtc_cli.common import console, progress_bar, user_errors
+from mtc_cli.common import console, progress, user_errors
+from mtc_cli.tables import print_predictions
 
 MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/mtc_model."
 
@@ -53,8 +53,7 @@ def screen(
         tracking.configure()
         console.print(connect(address))
         check_shared_paths({"DB": db, "--out": out})
-        with progress_bar() as progress:
-            task = progress.add_task("screening", total=None)
+        with progress("screen") as update:
             summary = run_screen(
                 db,
                 model,
@@ -65,7 +64,7 @@ def screen(
                 sort=sort,
                 desc=desc,
                 top=top,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                on_progress=update,
             )
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
@@ -80,7 +79,7 @@ def screen(
         if summary.n_resumed_units:
             console.print(f"resumed: {summary.n_resumed_units} finished part(s) of an earlier run were kept")
         if summary.selected is not None:
-            print_table(summary.selected.slice(0, 25), f"selected: {summary.selected.num_rows:,} rows")
+            print_predictions(summary.selected.slice(0, 25), f"selected: {summary.selected.num_rows:,} rows")
         console.print(
             f"output: {summary.out}/predictions (Parquet dataset), rejected/, "
             + ("selected.parquet" if summary.selected is not None else "")
@@ -108,7 +107,7 @@ def predict(
         records, unreadable = read_structure_files(files)
         predictions, rejected = predictor.predict_records(records)
         rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected
-        print_table(predictions, f"{model}")
+        print_predictions(predictions, model, {t.name: t.unit for t in predictor.tasks})
         for row in rejected.to_pylist():
             console.print(f"[red]{row['id']}[/]: {row['reason']}: {row['detail']}")
         if out is not None:
@@ -124,12 +123,3 @@ def write_table(table, path: Path) -> None:
         pcsv.write_csv(table, path)
     else:
         pq.write_table(table, path)
-
-
-def print_table(table, title: str) -> None:
-    view = Table(title=title)
-    for name in table.column_names:
-        view.add_column(name, justify="left" if name == "id" else "right")
-    for row in table.to_pylist():
-        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(view)

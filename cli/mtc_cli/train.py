@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mtc_cli.common import console, user_errors
+from mtc_cli.tables import print_metrics
 
 DEFAULT_CONFIG = Path("configs/mt3.yaml")
 
@@ -73,6 +73,7 @@ def run_training(
     from mtc.registry.models import publish
     from mtc.train.trainer import config_of_run
     from mtc.train.trainer import train as run_train
+    from mtc_cli.epochs import epoch_progress
 
     overrides = list(overrides)
     if gpus is not None:
@@ -86,7 +87,8 @@ def run_training(
     check_training_paths(data)
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
-    result = run_train(data, config, resume_run_id=resume)
+    with epoch_progress(config) as callbacks:
+        result = run_train(data, config, resume_run_id=resume, ray_callbacks=callbacks)
     published = publish(result.run_id, result.bundle, register)
     print_result(result, config, published)
     return result, published
@@ -96,18 +98,9 @@ def print_result(result, config, published: dict) -> None:
     from mtc.tracking import tracking_uri
     from mtc.train.trainer import describe_metrics
 
-    table = Table(title=f"test metrics (best epoch {int(result.metrics.get('best_epoch', 0))})")
-    for column in ("task", "MAE", "RMSE", "R²", "Spearman", "AUC / metal AUC"):
-        table.add_column(column, justify="right" if column != "task" else "left")
     units = {t.name: t.unit for t in config.tasks}
-    for name, m in describe_metrics(result.metrics, config):
-        auc = m.get("auc", m.get("metal_auc"))
-        table.add_row(
-            f"{name} ({units[name]})" if units[name] else name,
-            *(f"{m[k]:.4f}" if k in m else "" for k in ("mae", "rmse", "r2", "spearman")),
-            f"{auc:.3f}" if auc is not None else "",
-        )
-    console.print(table)
+    best = int(result.metrics.get("best_epoch", 0))
+    print_metrics(f"test metrics (best epoch {best})", describe_metrics(result.metrics, config), units)
     console.print(f"MLflow run [bold]{result.run_id}[/] in {tracking_uri()}")
     reg = published
     if reg.get("version"):

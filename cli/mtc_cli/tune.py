@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mtc_cli.common import console, user_errors
+from mtc_cli.common import abbreviations, console, legend, user_errors
 
 
 def tune(
@@ -137,8 +137,8 @@ def print_outcome(outcome) -> None:
             *(_num(row[f"{t} rel"]) for t in tasks),
         )
     (console if console.is_terminal else Console(width=160, highlight=False)).print(table)  # logs: no squeeze
-    legend = ", ".join(f"{s} = {t}" for t, s in short.items() if s != t)
-    console.print(f"per-task columns: val error / the task alone{'; ' + legend if legend else ''}", soft_wrap=True)
+    names = legend(short)
+    console.print(f"per-task columns: val error / the task alone{'; ' + names if names else ''}", soft_wrap=True)
     refs = ", ".join(f"{t} {v:.4g}" for t, v in outcome.references.items())
     console.print(f"single-task references (val MAE; 1 - AUC for binary): {refs}", soft_wrap=True)
     console.print(
@@ -151,12 +151,6 @@ def print_outcome(outcome) -> None:
             f"train the best: [bold]mtc train --data SHARDS --config {_best_yaml(outcome.parent_run_id)}[/]",
             soft_wrap=True,
         )
-
-
-def abbreviations(tasks: list[str]) -> dict[str, str]:
-    """Initials of multi-word task names (formation_energy_per_atom -> fepa), unless they would collide."""
-    short = {t: "".join(p[0] for p in t.split("_") if p) if "_" in t else t for t in tasks}
-    return short if len(set(short.values())) == len(tasks) else {t: t for t in tasks}
 
 
 def _best_yaml(run_id: str) -> str:

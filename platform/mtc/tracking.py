@@ -63,19 +63,28 @@ def configure() -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment on its GenAI views unless this tag says it holds model training.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(name: str) -> str:
-    """The id of experiment ``name``, created when missing (embedded store: artifacts under MTC_HOME)."""
+    """The id of experiment ``name``, created when missing (embedded store: artifacts under MTC_HOME).
+
+    Every experiment mtc uses carries ``mlflow.experimentKind = custom_model_development``, so the MLflow UI
+    shows its runs as model training (runs, metrics, artifacts, models), not GenAI traces.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = (artifact_root() / name).as_uri() if is_embedded(mlflow.get_tracking_uri()) else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        location = (artifact_root() / name).as_uri() if is_embedded(mlflow.get_tracking_uri()) else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.tags.get(EXPERIMENT_KIND[0]) is None:  # made by an older mtc, or by hand
+        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    return found.experiment_id

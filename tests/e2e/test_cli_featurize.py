@@ -21,6 +21,7 @@ def test_featurize_real_data_then_reuse(tmp_path, demo_records, ray_session):
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "written" in first.output and "300" in first.output and "structures/s" in first.output
+    assert "featurize 300/300 structures (100%): " in first.output  # not a terminal: a plain progress line
     assert read_shards(tmp_path / "shards").column_names[-2:] == ["band_gap", "efermi"]
     second = runner.invoke(app, args)
     assert second.exit_code == 0 and "reused" in second.output

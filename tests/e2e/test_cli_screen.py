@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from mtc import tracking
 from mtc.registry.models import promote
 from mtc_cli.app import app
+from tests.e2e.browser import ARTIFACTS, render
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
@@ -165,11 +167,17 @@ def test_predict_files(champion, demo_records, tmp_path):
         paths.append(str(path))
     (tmp_path / "junk.cif").write_text("nothing here")
     result = runner.invoke(
-        app, ["predict", *paths, str(tmp_path / "junk.cif"), "--model", champion, "--out", str(tmp_path / "p.csv")]
+        app,
+        ["predict", *paths, str(tmp_path / "junk.cif"), "--model", champion, "--out", str(tmp_path / "p.csv")],
+        env={"COLUMNS": "80"},
     )
     assert result.exit_code == 0, result.output
     assert demo_records[0]["id"] in result.output and "junk.cif" in result.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 3
+    shown = runner.invoke(app, ["models", "show", "mtc-test", "champion"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    for output in (result.output, shown.output):  # 80 columns: short names with a legend, nothing cut
+        assert "fepa = formation_energy_per_atom" in output and "…" not in output, output
 
 
 def free_port() -> int:
@@ -253,6 +261,14 @@ def test_mtc_ui_serves_the_runs(trained):
         )
         runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert trained.run_id in {r["info"]["run_id"] for r in runs}
+        # what a user sees: the run's page in a real browser, its parity plot rendered from the artifact store
+        plot = "plots/parity_formation_energy_per_atom.png"
+        page = f"http://127.0.0.1:{port}/#/experiments/{trained.experiment_id}/runs/{trained.run_id}/artifacts/{plot}"
+        dom = render(page, ARTIFACTS / "mtc-ui-run-page.png")
+        assert f"<title>Run {trained.run_id} - MLflow</title>" in dom
+        assert f'<img alt="{plot}" src="blob:' in dom, "the parity plot was not rendered"
+        tags = mlflow.MlflowClient(tracking.tracking_uri()).get_experiment(trained.experiment_id).tags
+        assert tags.get(tracking.EXPERIMENT_KIND[0]) == tracking.EXPERIMENT_KIND[1]  # the UI's model-training views
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

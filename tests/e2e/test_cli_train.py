@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,6 +136,12 @@ def test_bad_config_is_a_message(demo_shards, ray_session):
     assert result.exit_code == 2 and "optim.lr" in result.output and "Traceback" not in result.output
 
 
+EPOCH_LINE = (
+    r"epoch {epoch}/4: train loss [\d.]+, val MAE fepa [\d.]+ bg [\d.]+, AUC im [\d.]+, lr [\d.e-]+, "
+    r"[\d,]+ crystals/s(, ETA \w+)?"
+)
+
+
 def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("MTC_HOME", str(tmp_path))
     command = [
@@ -151,9 +158,11 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
         "--set",
         "experiment=resume-test",
     ]
-    proc = subprocess.Popen(
-        command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    proc = subprocess.Popen(  # stdout is a pipe, as in a log: plain progress lines
+        command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
     )
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(line.decode() for line in proc.stdout), daemon=True).start()
     deadline = time.time() + 300
     while time.time() < deadline and not any((tmp_path / "ray_results").glob("mtc-*/checkpoint_*")):
         time.sleep(0.5)
@@ -162,9 +171,19 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     proc.wait()
     interrupted = client().search_runs([tracking.experiment_id("resume-test")])[0]
     assert interrupted.info.status == "RUNNING"
+    assert "tasks: fepa = formation_energy_per_atom (eV/atom), bg = band_gap (eV), im = is_metal\n" in log, log
+    assert re.fullmatch(EPOCH_LINE.format(epoch=1), next(x for x in log if x.startswith("epoch")).strip()), log
 
-    result = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", interrupted.info.run_id])
+    result = runner.invoke(
+        app, ["train", "--data", str(demo_shards), "--resume", interrupted.info.run_id], env={"COLUMNS": "80"}
+    )
     assert result.exit_code == 0, result.output
+    epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    first = int(epochs[0].split()[1].split("/")[0])
+    assert first >= 2 and len(epochs) == 5 - first, result.output  # one line per epoch left, 2..4 of 4
+    for epoch, line in enumerate(epochs, first):
+        assert re.fullmatch(EPOCH_LINE.format(epoch=epoch), line), line
+    assert "…" not in result.output and "fepa = formation_energy_per_atom" in result.output  # 80 columns
     run = client().get_run(interrupted.info.run_id)
     assert run.info.status == "FINISHED" and "test/band_gap/mae" in run.data.metrics
     assert client().get_metric_history(run.info.run_id, "resumed_from_epoch")[0].value >= 1
