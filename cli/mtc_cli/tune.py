@@ -63,7 +63,7 @@ def run_tune(
     from mtc.cluster import connect
     from mtc.errors import MtcError
     from mtc.preflight import check_training_paths
-    from mtc.tune.run import resume_tune, start_tune
+    from mtc.tune.driver import resume_tune, start_tune
     from mtc.tune.search import load_space
 
     if resume:

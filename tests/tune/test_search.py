@@ -11,7 +11,7 @@ import yaml
 from mtc.config import ConfigError, ScalingConfig, TrainConfig, load_config
 from mtc.tasks import TaskSpec
 from mtc.train.resources import ResourceError
-from mtc.tune import callbacks, driver
+from mtc.tune import callbacks, trial
 from mtc.tune.report import FINISHED, STOPPED, TrialRecord, build_report
 from mtc.tune.search import (
     bell,
@@ -181,7 +181,7 @@ def test_too_many_tasks_to_enumerate_and_missing_base(tmp_path, tiny):
     ],
 )
 def test_concurrency_never_exceeds_the_cluster(requested, scaling, cluster, expected):
-    assert driver.plan_concurrency(requested, scaling, cluster) == expected
+    assert trial.plan_concurrency(requested, scaling, cluster) == expected
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,7 @@ def test_concurrency_never_exceeds_the_cluster(requested, scaling, cluster, expe
 )
 def test_impossible_trials_name_the_shortfall(scaling, cluster, message):
     with pytest.raises(ResourceError) as err:
-        driver.plan_concurrency(1, scaling, cluster)
+        trial.plan_concurrency(1, scaling, cluster)
     assert message in str(err.value)
 
 

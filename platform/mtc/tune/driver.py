@@ -7,10 +7,9 @@ each divided by the task's single-task reference) so ASHA stops weak trials on i
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,15 @@ import yaml
 from ray import tune
 
 from mtc import tracking
-from mtc.config import ScalingConfig
 from mtc.errors import MtcError
 from mtc.train.datasets import prepare_splits
-from mtc.train.resources import WorkerPlan, check_resources
 from mtc.train.trainer import TrainingError
-from mtc.tune.callbacks import Echo, ObjectiveCallback, ReleaseStoppedRuns, TrialEcho
+from mtc.tune.algorithms import scheduler, search_algorithm
+from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho
 from mtc.tune.child_runs import KIND_TAG, NAME_TAG, child_runs, find_parent, finish_child_runs
 from mtc.tune.report import TrialRecord, TuneReport, build_report, log_report
-from mtc.tune.search import (
-    TPE_STARTUP,
-    TuneSpace,
-    dump_space,
-    first_points,
-    param_space,
-    parse_space,
-    reference_config,
-    trial_config,
-)
-
-TRIAL_CPUS = 0.01  # the trial function only drives; its Train workers reserve their own CPUs ({"CPU": 0} fails)
+from mtc.tune.search import TuneSpace, dump_space, param_space, parse_space
+from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 
 class TuneInterrupted(MtcError):
@@ -52,39 +40,6 @@ class TuneOutcome:
     references: dict[str, float]
     trials: list[TrialRecord]
     report: TuneReport
-
-
-def plan_concurrency(requested: int, scaling: ScalingConfig, cluster: Mapping[str, float]) -> int:
-    """Trials that run at once: at most ``requested`` and what the cluster holds; ResourceError if not even one.
-
-    A trial needs its workers' CPUs (and GPUs), 1 CPU left for its Ray Data pipeline and a sliver for itself.
-    """
-    plan = WorkerPlan.of(scaling)
-    holds = check_resources(plan, cluster, TRIAL_CPUS, "--gpus-per-trial", "--workers-per-trial")
-    return max(1, min(requested, holds))
-
-
-def _trial(
-    point: dict[str, Any],
-    *,
-    shards: str,
-    space: TuneSpace,
-    references: dict[str, float] | None,
-    parent_run_id: str,
-    tune_name: str,
-    env: dict[str, str],
-) -> None:
-    """One Tune trial: a full ``mtc`` training run (its own MLflow child run) of the sampled point."""
-    from mtc.train.trainer import train
-
-    os.environ.update(env)
-    run_name = f"{tune_name}-{tune.get_context().get_trial_id()}"
-    if "reference" in point:
-        config = reference_config(space, point["reference"], run_name)
-    else:
-        config = trial_config(space, point, run_name)
-    callback = ObjectiveCallback(config.tasks, references)
-    train(Path(shards), config, parent_run_id=parent_run_id, ray_callbacks=[callback])
 
 
 def start_tune(
@@ -203,12 +158,12 @@ def _references(
         echo(f"single-task references: {', '.join(missing)} ({space.base_config().epochs} epochs each)")
         grid = _fit(
             name + "-references",
-            _trainable(shards, space, None, run_id, name),
+            trainable(shards, space, None, run_id, name),
             lambda trainable: tune.Tuner(
                 trainable,
                 param_space={"reference": tune.grid_search(missing)},
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=_trial_dirname
+                    max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=trial_dirname
                 ),
                 run_config=_run_config(name + "-references", TrialEcho(echo, "reference", len(missing), space)),
             ),
@@ -239,7 +194,7 @@ def _fit_trials(
     echo(f"trials: {space.trials}, varying {', '.join(dims) or 'nothing'}")
     return _fit(
         name,
-        _trainable(shards, space, references, run_id, name),
+        trainable(shards, space, references, run_id, name),
         lambda trainable: tune.Tuner(
             trainable,
             param_space=dims,
@@ -248,32 +203,15 @@ def _fit_trials(
                 mode="min",
                 num_samples=space.trials,
                 max_concurrent_trials=concurrency,
-                search_alg=_search_alg(space, dims),
-                scheduler=_scheduler(space),
+                search_alg=search_algorithm(space, dims),
+                scheduler=scheduler(space),
                 reuse_actors=False,
-                trial_dirname_creator=_trial_dirname,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=_run_config(name, TrialEcho(echo, "trial", space.trials, space)),
         ),
         space.trials,
     )
-
-
-def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | None, run_id: str, name: str):
-    env = {
-        "MTC_HOME": str(tracking.mtc_home()),
-        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-        "MTC_STORAGE": tracking.checkpoint_root(),
-    }
-    fn = tune.with_parameters(
-        _trial, shards=str(shards), space=space, references=references, parent_run_id=run_id, tune_name=name, env=env
-    )
-    return tune.with_resources(fn, {"CPU": TRIAL_CPUS})
-
-
-def _trial_dirname(trial) -> str:
-    """Trial folders named by trial id alone (Tune's default packs the whole point into the name)."""
-    return trial.trial_id
 
 
 def _run_config(name: str, progress: TrialEcho) -> tune.RunConfig:
@@ -283,38 +221,6 @@ def _run_config(name: str, progress: TrialEcho) -> tune.RunConfig:
         verbose=0,
         callbacks=[progress, ReleaseStoppedRuns()],
         failure_config=tune.FailureConfig(max_failures=0),
-    )
-
-
-def _search_alg(space: TuneSpace, dims: Mapping[str, Any]):
-    points = first_points(space)
-    if space.algorithm() == "optuna" and dims:
-        import optuna
-        from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        startup = min(TPE_STARTUP, max(1, space.trials // 2))
-        return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup), points_to_evaluate=points)
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=space.seed, points_to_evaluate=points)
-
-
-def _scheduler(space: TuneSpace):
-    """ASHA on the per-epoch objective; no rung at the last epoch, so no finished run is cut before its test."""
-    epochs = space.base_config().epochs
-    if not space.asha.enabled or epochs < 2:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    last = epochs - 1
-    return ASHAScheduler(
-        time_attr="epoch",
-        max_t=last,
-        grace_period=min(space.asha.grace_period, last),
-        reduction_factor=space.asha.reduction_factor,
-        stop_last_trials=False,
     )
 
 
