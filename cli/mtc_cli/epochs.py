@@ -12,8 +12,10 @@ import queue as stdlib_queue
 import threading
 from collections.abc import Iterator
 
+import ray
 import ray.train
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mtc_cli.common import abbreviations, console, legend, progress
 
@@ -25,7 +27,9 @@ class ReportRelay(ray.train.UserCallback):
         self.reports = reports
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.reports.put(dict(metrics[0]))
+        # progress is a courtesy: a lost queue (its node died) must never fail the training it reports on
+        with contextlib.suppress(ray.exceptions.RayError):
+            self.reports.put(dict(metrics[0]), timeout=5)
 
 
 def epoch_summary(report: dict, short: dict[str, str]) -> str:
@@ -47,14 +51,16 @@ def epoch_progress(config) -> Iterator[list[ray.train.UserCallback]]:
     """Yields the Ray Train callbacks to pass to ``train``; shows each epoch while training runs."""
     short = abbreviations([t.name for t in config.tasks])
     console.print(f"tasks: {legend(short, {t.name: t.unit for t in config.tasks})}", soft_wrap=True)
-    reports = Queue(actor_options={"num_cpus": 0})
+    # the queue lives on the driver's node: a worker node that dies takes no progress line with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    reports = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     finished = threading.Event()
 
     def show(update) -> None:
         while True:
             try:
                 report = reports.get(timeout=0.5)
-            except stdlib_queue.Empty:
+            except (stdlib_queue.Empty, ray.exceptions.RayError):
                 if finished.is_set():
                     return
                 continue
@@ -69,4 +75,5 @@ def epoch_progress(config) -> Iterator[list[ray.train.UserCallback]]:
         finally:
             finished.set()
             shower.join(timeout=10)
-            reports.shutdown()
+            with contextlib.suppress(ray.exceptions.RayError):
+                reports.shutdown()

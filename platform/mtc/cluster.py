@@ -12,9 +12,6 @@ _RAY_ENV_DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_V2_ENABLED": "1",
-    # Ray's C++ core prints warnings nobody running mtc can act on to the driver's stderr (e.g. that Ray Data's
-    # restartable screen actors hold constructor arguments in the object store); errors still show.
-    "RAY_BACKEND_LOG_LEVEL": "error",
 }
 
 

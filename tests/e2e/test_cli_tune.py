@@ -123,8 +123,8 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--gpus-per-trial", "1"], "--gpus-per-trial 1 needs 1 GPU(s) for one trial, but the Ray cluster has no GPU"),
-        (["--workers-per-trial", "4"], "= 3.01 CPUs; the Ray cluster has 2"),
+        (["--gpus-per-trial", "1"], "--gpus-per-trial 1 asks for 1 GPU workers, but the Ray cluster has no GPU"),
+        (["--workers-per-trial", "4"], "need 3.01 CPUs; the Ray cluster has 2. Lower --workers-per-trial"),
     ],
 )
 def test_impossible_trials_fail_fast_naming_the_shortfall(demo_shards, ray_session, flags, message):

@@ -71,7 +71,7 @@ def _featurize_args(src: Path, out: Path) -> list[str]:
 
 
 def _ids(path: Path) -> list[str]:
-    return sorted(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    return sorted(pq.read_table(path, columns=["id"]).column("id").to_pylist(), key=lambda i: (i is None, i or ""))
 
 
 def test_featurize_on_two_nodes_matches_one_node(cluster, structures, ray_session, tmp_path):

@@ -99,7 +99,7 @@ def test_models_cli(trained):
     listed = runner.invoke(app, ["models", "list", "mtc-test"])
     assert listed.exit_code == 0 and "mtc-test" in listed.output and trained.run_id[:8] in listed.output
     shown = runner.invoke(app, ["models", "show", "mtc-test", "cli-check"])
-    assert shown.exit_code == 0 and "band_gap/mae" in shown.output and "cli-check" in shown.output
+    assert shown.exit_code == 0 and "bg = band_gap" in shown.output and "cli-check" in shown.output
     missing = runner.invoke(app, ["models", "promote", "mtc-test", "999"])
     assert missing.exit_code == 2 and "no version 999" in missing.output
 

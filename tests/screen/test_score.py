@@ -68,6 +68,7 @@ def test_bad_input_corpus_through_the_screen_and_the_rest_model(demo_records, mo
     from tests.data.corpus import load_cases, write_input
 
     good = demo_records[3200:3210]
+    (tmp_path / "db").mkdir()
     db = write_input("parquet", tmp_path / "db", good)
     summary = screen(db, model, tmp_path / "out", workers=1)
     rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()

@@ -24,4 +24,7 @@ class MtcPythonModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mtc.predict.inputs import records_from_frame
 
-        return self.predictor.predict_rows(records_from_frame(model_input)).to_pandas()
+        out = self.predictor.predict_rows(records_from_frame(model_input)).to_pandas()
+        # None, not NaN, for "no error": NaN is not JSON, and REST clients test `error is None`
+        out["error"] = pd.Series([e if isinstance(e, str) else None for e in out["error"]], dtype=object)
+        return out

@@ -211,12 +211,22 @@ def screen(
             compute=ray.data.ActorPoolStrategy(size=n_workers),
             num_cpus=0 if gpus else 1,
             num_gpus=1 if gpus else 0,
+            # No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store
+            # (ray-project/ray#53727; it warns on every screen otherwise). A lost actor fails the screen instead,
+            # and a rerun scores only the units left.
+            max_restarts=0,
         )
         done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
-        for row in ds.iter_rows():
-            done_rows += int(row["scored"]) + int(row["rejected"])
-            if on_progress:
-                on_progress(done_rows, n_input)
+        try:
+            for row in ds.iter_rows():
+                done_rows += int(row["scored"]) + int(row["rejected"])
+                if on_progress:
+                    on_progress(done_rows, n_input)
+        except ray.exceptions.RayError as err:
+            raise ScreenError(
+                f"scoring stopped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the finished parts in "
+                f"{out} are kept: run the same command again to score the rest"
+            ) from err
 
     predictions = _read_parts(out / PREDICTIONS, schema)
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
