@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from mtc.tasks import TaskSpec, as_tasks, check_partition, fit_normalizer, task_targets
+from mtc.tasks import TaskSpec, as_tasks, check_partition, fit_normalizer, served, task_targets
 
 NAN = float("nan")
 
@@ -58,6 +58,35 @@ def test_task_targets_missing_and_derived() -> None:
     np.testing.assert_array_equal(values[:, 1], [1, 0, 0, 0, 1, 0])
     np.testing.assert_array_equal(values[:, 2], [0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(values[:, 3], [1, 0, 0, 1, 0, 1])
+
+
+def test_per_atom_targets_divide_by_the_atom_count() -> None:
+    table = pa.table(
+        {
+            "atomic_numbers": pa.array([[8], [11, 17], [26, 26, 8, 8]], pa.list_(pa.int8())),
+            "volume": [20.0, 45.0, None],
+            "total_magnetization": [0.0, -2.0, 8.0],
+        }
+    )
+    tasks = as_tasks(
+        [
+            {"name": "volume"},
+            {"name": "volume_per_atom", "column": "volume", "per_atom": True},
+            {"name": "magnetization_per_atom", "column": "total_magnetization", "per_atom": True},
+        ]
+    )
+    values, mask = task_targets(table, tasks)
+    np.testing.assert_array_equal(values, np.array([[20, 20, 0], [45, 22.5, -1], [0, 0, 2]], np.float32))
+    np.testing.assert_array_equal(mask[:, 1], [True, True, False])  # missing stays missing
+    with pytest.raises(KeyError, match="atomic_numbers"):
+        task_targets(table.drop_columns(["atomic_numbers"]), tasks)
+    with pytest.raises(ValidationError, match="per_atom"):
+        TaskSpec(name="m", kind="binary", derive="band_gap == 0", per_atom=True)
+
+
+def test_auxiliary_tasks_are_not_served() -> None:
+    tasks = as_tasks([{"name": "band_gap"}, {"name": "volume", "auxiliary": True}, {"name": "efermi"}])
+    assert [t.name for t in served(tasks)] == ["band_gap", "efermi"]
 
 
 def test_task_targets_errors() -> None:

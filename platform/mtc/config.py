@@ -109,20 +109,42 @@ def dump_yaml(config: BaseModel) -> str:
 
 
 class ModelConfig(StrictModel):
-    """MT-CGCNN shape (CGCNN defaults). ``groups`` partitions the tasks; each group shares a trunk."""
+    """MT-CGCNN shape (CGCNN defaults); see ``mtc.model.multitask.MultiTaskCGCNN`` for the sharing layouts.
+
+    ``shared_convs`` unset: ``groups`` partitions the tasks and each group has a whole trunk of its own (default:
+    one trunk for all). ``shared_convs: k``: the embedding and the first k convolutions are shared by every task,
+    the other ``n_conv - k`` belong to each group (default: one group per task).
+    """
 
     atom_fea_len: int = Field(64, ge=1)
     h_fea_len: int = Field(128, ge=1)
     n_conv: int = Field(3, ge=1)
     n_h: int = Field(1, ge=1)
     groups: list[list[str]] | None = None
+    shared_convs: int | None = Field(None, ge=0, description="convolutions shared by all tasks; unset: all of them")
+    head_layers: dict[str, int] | None = Field(None, description="task -> hidden layers of its head (default n_h)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.shared_convs is not None and self.shared_convs > self.n_conv:
+            raise ValueError(f"shared_convs {self.shared_convs} exceeds n_conv {self.n_conv}")
+        if any(n < 1 for n in (self.head_layers or {}).values()):
+            raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
+        return self
 
 
 class LossConfig(StrictModel):
-    """``fixed``: sum of w_k L_k (weights by task name, default 1); ``uncertainty``: learned (Kendall 2018)."""
+    """How task losses combine, and what happens to their gradients on the shared parameters.
 
-    strategy: Literal["fixed", "uncertainty"] = "fixed"
+    ``fixed``: sum of w_k L_k (weights by task name, default 1); ``uncertainty``: learned (Kendall 2018);
+    ``dwa``: dynamic weight averaging (Liu 2019) at ``temperature``. ``gradient_surgery: pcgrad`` projects away
+    the conflicting parts of the task gradients on the shared parameters (Yu 2020).
+    """
+
+    strategy: Literal["fixed", "uncertainty", "dwa"] = "fixed"
     weights: dict[str, float] | None = None
+    temperature: float = Field(2.0, gt=0, description="dwa only: higher spreads the weights less")
+    gradient_surgery: Literal["none", "pcgrad"] = "none"
 
 
 class OptimConfig(StrictModel):
@@ -189,6 +211,13 @@ class TrainConfig(StrictModel):
             unknown = set(self.loss.weights) - set(names)
             if unknown:
                 raise ValueError(f"loss.weights names unknown tasks {sorted(unknown)}")
+            if self.loss.strategy != "fixed":
+                raise ValueError(f"loss.weights are fixed weights; strategy {self.loss.strategy!r} sets its own")
+        unknown = set(self.model.head_layers or {}) - set(names)
+        if unknown:
+            raise ValueError(f"model.head_layers names unknown tasks {sorted(unknown)}")
+        if all(t.auxiliary for t in self.tasks):
+            raise ValueError("every task is auxiliary: at least one must be served")
         return self
 
     def label_columns(self) -> list[str]:

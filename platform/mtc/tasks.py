@@ -44,6 +44,10 @@ class TaskSpec(BaseModel):
         derive: Optional ``"<column> <op> <number>"`` that turns a label column into a binary target,
             e.g. ``"band_gap == 0"`` for is_metal. Only for binary tasks.
         loss: ``"mse"`` or ``"l1"`` on normalised targets (regression only; binary uses BCE).
+        per_atom: Regression only: the target is the label divided by the crystal's atom count (e.g. volume per
+            atom from ``volume``); the label column is then read together with ``atomic_numbers``.
+        auxiliary: Trained (and its metrics logged) but not served: predictions, the served schema and model
+            selection's unit-free score leave it out.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +58,8 @@ class TaskSpec(BaseModel):
     unit: str = ""
     derive: str | None = None
     loss: Literal["mse", "l1"] = "mse"
+    per_atom: bool = False
+    auxiliary: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -73,6 +79,8 @@ class TaskSpec(BaseModel):
             derive_column = parse_term(self.derive).column
             if derive_column != self.column:
                 raise ValueError(f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}")
+        if self.per_atom and self.kind != "regression":
+            raise ValueError(f"task {self.name!r}: per_atom is only allowed for regression tasks")
         return self
 
     def target(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +141,8 @@ def task_targets(table: pa.Table, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray
     Nulls and non-finite labels are missing; a derived task is missing where its source is.
 
     Args:
-        table: Arrow table with B rows holding each task's source column.
+        table: Arrow table with B rows holding each task's source column (and ``atomic_numbers`` when a task is
+            ``per_atom``).
         tasks: T task specs.
 
     Returns:
@@ -145,8 +154,23 @@ def task_targets(table: pa.Table, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray
     for k, task in enumerate(tasks):
         if task.column not in sources:
             sources[task.column] = _column_as_float(table, task.column)
-        values[:, k], mask[:, k] = task.target(sources[task.column])
+        source = sources[task.column]
+        if task.per_atom:
+            source = source / _atom_counts(table)
+        values[:, k], mask[:, k] = task.target(source)
     return values, mask
+
+
+def _atom_counts(table: pa.Table) -> np.ndarray:
+    """float64 (B,) atoms per crystal, from the ``atomic_numbers`` list column."""
+    if "atomic_numbers" not in table.column_names:
+        raise KeyError("a per_atom task needs the atomic_numbers column next to its label column")
+    return pc.list_value_length(table.column("atomic_numbers")).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def served(tasks: Iterable[TaskSpec]) -> list[TaskSpec]:
+    """The tasks a model predicts for its users: every task but the auxiliary ones."""
+    return [t for t in tasks if not t.auxiliary]
 
 
 def fit_normalizer(values: np.ndarray, mask: np.ndarray, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray, np.ndarray]:

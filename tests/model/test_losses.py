@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtc.data.batching import collate_arrow
-from mtc.model.losses import MultiTaskLoss
+from mtc.model.losses import MultiTaskLoss, dwa_weights
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.tasks import as_tasks, fit_normalizer
 
@@ -95,8 +95,13 @@ def test_uncertainty_weighting_learns(demo_table: pa.Table) -> None:
 
 
 def test_argument_errors() -> None:
-    with pytest.raises(ValueError, match="learned"):
-        MultiTaskLoss(TASKS, strategy="uncertainty", weights=[1, 1, 1])
+    for strategy in ("uncertainty", "dwa"):
+        with pytest.raises(ValueError, match="sets the weights itself"):
+            MultiTaskLoss(TASKS, strategy=strategy, weights=[1, 1, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        MultiTaskLoss(TASKS, strategy="dwa", temperature=0.0)
+    with pytest.raises(ValueError, match="end_epoch is for strategy 'dwa'"):
+        MultiTaskLoss(TASKS).end_epoch(torch.ones(3))
     with pytest.raises(ValueError, match="unknown tasks"):
         MultiTaskLoss(TASKS, weights={"nope": 1.0})
     with pytest.raises(ValueError, match="entries"):
@@ -104,3 +109,48 @@ def test_argument_errors() -> None:
     with pytest.raises(ValueError, match="strategy"):
         MultiTaskLoss(TASKS, strategy="gradnorm")
     assert list(MultiTaskLoss(TASKS).parameters()) == []
+
+
+def test_dwa_weights_by_hand() -> None:
+    """Liu et al. 2019: w_k = T exp(r_k / t) / sum_j exp(r_j / t), r_k = L_k(e-1) / L_k(e-2)."""
+    history = torch.tensor([[1.0, 2.0, 4.0], [0.5, 2.0, 2.0]])  # ratios 0.5, 1.0, 0.5
+    for t in (2.0, 0.5):
+        e_half, e_one = math.exp(0.5 / t), math.exp(1.0 / t)
+        expected = 3 * torch.tensor([e_half, e_one, e_half]) / (2 * e_half + e_one)
+        torch.testing.assert_close(dwa_weights(history, t), expected)
+    # only the last two epochs count; the task whose loss fell least gets the most weight
+    longer = torch.cat([torch.tensor([[9.0, 9.0, 9.0]]), history])
+    torch.testing.assert_close(dwa_weights(longer), dwa_weights(history))
+    assert dwa_weights(history).argmax() == 1
+
+
+def test_dwa_weights_are_equal_until_two_epochs_are_known_and_undefined_ratios_count_as_one() -> None:
+    assert dwa_weights(torch.tensor([[3.0, 1.0]])).tolist() == [1.0, 1.0]
+    assert dwa_weights(torch.tensor([[math.nan, math.nan], [3.0, 1.0]])).tolist() == [1.0, 1.0]
+    # task 2 had no labels last epoch (NaN), task 3 a zero loss before: both ratio 1, like task 1
+    weights = dwa_weights(torch.tensor([[1.0, 1.0, 0.0, 2.0], [1.0, NAN, 1.0, 1.0]]))
+    assert weights[0] == weights[1] == weights[2] and weights[3] < weights[0]
+    torch.testing.assert_close(weights.sum(), torch.tensor(4.0))
+
+
+def test_dwa_loss_weighs_the_terms_and_keeps_its_history_in_the_state_dict() -> None:
+    loss = MultiTaskLoss(TASKS, strategy="dwa", temperature=1.0)
+    outputs, targets, mask = torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    first = loss(outputs, targets, mask)
+    torch.testing.assert_close(first.total, first.per_task.sum())  # equal weights at first
+    loss.end_epoch(torch.tensor([1.0, 2.0, 4.0]))
+    assert loss.task_weights().tolist() == [1.0, 1.0, 1.0]
+    loss.end_epoch(torch.tensor([0.5, 2.0, 2.0]))
+    expected = dwa_weights(torch.tensor([[1.0, 2.0, 4.0], [0.5, 2.0, 2.0]]), 1.0)
+    torch.testing.assert_close(loss.task_weights(), expected)
+    out = loss(outputs, targets, mask)
+    torch.testing.assert_close(out.terms, expected * out.per_task)
+    torch.testing.assert_close(out.total, out.terms.sum())
+
+    restored = MultiTaskLoss(TASKS, strategy="dwa", temperature=1.0)
+    restored.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(restored.task_weights(), expected)
+    restored.end_epoch(torch.tensor([0.5, 1.0, 1.0]))  # continues from the restored history: ratios 1, .5, .5
+    torch.testing.assert_close(
+        restored.task_weights(), dwa_weights(torch.tensor([[0.5, 2.0, 2.0], [0.5, 1.0, 1.0]]), 1.0)
+    )

@@ -15,16 +15,25 @@ pytestmark = pytest.mark.ray
 
 
 class RankRecorder(UserCallback):
-    """Appends every rank's ``lr`` and ``weight_norm`` of each epoch report to a JSONL file (the callback runs in
-    Ray Train's controller, not in this process)."""
+    """Appends every rank's ``lr``, ``weight_norm`` and ``loss_weight/*`` of each epoch report to a JSONL file (the
+    callback runs in Ray Train's controller, not in this process)."""
 
     def __init__(self, path: Path):
         self.path = str(path)
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if "epoch" in metrics[0]:
+            kept = [
+                {k: v for k, v in m.items() if k in ("epoch", "lr", "weight_norm") or "loss_weight/" in k}
+                for m in metrics
+            ]
             with open(self.path, "a") as f:
-                f.write(json.dumps([{k: m[k] for k in ("epoch", "lr", "weight_norm")} for m in metrics]) + "\n")
+                f.write(json.dumps(kept) + "\n")
+
+
+def ranks_of_each_epoch(config: TrainConfig, shards: Path, record: Path) -> list[list[dict]]:
+    train(shards, config, ray_callbacks=[RankRecorder(record)])
+    return [json.loads(line) for line in record.read_text().splitlines()]
 
 
 def test_plateau_schedule_keeps_ranks_identical(demo_shards, ray_session, tmp_path):
@@ -34,11 +43,33 @@ def test_plateau_schedule_keeps_ranks_identical(demo_shards, ray_session, tmp_pa
         "configs/tiny.yaml",
         ["epochs=3", "scaling.workers=2", "optim.scheduler=plateau", "optim.plateau_patience=0", "experiment=ddp"],
     )
-    record = tmp_path / "ranks.jsonl"
-    train(demo_shards, config, ray_callbacks=[RankRecorder(record)])
-    epochs = [json.loads(line) for line in record.read_text().splitlines()]
+    epochs = ranks_of_each_epoch(config, demo_shards, tmp_path / "ranks.jsonl")
     assert len(epochs) == 3
     for ranks in epochs:
         assert len(ranks) == 2
         assert ranks[0]["lr"] == ranks[1]["lr"], ranks
         assert ranks[0]["weight_norm"] == pytest.approx(ranks[1]["weight_norm"], rel=1e-6), ranks
+
+
+def test_pcgrad_and_dwa_keep_ranks_identical(demo_shards, ray_session, tmp_path):
+    """PCGrad averages the task gradients itself (DDP's hooks bypassed) and DWA learns its weights from the
+    all-ranks epoch losses: after every epoch both ranks hold the same weights and the same task weights."""
+    overrides = [
+        "epochs=3",
+        "scaling.workers=2",
+        "loss.strategy=dwa",
+        "loss.gradient_surgery=pcgrad",
+        "model.shared_convs=1",
+        "model.groups=[[formation_energy_per_atom, band_gap], [is_metal]]",
+        "experiment=ddp",
+    ]
+    epochs = ranks_of_each_epoch(load_config(TrainConfig, "configs/tiny.yaml", overrides), demo_shards, tmp_path / "r")
+    assert len(epochs) == 3
+    for ranks in epochs:
+        assert len(ranks) == 2 and ranks[0].keys() == ranks[1].keys()
+        assert ranks[0]["weight_norm"] == pytest.approx(ranks[1]["weight_norm"], rel=1e-6), ranks
+        weights = [{k: v for k, v in rank.items() if k.startswith("loss_weight/")} for rank in ranks]
+        assert len(weights[0]) == 3 and weights[0] == pytest.approx(weights[1], rel=1e-6), ranks
+        assert sum(weights[0].values()) == pytest.approx(3.0)
+    first, third = ({k: v for k, v in epochs[e][0].items() if k.startswith("loss_weight/")} for e in (0, 2))
+    assert set(first.values()) == {1.0} and set(third.values()) != {1.0}  # DWA weighs from the third epoch on

@@ -71,6 +71,12 @@ def test_unit_free_score_counts_regression_and_binary_tasks() -> None:
     assert math.isnan(unit_free_score({}, tasks))
 
 
+def test_unit_free_score_leaves_auxiliary_tasks_out() -> None:
+    tasks = as_tasks([{"name": "a"}, {"name": "v", "auxiliary": True}])
+    per_task = {"a": {"mae": 0.1, "mad": 0.5}, "v": {"mae": 3.0, "mad": 1.0}}
+    assert unit_free_score(per_task, tasks) == pytest.approx(0.2)
+
+
 def test_only_binary_tasks_still_give_a_finite_score() -> None:
     """#10.4: with binary tasks alone, model selection must see a number, not NaN."""
     tasks = as_tasks([{"name": "is_metal", "kind": "binary", "derive": "band_gap == 0"}])

@@ -88,6 +88,37 @@ def test_task_errors_are_mae_or_one_minus_auc():
     metrics = {FE: {"mae": 0.04, "rmse": 0.1}, "is_metal": {"auc": 0.9}}
     assert task_errors(metrics, tasks) == pytest.approx({FE: 0.04, "is_metal": 0.1})
     assert math.isnan(task_errors({}, tasks)[FE])
+    auxiliary = [*tasks, TaskSpec(name="volume", auxiliary=True)]
+    assert task_errors({**metrics, "volume": {"mae": 3.0}}, auxiliary).keys() == {FE, "is_metal"}
+
+
+def test_sharing_methods_can_be_searched(tiny):
+    space = parse_space(
+        {
+            **tiny.model_dump(),
+            "space": {
+                "strategy": ["fixed", "dwa"],
+                "groupings": "joint",
+                "choices": {
+                    "model.shared_convs": [0, 2],
+                    "loss.gradient_surgery": ["none", "pcgrad"],
+                    "loss.temperature": [1.0, 2.0],
+                },
+            },
+        }
+    )
+    assert {"strategy", "model.shared_convs", "loss.gradient_surgery", "loss.temperature"} <= set(param_space(space))
+    point = {"strategy": "dwa", "model.shared_convs": 0, "loss.gradient_surgery": "pcgrad", "loss.temperature": 1.0}
+    config = trial_config(space, point)
+    assert (config.loss.strategy, config.loss.gradient_surgery, config.loss.temperature) == ("dwa", "pcgrad", 1.0)
+    assert config.model.shared_convs == 0 and config.loss.weights is None
+    assert trial_config(space, {}).loss.gradient_surgery == "none"  # each choice's first value
+
+
+def test_auxiliary_tasks_need_no_reference(tiny):
+    train = {**tiny.train, "tasks": [*tiny.train["tasks"], {"name": "volume", "auxiliary": True}]}
+    space = parse_space({**tiny.model_dump(), "train": train, "space": {"groupings": "joint"}})
+    assert space.task_names() == [FE, BG, "volume"] and space.scored_task_names() == [FE, BG]
 
 
 def test_a_point_becomes_a_train_config(tiny):
@@ -147,6 +178,10 @@ def test_shipped_spaces_load_and_round_trip(tiny):
         ({"references": {"bulk_modulus": 1.0}}, "references.bulk_modulus: no such task"),
         ({"references": {BG: 0.0}}, f"references.{BG}: 0.0 must be a positive number"),
         ({"space": {"choices": {"optim.lr": [0.1]}}}, "space.choices.optim.lr: this key is set by the tune"),
+        ({"space": {"choices": {"loss.strategy": ["dwa"]}}}, "space.choices.loss.strategy: this key is set by"),
+        ({"space": {"choices": {"loss.weights": [None]}}}, "space.choices.loss.weights: this key is set by"),
+        ({"space": {"choices": {"model.shared_convs": [3]}}}, "shared_convs 3 exceeds n_conv 2"),
+        ({"space": {"strategy": ["gradnorm"]}}, "space.strategy"),
         ({"space": {"choices": {"model.width": [8]}}}, "model.width"),
         ({"space": {"choices": {"model.n_conv": [0]}}}, "model.n_conv"),
         ({"space": {"groupings": [[[FE]]]}}, "must partition the tasks"),

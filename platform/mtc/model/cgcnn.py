@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -111,6 +113,15 @@ def mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: i
     return sums / counts.unsqueeze(1).to(atom_fea.dtype)
 
 
+def convolve(
+    convs: Iterable[ConvLayer], atom_fea: torch.Tensor, edge_fea: torch.Tensor, batch: CrystalBatch
+) -> torch.Tensor:
+    """Applies ``convs`` in order. Args: atom_fea (N, F), edge_fea (E, G). Returns: (N, F)."""
+    for conv in convs:
+        atom_fea = conv(atom_fea, edge_fea, batch.edge_src, batch.edge_dst)
+    return atom_fea
+
+
 class CGCNNTrunk(nn.Module):
     """Element table -> Linear(92 -> F) -> n_conv gated convolutions -> mean pooling.
 
@@ -134,13 +145,14 @@ class CGCNNTrunk(nn.Module):
         self.embedding = nn.Linear(table.shape[1], atom_fea_len)
         self.convs = nn.ModuleList(ConvLayer(atom_fea_len, self.expansion.n_features) for _ in range(n_conv))
 
+    def embed(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns embedded atom features (N, F) and expanded edge distances (E, G)."""
+        return self.embedding(self.element_table[batch.atomic_numbers]), self.expansion(batch.edge_dist)
+
     def atom_features(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns atom features after the last convolution, (N, F)."""
-        atom_fea = self.embedding(self.element_table[batch.atomic_numbers])
-        edge_fea = self.expansion(batch.edge_dist)
-        for conv in self.convs:
-            atom_fea = conv(atom_fea, edge_fea, batch.edge_src, batch.edge_dst)
-        return atom_fea
+        atom_fea, edge_fea = self.embed(batch)
+        return convolve(self.convs, atom_fea, edge_fea, batch)
 
     def forward(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns crystal features, (B, F)."""

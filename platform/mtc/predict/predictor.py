@@ -16,13 +16,16 @@ from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.data.shards import REJECTED_SCHEMA
 from mtc.model.bundle import ModelBundle
-from mtc.tasks import TaskSpec
+from mtc.tasks import TaskSpec, served
 
 
 def output_schema(tasks: list[TaskSpec]) -> pa.Schema:
-    """``id``, then per task: float32 ``<task>``, or int8 ``<task>`` (0/1) + float32 ``<task>_probability``."""
+    """``id``, then per served task: float32 ``<task>``, or int8 ``<task>`` (0/1) + float32 ``<task>_probability``.
+
+    Auxiliary tasks are trained, never served: they have no column.
+    """
     fields = [pa.field("id", pa.string())]
-    for task in tasks:
+    for task in served(tasks):
         if task.kind == "binary":
             fields += [pa.field(task.name, pa.int8()), pa.field(f"{task.name}_probability", pa.float32())]
         else:
@@ -60,6 +63,8 @@ class StructurePredictor:
         out = self.model.to_physical(self.model(batch), self.bundle.mean, self.bundle.std).float().cpu().numpy()
         columns = [graphs.column("id").cast(pa.string())]
         for k, task in enumerate(self.tasks):
+            if task.auxiliary:
+                continue
             if task.kind == "binary":
                 columns += [pa.array((out[:, k] >= 0.5).astype(np.int8)), pa.array(out[:, k])]
             else:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
+from mtc.tasks import TaskSpec, served
 
 DEFAULT_NAME = "mtc"
 ARTIFACT_PATH = "mtc_model"
@@ -38,11 +39,11 @@ def _signature(bundle: ModelBundle):
 
     inputs = Schema([ColSpec("string", c, required=False) for c in ("id", "cif", "structure")])
     outputs = [ColSpec("string", "id")]
-    for task in bundle.model_config["tasks"]:
-        if task["kind"] == "binary":
-            outputs += [ColSpec("integer", task["name"]), ColSpec("float", f"{task['name']}_probability")]
+    for task in served(TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]):
+        if task.kind == "binary":
+            outputs += [ColSpec("integer", task.name), ColSpec("float", f"{task.name}_probability")]
         else:
-            outputs.append(ColSpec("float", task["name"]))
+            outputs.append(ColSpec("float", task.name))
     outputs.append(ColSpec("string", "error", required=False))
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 

@@ -42,7 +42,8 @@ def prepare_splits(shards: Path, config: TrainConfig) -> PreparedSplits:
             f"{shards} has no label column {', '.join(missing)} (it has: {', '.join(manifest['label_columns'])}); "
             "featurize with --label, or change the tasks"
         )
-    labels = read_shards(shards, columns=["id", *config.label_columns()])
+    atoms = ["atomic_numbers"] if any(t.per_atom for t in config.tasks) else []  # per-atom targets divide by it
+    labels = read_shards(shards, columns=["id", *atoms, *config.label_columns()])
     s = config.split
     codes = split_codes(labels.column("id").to_pylist(), s.val, s.test, s.seed, s.train_fraction)
     values, mask = task_targets(labels, config.tasks)

@@ -4,6 +4,8 @@ Rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reports once
 the end, and every rank runs the same number of optimiser steps (a step only happens when all ranks still
 have a batch), so collectives never wait on a rank that has finished. Decisions that depend on the
 validation score (the plateau schedule, early stopping) are rank 0's, broadcast, so replicas never diverge.
+What the loss learns between epochs (DWA's weights) comes from task losses averaged over all ranks. With
+``loss.gradient_surgery: pcgrad`` a step bypasses DDP's gradient hooks and averages the gradients itself.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mtc.data.batching import CrystalBatch, collate_arrow
 from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.model.surgery import pcgrad
 from mtc.train.checkpoint import TrainState, unwrap
 from mtc.train.evaluate import Evaluation, evaluate
 from mtc.train.metrics import flatten_metrics
@@ -92,12 +95,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _finish(config, model, state, where, logger)
 
 
-def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
-    """The model (its Gaussian expansion spans the shards' neighbour radius) and a fresh training state."""
-    train = config.train
+def build_model(train: TrainConfig, radius: float) -> MultiTaskCGCNN:
+    """The model of a config; its Gaussian expansion spans the shards' neighbour ``radius`` (Å)."""
     hparams = train.model.model_dump(exclude={"groups"})
-    model = MultiTaskCGCNN(train.tasks, groups=train.model.groups, dmax=config.graph_params["radius"], **hparams)
-    loss = MultiTaskLoss(train.tasks, train.loss.strategy, train.loss.weights, mean=config.mean, std=config.std)
+    return MultiTaskCGCNN(train.tasks, groups=train.model.groups, dmax=radius, **hparams)
+
+
+def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
+    """The model and a fresh training state."""
+    train = config.train
+    model = build_model(train, config.graph_params["radius"])
+    loss = MultiTaskLoss(
+        train.tasks, train.loss.strategy, train.loss.weights, config.mean, config.std, train.loss.temperature
+    )
     objective = LossModule(model, loss)
     optimizer = build_optimizer(objective.parameters(), train.optim)
     return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, train.epochs))
@@ -124,24 +134,27 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
     for epoch in range(state.epoch + 1, train.epochs + 1):
         started = time.perf_counter()
         state.objective.train()
-        loss, steps, crystals = _train_epoch(state, shard, train, where)
+        done = _train_epoch(state, shard, train, where, torch.Generator().manual_seed(_order_seed(train.seed, epoch)))
         metrics = {
             "epoch": epoch,
-            "train_loss": loss,
+            "train_loss": done.loss,
             "lr": state.optimizer.param_groups[0]["lr"],
-            "steps": steps,
-            "crystals_per_s": crystals * where.world / (time.perf_counter() - started),
+            "steps": done.steps,
+            "crystals_per_s": done.crystals * where.world / (time.perf_counter() - started),
             "workers": where.world,
             "nodes": n_nodes,
             "weight_norm": _weight_norm(model),
-            **_loss_weights(state.objective, train),
+            **_loss_weights(state.objective, train),  # DWA: the weights this epoch trained with
         }
+        if train.loss.strategy == "dwa":
+            sums, counts = _mean_over_ranks([done.task_sums, done.task_counts], where.world)
+            unwrap(state.objective).loss.end_epoch(sums / counts)  # the same on every rank
         stop = False
         if where.is_zero:
             val = _evaluate(config, model, "val", where)
             metrics["val_score"] = val.score
             metrics.update(flatten_metrics("val", val.metrics))
-            stop = state.observe(epoch, loss, val.score, model, train.patience)
+            stop = state.observe(epoch, done.loss, val.score, model, train.patience)
             logger.log_metrics(metrics, step=epoch)
         val_score, stop = _from_rank_zero(metrics.get("val_score", math.nan), stop, where.world)
         _step_scheduler(state.scheduler, val_score)
@@ -151,24 +164,86 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             break
 
 
-def _train_epoch(state: TrainState, shard, config: TrainConfig, where: _Rank) -> tuple[float, int, int]:
-    """One pass over this rank's shard; returns (mean loss, steps, crystals seen on this rank)."""
+@dataclass
+class _Epoch:
+    """One epoch on one rank: mean loss, steps, crystals, and (T,) sums of each task's loss and label counts."""
+
+    loss: float
+    steps: int
+    crystals: int
+    task_sums: torch.Tensor
+    task_counts: torch.Tensor
+
+
+def _train_epoch(state: TrainState, shard, config: TrainConfig, where: _Rank, generator: torch.Generator) -> _Epoch:
+    """One pass over this rank's shard; ``generator`` orders the tasks of PCGrad's projections."""
     batches = _batches(shard, config, where.device)
     total, steps, crystals = 0.0, 0, 0
+    task_sums = torch.zeros(len(config.tasks), dtype=torch.float64)
+    task_counts = torch.zeros(len(config.tasks), dtype=torch.float64)
     while True:
         batch = next(batches, None)
         if not _all_ranks_have(batch is not None, where.world):
             break
         state.optimizer.zero_grad(set_to_none=True)
-        out = state.objective(batch)
-        out.total.backward()
+        if config.loss.gradient_surgery == "pcgrad":
+            out = _pcgrad_backward(unwrap(state.objective), batch, generator, where.world)
+        else:
+            out = state.objective(batch)
+            out.total.backward()
         state.optimizer.step()
         total += float(out.total.detach())
+        task_sums += (out.per_task.detach() * out.counts).double().cpu()
+        task_counts += out.counts.double().cpu()
         steps += 1
         crystals += batch.n_crystals
     for _ in batches:  # finish the epoch's iterator so the next epoch starts cleanly
         pass
-    return total / max(steps, 1), steps, crystals
+    return _Epoch(total / max(steps, 1), steps, crystals, task_sums, task_counts)
+
+
+def _pcgrad_backward(objective: LossModule, batch: CrystalBatch, generator: torch.Generator, world: int) -> LossOutput:
+    """Sets ``.grad`` of every parameter: PCGrad of the task gradients on the shared parameters, the plain
+    gradient of the total loss on the others (heads, unshared trunks, learned loss weights).
+
+    Runs on the unwrapped module, so DDP's hooks never fire; the gradients are averaged over ranks here instead,
+    per task and before the projection, which is PCGrad of the global batch's task gradients: every rank then
+    projects the same numbers in the same task order (``generator`` is seeded alike), so replicas stay identical.
+    """
+    out = objective(batch)
+    shared = objective.model.shared_parameters()
+    shared_ids = {id(p) for p in shared}
+    others = [p for p in objective.parameters() if p.requires_grad and id(p) not in shared_ids]
+    per_task = [_grads(term, shared, retain_graph=True) for term in out.terms] if shared else []
+    rest = _grads(out.total, others, retain_graph=False)
+    averaged = _mean_over_ranks([g for task in per_task for g in task] + rest, world)
+    n_shared = len(shared)
+    tasks = [averaged[k * n_shared : (k + 1) * n_shared] for k in range(len(per_task))]
+    combined = pcgrad(tasks, generator) if shared else []
+    for param, grad in zip(shared + others, combined + averaged[len(tasks) * n_shared :], strict=True):
+        param.grad = grad
+    return out
+
+
+def _grads(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool) -> list[torch.Tensor]:
+    """d loss / d params, zeros for parameters ``loss`` does not depend on (another group's convolutions)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def _mean_over_ranks(tensors: list[torch.Tensor], world: int) -> list[torch.Tensor]:
+    """Each tensor averaged over the ranks, in one all-reduce; every rank gets the same values."""
+    if world == 1 or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+
+
+def _order_seed(seed: int, epoch: int) -> int:
+    """PCGrad's task-order seed for an epoch: the same on every rank, and again after a resume."""
+    return seed * 1_000_003 + epoch
 
 
 def _evaluate(config: WorkerConfig, model: MultiTaskCGCNN, split: str, where: _Rank) -> Evaluation:
@@ -260,8 +335,8 @@ def _weight_norm(model: nn.Module) -> float:
 
 
 def _loss_weights(objective: nn.Module, config: TrainConfig) -> dict[str, float]:
-    """Learned task weights ``exp(-s_k)`` per epoch (``loss.strategy: uncertainty``); nothing for fixed weights."""
-    if config.loss.strategy != "uncertainty":
+    """Task weights that change during training (``exp(-s_k)`` of ``uncertainty``, ``dwa``'s); none when fixed."""
+    if config.loss.strategy == "fixed":
         return {}
     loss = unwrap(objective).loss
     return {f"loss_weight/{t.name}": float(w) for t, w in zip(config.tasks, loss.task_weights(), strict=True)}

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from mtc.tasks import TaskSpec
+from mtc.tasks import TaskSpec, served
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -95,7 +95,8 @@ def unit_free_score(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence
     """Mean over tasks of each task's error relative to a constant predictor (lower is better; 1 = no skill).
 
     Regression: MAE / MAD (predicting the mean scores 1). Binary: (1 - AUC) / 0.5 (a constant scores AUC 0.5).
-    Tasks whose ratio is undefined (no labels, MAD 0, a single class) are skipped.
+    Tasks whose ratio is undefined (no labels, MAD 0, a single class) and auxiliary tasks (trained to help the
+    others, never served) are skipped.
 
     Args:
         per_task: task name -> that task's metrics on the split (see ``task_metrics``).
@@ -105,7 +106,7 @@ def unit_free_score(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence
         The score, NaN if no task qualifies.
     """
     ratios = []
-    for task in tasks:
+    for task in served(tasks):
         metrics = per_task.get(task.name, {})
         baseline = 0.5 if task.kind == "binary" else metrics.get("mad", math.nan)
         ratio = task_error(task, metrics) / baseline if baseline > 0 else math.nan

@@ -13,7 +13,7 @@ from mtc.config import TrainConfig, dump_yaml
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
 from mtc.train.datasets import PreparedSplits, prepare_splits, split_datasets
-from mtc.train.loop import MODEL_DIR, WorkerConfig, train_loop_per_worker
+from mtc.train.loop import MODEL_DIR, WorkerConfig, build_model, train_loop_per_worker
 from mtc.train.metrics import split_metrics
 from mtc.train.resources import WorkerPlan, check_resources
 
@@ -139,6 +139,8 @@ def _log_inputs(client, run_id: str, config: TrainConfig, prepared: PreparedSpli
 
     flat = _flatten(config.model_dump(mode="json"))
     flat.update({f"n_{k}": v for k, v in prepared.counts.items()})
+    # model size, so layouts and widths compare at equal parameters (one wide shared trunk vs narrow ones)
+    flat["n_parameters"] = build_model(config, prepared.manifest["params"]["radius"]).n_parameters()
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
     client.log_text(run_id, dump_yaml(config), "config.yaml")
     client.log_dict(run_id, prepared.manifest, "dataset/manifest.json")

@@ -63,7 +63,7 @@ def _record(
     metrics = result.metrics or {}
     config = trial_config(space, result.config)
     status = ERROR if result.error is not None else FINISHED if "best_epoch" in metrics else STOPPED
-    errors = {t: float(metrics.get(f"val_error/{t}", math.nan)) for t in space.task_names()}
+    errors = {t: float(metrics.get(f"val_error/{t}", math.nan)) for t in space.scored_task_names()}
     epochs = int(metrics.get("training_iteration", 0)) - (status == FINISHED)  # the final report is no epoch
     return TrialRecord(
         trial_id,

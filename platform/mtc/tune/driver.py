@@ -153,7 +153,7 @@ def _references(
 ) -> dict[str, float]:
     """Each task's single-task validation error: given in the space, or from a reference run with the same budget."""
     references = dict(space.references)
-    missing = [t for t in space.task_names() if t not in references]
+    missing = [t for t in space.scored_task_names() if t not in references]
     if missing:
         echo(f"single-task references: {', '.join(missing)} ({space.base_config().epochs} epochs each)")
         grid = _fit(

@@ -16,12 +16,23 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mtc.config import ConfigError, StrictModel, TrainConfig, deep_merge, describe_validation_error, read_yaml
-from mtc.tasks import TaskSpec, check_partition
+from mtc.tasks import TaskSpec, check_partition, served
 from mtc.train.metrics import task_error
 
 MAX_ENUMERATED_TASKS = 4  # Bell(4) = 15 groupings; Bell(5) = 52 is too many to try by default
 TPE_STARTUP = 10  # Optuna's TPE samples this many points at random before it models anything
-MANAGED_KEYS = ("tasks", "epochs", "run_name", "experiment", "model.groups", "loss", "optim.lr", "scaling")
+# set by the tune itself; the rest of ``loss`` (gradient_surgery, temperature) can be a choice
+MANAGED_KEYS = (
+    "tasks",
+    "epochs",
+    "run_name",
+    "experiment",
+    "model.groups",
+    "loss.strategy",
+    "loss.weights",
+    "optim.lr",
+    "scaling",
+)
 GROUP_SEP, TASK_SEP = " | ", "+"
 
 Partition = list[list[str]]
@@ -45,7 +56,7 @@ class Space(StrictModel):
     """What the trials vary. ``groupings``: ``all`` (every partition of the tasks), ``joint`` or a list."""
 
     loss_weights: bool = True
-    strategy: list[Literal["fixed", "uncertainty"]] = Field(default_factory=lambda: ["fixed"], min_length=1)
+    strategy: list[Literal["fixed", "uncertainty", "dwa"]] = Field(default_factory=lambda: ["fixed"], min_length=1)
     groupings: Literal["all", "joint"] | list[Partition] = "all"
     lr: Range | None = None
     choices: dict[str, list[Any]] = Field(default_factory=dict, description="dotted TrainConfig key -> values")
@@ -78,6 +89,10 @@ class TuneSpace(StrictModel):
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.base_config().tasks]
+
+    def scored_task_names(self) -> list[str]:
+        """The tasks the objective averages over (and that need a single-task reference): all but auxiliary ones."""
+        return [t.name for t in served(self.base_config().tasks)]
 
     def partitions(self) -> list[Partition]:
         """The groupings to try, canonical (groups and tasks in task order), without repeats."""
@@ -298,8 +313,9 @@ def _apply(base: TrainConfig, update: Mapping[str, Any], what: str) -> TrainConf
 
 
 def task_errors(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> dict[str, float]:
-    """Each task's error on a split (``mtc.train.metrics.task_error``) from that split's per-task metrics."""
-    return {task.name: task_error(task, per_task.get(task.name, {})) for task in tasks}
+    """Each served task's error on a split (``mtc.train.metrics.task_error``) from that split's per-task metrics;
+    auxiliary tasks are left out, as from model selection."""
+    return {task.name: task_error(task, per_task.get(task.name, {})) for task in served(tasks)}
 
 
 def relative_errors(errors: Mapping[str, float], references: Mapping[str, float]) -> dict[str, float]:
