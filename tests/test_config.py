@@ -58,3 +58,62 @@ def test_the_auxiliary_config_loads() -> None:
     config = load_config(TrainConfig, "configs/mt3_aux.yaml")
     aux = [t for t in config.tasks if t.auxiliary]
     assert [t.column for t in aux] == ["volume", "total_magnetization"] and all(t.per_atom for t in aux)
+
+
+def test_overrides_nest_parse_yaml_values_and_name_mistakes() -> None:
+    from mtc.config import ConfigError, parse_overrides
+
+    assert parse_overrides(["optim.lr=1e-3", "tasks=[a, b]", "model.groups=null", "run_name=x=y"]) == {
+        "optim": {"lr": 1e-3},
+        "tasks": ["a", "b"],
+        "model": {"groups": None},
+        "run_name": "x=y",
+    }
+    for bad, message in [("lr", "expected key=value"), ("=3", "expected key=value"), ("a=[1", "not valid YAML")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match="'a' is set to a value and also used as a section"):
+        parse_overrides(["a=1", "a.b=2"])
+
+
+def test_deep_merge_recurses_and_the_update_wins() -> None:
+    from mtc.config import deep_merge
+
+    base = {"optim": {"lr": 0.1, "name": "adam"}, "epochs": 3, "tasks": [1]}
+    merged = deep_merge(base, {"optim": {"lr": 0.2}, "tasks": [2], "new": {"k": 1}})
+    assert merged == {"optim": {"lr": 0.2, "name": "adam"}, "epochs": 3, "tasks": [2], "new": {"k": 1}}
+    assert base["optim"]["lr"] == 0.1  # the inputs are left as they were
+
+
+def _lrs(cfg, epochs: int, scores=None) -> list[float]:
+    import torch
+
+    from mtc.train.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    scheduler = build_scheduler(optimizer, cfg, epochs)
+    seen = []
+    for epoch in range(epochs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(scores[epoch]) if scores else scheduler.step()
+    return seen
+
+
+def test_optimisers_and_schedules_by_hand() -> None:
+    import torch
+
+    from mtc.config import OptimConfig
+    from mtc.train.optim import build_optimizer
+
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    assert isinstance(build_optimizer(param, OptimConfig(name="sgd", momentum=0.5)), torch.optim.SGD)
+    assert isinstance(build_optimizer(param, OptimConfig(name="adamw", weight_decay=0.1)), torch.optim.AdamW)
+    # warm-up then cosine: lr * (e + 1) / (w + 1) during warm-up, then half a cosine over the remaining epochs
+    assert _lrs(OptimConfig(lr=1.0, warmup_epochs=1), 3) == pytest.approx([0.5, 1.0, 0.5])
+    assert _lrs(OptimConfig(lr=1.0, scheduler="step", milestones=[1, 2], gamma=0.1), 3) == pytest.approx(
+        [1.0, 0.1, 0.01]
+    )
+    assert _lrs(OptimConfig(lr=1.0, scheduler="none"), 2) == [1.0, 1.0]
+    # plateau: the lr drops after `plateau_patience` epochs without a better score
+    plateau = OptimConfig(lr=1.0, scheduler="plateau", plateau_patience=1, gamma=0.5)
+    assert _lrs(plateau, 4, scores=[1.0, 1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0, 0.5])

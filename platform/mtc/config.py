@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +53,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set optim.lr=0.001")
         try:
-            value = yaml.safe_load(raw)
+            value = _number_or(yaml.safe_load(raw))
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({err})") from None
         node = nested
@@ -63,6 +64,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"--set {pair!r}: '{part}' is set to a value and also used as a section")
         node[parts[-1]] = value
     return nested
+
+
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _number_or(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as text; on a command line it is a number."""
+    return float(value) if isinstance(value, str) and _EXPONENT.match(value) else value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
