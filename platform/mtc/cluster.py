@@ -54,6 +54,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
 _PG_TABLE_CHECKED = ((2, 51), (2, 70))
 
 
+def ray_version() -> tuple[int, int]:
+    """The installed Ray's (major, minor), for the few places that depend on it."""
+    import ray
+
+    return tuple(int(p) for p in ray.__version__.split(".")[:2])
+
+
 def release_orphan_placement_groups() -> int:
     """Remove this job's placement groups whose creating actor has died; returns how many were removed.
 
@@ -66,7 +73,7 @@ def release_orphan_placement_groups() -> int:
     from ray.util.client import ray as client_ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    version = tuple(int(p) for p in ray.__version__.split(".")[:2])
+    version = ray_version()
     if client_ray.is_connected():
         _log_release_off("a Ray Client connection")
         return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
+from mtc.cluster import ray_version
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
@@ -159,6 +161,11 @@ def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int) -
     write_json_atomic(out / STATE, state)
 
 
+# No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store (Ray Data's
+# always do, ray-project/ray#53727) and warns about it on every screen; a lost actor fails the screen instead, and
+# a rerun scores only the units left. Ray Data takes the option through ``ray_remote_args``, removed in Ray 2.64.
+_NO_RESTARTS = {"max_restarts": 0} if ray_version() < (2, 64) else {}
+
 _STATE_KEYS = {
     "db": "the database files",
     "db_hash": "the database content",
@@ -203,19 +210,18 @@ def screen(
         n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
-        ds = ds.map_batches(
-            ScreenActor,
-            fn_constructor_kwargs={"model_dir": str(out / MODEL_DIR), "out": str(out), "batch_size": batch_size},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_workers),
-            num_cpus=0 if gpus else 1,
-            num_gpus=1 if gpus else 0,
-            # No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store
-            # (ray-project/ray#53727; it warns on every screen otherwise). A lost actor fails the screen instead,
-            # and a rerun scores only the units left.
-            max_restarts=0,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # max_restarts goes through "ray_remote_args"
+            ds = ds.map_batches(
+                ScreenActor,
+                fn_constructor_kwargs={"model_dir": str(out / MODEL_DIR), "out": str(out), "batch_size": batch_size},
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=n_workers),
+                num_cpus=0 if gpus else 1,
+                num_gpus=1 if gpus else 0,
+                **_NO_RESTARTS,
+            )
         done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
         try:
             for row in ds.iter_rows():
