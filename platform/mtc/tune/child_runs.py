@@ -13,13 +13,14 @@ from mtc.tune.search import TuneSpace, relative_errors, trial_config
 NAME_TAG, KIND_TAG = "mtc.tune.name", "mtc.tune.kind"
 
 
-def find_parent(name: str):
+def find_parent(name: str, name_tag: str = NAME_TAG, kind_tag: str = KIND_TAG):
+    """The parent run tagged ``name_tag = name`` and ``kind_tag = parent`` (a tune's by default), or None."""
     import mlflow
 
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = (
-        client.search_runs(experiments, f"tags.`{NAME_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'parent'", max_results=1)
+        client.search_runs(experiments, f"tags.`{name_tag}` = '{name}' and tags.`{kind_tag}` = 'parent'", max_results=1)
         if experiments
         else []
     )

@@ -283,6 +283,13 @@ def reference_config(space: TuneSpace, task: str, run_name: str | None = None) -
     return _apply(base, update, f"reference run of {task}")
 
 
+def point_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | None = None) -> TrainConfig:
+    """The TrainConfig of a tune's Tune point: a reference run (``{"reference": task}``) or a sampled trial."""
+    if "reference" in point:
+        return reference_config(space, point["reference"], run_name)
+    return trial_config(space, point, run_name)
+
+
 def _nested(dotted: str, value: Any) -> dict[str, Any]:
     """``("model.n_conv", 3)`` -> ``{"model": {"n_conv": 3}}``."""
     for part in reversed(dotted.split(".")):
