@@ -37,7 +37,8 @@ def error_vs_fraction(report: ExperimentReport, basis: str, axes: list[str]) -> 
         ax.set_title(task.name, fontsize=9)
         ax.set_xlabel("fraction of the training rows")
         ax.set_ylabel(f"test {error_name(task).upper()} {task.unit}".strip())
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no finished cell of this task: no line to name
+            ax.legend(fontsize=7)
     fig.suptitle(f"test error vs training data ({basis.replace('_', ' ')}; bars: std over seeds)", fontsize=10)
     fig.tight_layout()
     return to_png(fig)

@@ -150,7 +150,13 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
     """A table per basis: each task's error alone (mean ± std), then each other setting's change vs alone."""
     tasks = [t for t in spec.base_config().tasks if t.name in spec.task_names()]
     varied = ["fraction"] * (len(spec.fractions) > 1) + list(spec.axes)
-    lines = [f"# Experiment {name}", "", f"Change of test error vs the task alone; {SIGNIFICANCE_RULE}.", ""]
+    lines = [
+        f"# Experiment {name}",
+        "",
+        "A task alone: its test error, mean ± std over seeds. Other settings: each task's relative change of test "
+        f"error vs that task alone (same fraction, basis and axes; negative: sharing helped); {SIGNIFICANCE_RULE}.",
+        "",
+    ]
     for basis in spec.bases:
         part = cells[cells["basis"] == basis]
         header = ["setting", *varied, "seeds", *(f"{t.name} ({error_name(t)})" for t in tasks)]

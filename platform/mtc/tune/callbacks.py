@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from mtc.cluster import release_orphan_placement_groups
@@ -58,26 +60,21 @@ class TrialEcho(tune.Callback):
     """
 
     def __init__(self, echo: Echo, what: str, total: int, line: Callable[[Mapping[str, Any], Mapping[str, Any]], str]):
-        self.echo, self.what, self.total, self.line, self.done = echo, what, total, line, 0
+        self.echo, self.what, self.total, self.line = echo, what, total, line
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._say(trial, self.line(trial.config, trial.last_result or {}))
+        self._say(trial, self.line(trial.config, trial.last_result or {}), trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        if budget_spent(trial.get_pickled_error()):
-            self._say(trial, "not started: the time budget was spent")
+        if budget_spent(_local_error(trial)):
+            self._say(trial, "not started: the time budget was spent", trials)
         else:
-            self._say(trial, f"failed; see {trial.error_file or ''}")
+            self._say(trial, f"failed; see {trial.error_file or ''}", trials)
 
-    def _say(self, trial, what: str) -> None:
-        self.done += 1
-        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} {what}")
-
-    def get_state(self) -> dict[str, int]:
-        return {"done": self.done}  # saved with the experiment, so a resumed tune counts on
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.done = state["done"]
+    def _say(self, trial, what: str, trials) -> None:
+        # Counted from the trials' states, not kept: a restored run restarts failed (and unstarted) trials.
+        done = 1 + sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials if t is not trial)
+        self.echo(f"  {self.what} {done}/{self.total} {trial.trial_id} {what}")
 
 
 def tune_trial_line(space: TuneSpace, point: Mapping[str, Any], result: Mapping[str, Any]) -> str:
@@ -88,6 +85,16 @@ def tune_trial_line(space: TuneSpace, point: Mapping[str, Any], result: Mapping[
         return f"{point['reference']} alone: {score}{ending}"
     described = " | ".join(f"{k} {v}" for k, v in describe(trial_config(space, point)).items())
     return f"{described}: {score}{ending}"
+
+
+def _local_error(trial) -> BaseException | None:
+    """The trial's pickled error from the driver's own copy (``get_pickled_error`` reads the storage copy, which
+    is synced later: at ``on_trial_error`` time it is not there yet)."""
+    path = trial.pickled_error_file
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
 
 
 def budget_spent(error: BaseException | None) -> bool:

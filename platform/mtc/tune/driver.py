@@ -16,16 +16,17 @@ import yaml
 from ray import tune
 
 from mtc import tracking
-from mtc.errors import MtcError
 from mtc.train.datasets import prepare_splits
 from mtc.train.trainer import TrainingError
 from mtc.tune.algorithms import scheduler, search_algorithm
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_line
-from mtc.tune.child_runs import KIND_TAG, NAME_TAG, child_runs, find_parent, finish_child_runs
-from mtc.tune.fitting import TuneInterrupted, checked_name, experiment_path, fit, run_config
+from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen_parent
+from mtc.tune.fitting import TuneInterrupted, checked_name, fit, run_config
 from mtc.tune.report import TrialRecord, TuneReport, build_report, log_report
 from mtc.tune.search import TuneSpace, dump_space, param_space, parse_space, point_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
+
+SPACE_PATH = "tune/space.yaml"  # the parent run's copy of the space, read back by --resume
 
 
 @dataclass
@@ -60,17 +61,8 @@ def start_tune(
     shards = Path(shards).resolve()
     prepare_splits(shards, base)
     name = checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
-    uri = tracking.configure()
-    if find_parent(name) is not None or tune.Tuner.can_restore(experiment_path(name)):
-        raise MtcError(f"a tune named {name!r} exists; continue it with --resume {name}, or pick another --name")
-    client = mlflow.MlflowClient(uri)
-    parent = client.create_run(
-        tracking.experiment_id(base.experiment),
-        run_name=name,
-        tags={NAME_TAG: name, KIND_TAG: "parent", "mtc.shards": str(shards)},
-    )
-    run_id = parent.info.run_id
-    for key, value in {
+    client = mlflow.MlflowClient(tracking.configure())
+    params = {
         "trials": space.trials,
         "search": space.algorithm(),
         "max_concurrent": concurrency,
@@ -79,9 +71,8 @@ def start_tune(
         "tasks": ",".join(space.task_names()),
         "groupings": len(space.partitions()),
         "epochs": base.epochs,
-    }.items():
-        client.log_param(run_id, key, value)
-    client.log_text(run_id, dump_space(space), "tune/space.yaml")
+    }
+    run_id = new_parent(client, "tune", name, base.experiment, shards, params, (SPACE_PATH, dump_space(space)))
     echo(
         f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
         f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}"
@@ -91,18 +82,11 @@ def start_tune(
 
 def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) -> TuneOutcome:
     """Continue tune ``name``: finished trials are kept, unfinished and failed ones run again."""
-    import mlflow
     import ray
 
-    uri = tracking.configure()
-    parent = find_parent(checked_name(name))
-    if parent is None:
-        raise MtcError(f"no tune named {name!r} in {uri}; start one with mtc tune --data ... --space ...")
-    client = mlflow.MlflowClient(uri)
+    client, parent, text = reopen_parent("tune", name, SPACE_PATH, "mtc tune --data ... --space ...")
     run_id = parent.info.run_id
-    space = parse_space(
-        yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/tune/space.yaml")), source=f"tune {name}"
-    )
+    space = parse_space(yaml.safe_load(text), source=f"tune {name}")
     shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
     plan_concurrency(1, space.base_config().scaling, ray.cluster_resources())
     prepare_splits(shards, space.base_config())
