@@ -22,6 +22,7 @@ def trial(deadline):
     )
 
 
+@pytest.mark.filterwarnings("ignore:`get_trial_id` is meant")  # outside Tune on purpose
 def test_a_trial_after_the_deadline_declines_before_any_work():
     with pytest.raises(BudgetSpent):
         trial(time.time() - 1)

@@ -23,11 +23,11 @@ from mtc import tracking
 from mtc.config import TrainConfig
 from mtc.experiment.plots import report_plots
 from mtc.experiment.report import ERROR, FINISHED, NOT_STARTED, ExperimentReport, TrialRecord, build_report
-from mtc.experiment.spec import ExperimentSpec, dump_spec, parse_spec
+from mtc.experiment.spec import ExperimentSpec, dump_spec, parse_spec, point_key
 from mtc.train.datasets import prepare_splits
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
 from mtc.tune.child_runs import child_runs, new_parent, reopen_parent
-from mtc.tune.fitting import TuneInterrupted, checked_name, fit, run_config
+from mtc.tune.fitting import TuneInterrupted, checked_name, experiment_path, fit, run_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 STATE_TAG = "mtc.experiment.state"  # complete, or budget spent (--resume runs the rest)
@@ -132,24 +132,9 @@ def _drive(
     """The trials, then child-run bookkeeping and the report; the parent run ends FINISHED, or KILLED when the
     budget left trials unstarted (``--resume`` continues it)."""
     deadline = time.time() + 60 * budget_minutes if budget_minutes is not None else None
-    points = spec.points()
+    fn = trainable(shards, partial(_trial_config, spec), None, run_id, name, deadline)
     try:
-        grid = fit(
-            name,
-            trainable(shards, partial(_trial_config, spec), None, run_id, name, deadline),
-            lambda trainable: tune.Tuner(
-                trainable,
-                param_space={"point": tune.grid_search(points)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=trial_dirname
-                ),
-                run_config=run_config(
-                    name, [TrialEcho(echo, "trial", len(points), partial(trial_line, spec)), ReleaseStoppedRuns()]
-                ),
-            ),
-            len(points),
-            f"mtc experiment --resume {name}",
-        )
+        grid = _fit_rounds(name, fn, spec, concurrency, echo)
         records = _records(client, run_id, name, grid)
         report = build_report(spec, records, name)
         _log_report(client, run_id, report, report_plots(report, list(spec.bases), list(spec.axes)))
@@ -163,6 +148,48 @@ def _drive(
     client.set_tag(run_id, STATE_TAG, "budget spent" if not_started else "complete")
     client.set_terminated(run_id, status="KILLED" if not_started else "FINISHED")
     return ExperimentOutcome(name, run_id, records, report, not_started)
+
+
+def _fit_rounds(name: str, fn, spec: ExperimentSpec, concurrency: int, echo: Echo) -> list:
+    """Tune results of every point, latest round last: the rounds so far (restored; an interrupted one runs on),
+    then a new round of the points none has finished (unstarted for the budget, failed, or all at the start).
+
+    A round is one Tune grid search (``name``, then ``name.1``, ...); rounds replace Tune's ``restart_errored``,
+    which would start every unstarted trial at once and overfill the cluster.
+    """
+    results, k = [], 0
+    while tune.Tuner.can_restore(experiment_path(_round(name, k))):
+        results += list(fit(_round(name, k), fn, None, None, f"mtc experiment --resume {name}", restart_errored=False))
+        k += 1
+    finished = {point_key(r.config["point"]) for r in results if r.error is None and "best_epoch" in (r.metrics or {})}
+    missing = [p for p in spec.points() if point_key(p) not in finished]
+    if missing:
+        if k:
+            echo(f"round {k + 1}: {len(missing)} trial(s) not finished so far")
+        results += list(
+            fit(
+                _round(name, k),
+                fn,
+                lambda trainable: tune.Tuner(
+                    trainable,
+                    param_space={"point": tune.grid_search(missing)},
+                    tune_config=tune.TuneConfig(
+                        max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=trial_dirname
+                    ),
+                    run_config=run_config(
+                        _round(name, k),
+                        [TrialEcho(echo, "trial", len(missing), partial(trial_line, spec)), ReleaseStoppedRuns()],
+                    ),
+                ),
+                len(missing),
+                f"mtc experiment --resume {name}",
+            )
+        )
+    return results
+
+
+def _round(name: str, k: int) -> str:
+    return name if k == 0 else f"{name}.{k}"
 
 
 def _trial_config(spec: ExperimentSpec, config: Mapping[str, Any], run_name: str) -> TrainConfig:
@@ -181,9 +208,9 @@ def trial_line(spec: ExperimentSpec, config: Mapping[str, Any], result: Mapping[
 
 
 def _records(client, run_id: str, name: str, grid) -> list[TrialRecord]:
-    """A record per trial from Tune's results; each child run gets the point as tags."""
+    """A record per point from Tune's results (its latest trial); each child run gets the point as tags."""
     children = child_runs(client, run_id)
-    records = []
+    records: dict[tuple, TrialRecord] = {}
     for result in grid:
         trial_id = Path(result.path).name
         metrics = result.metrics or {}
@@ -194,10 +221,10 @@ def _records(client, run_id: str, name: str, grid) -> list[TrialRecord]:
         child = children.get(f"{name}-{trial_id}")
         point = dict(result.config["point"])
         test = {k: float(v) for k, v in metrics.items() if k.startswith("test/") and math.isfinite(float(v))}
-        records.append(TrialRecord(trial_id, point, status, test, child.info.run_id if child else None))
+        records[point_key(point)] = TrialRecord(trial_id, point, status, test, child.info.run_id if child else None)
         if child is not None:
             _tag_child(client, child.info.run_id, trial_id, point, status)
-    return records
+    return list(records.values())
 
 
 def _tag_child(client, run_id: str, trial_id: str, point: Mapping[str, Any], status: str) -> None:

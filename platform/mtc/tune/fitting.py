@@ -47,22 +47,31 @@ def run_config(name: str, callbacks: list) -> tune.RunConfig:
     )
 
 
-def fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner], n_trials: int, resume_command: str):
-    """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it.
+def fit(
+    name: str,
+    trainable,
+    make_tuner: Callable[[Any], tune.Tuner] | None,
+    n_trials: int | None,
+    resume_command: str,
+    restart_errored: bool = True,
+):
+    """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it
+    with ``make_tuner`` (None: restore only).
 
-    Raises TuneInterrupted, naming ``resume_command``, unless all ``n_trials`` ended: a finished trial's last
-    result is the final report (``best_epoch``), a trial ASHA stopped is marked ``done``, a failed one has an
-    error; one cut short by an interruption is none of these.
+    Raises TuneInterrupted, naming ``resume_command``, unless all ``n_trials`` (None: all the experiment holds)
+    ended: a finished trial's last result is the final report (``best_epoch``), a trial ASHA stopped is marked
+    ``done``, a failed one has an error; one cut short by an interruption is none of these. Restored failed
+    trials run again with ``restart_errored``, all at once: Tune's limit on concurrent trials does not hold them.
     """
     path = experiment_path(name)
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=restart_errored)
     else:
         tuner = make_tuner(trainable)
     grid = tuner.fit()
-    ended = sum(map(_ended, grid))
-    if ended < n_trials:
-        raise TuneInterrupted(f"Tune stopped with {ended} of {n_trials} trials ended; continue with {resume_command}")
+    ended, expected = sum(map(_ended, grid)), len(grid) if n_trials is None else n_trials
+    if ended < expected:
+        raise TuneInterrupted(f"Tune stopped with {ended} of {expected} trials ended; continue with {resume_command}")
     return grid
 
 
