@@ -212,6 +212,8 @@ def _records(client, run_id: str, name: str, grid) -> list[TrialRecord]:
     children = child_runs(client, run_id)
     records: dict[tuple, TrialRecord] = {}
     for result in grid:
+        if result.config is None:
+            continue  # restored, it failed before reporting: Tune kept no point; a later round ran the point again
         trial_id = Path(result.path).name
         metrics = result.metrics or {}
         if result.error is not None:
