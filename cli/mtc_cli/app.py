@@ -6,6 +6,7 @@ import typer
 
 from mtc_cli import models
 from mtc_cli.demo import demo
+from mtc_cli.experiment import experiment
 from mtc_cli.featurize import featurize
 from mtc_cli.screen import predict, screen
 from mtc_cli.train import train
@@ -28,6 +29,7 @@ def _root() -> None:
 app.command("featurize")(featurize)
 app.command("train")(train)
 app.command("tune")(tune)
+app.command("experiment")(experiment)
 app.command("screen")(screen)
 app.command("predict")(predict)
 app.add_typer(models.app, name="models")

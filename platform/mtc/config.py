@@ -98,6 +98,21 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def with_base(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A spec mapping (a tune space, an experiment) with its ``base`` TrainConfig file merged under ``train``.
+
+    ``base`` is relative to the spec file at ``path``; the result stands alone (``base: None``), so it can be
+    logged and read back without the file.
+    """
+    base = data.get("base")
+    if not base:
+        return data
+    base_path = Path(base) if Path(base).is_absolute() else Path(path).parent / base
+    if not base_path.exists():
+        raise ConfigError(f"{path}: base {base!r} does not exist (looked for {base_path})")
+    return {**data, "base": None, "train": deep_merge(read_yaml(base_path), data.get("train") or {})}
+
+
 def load_config(model: type[BaseModel], path: Path | None = None, overrides: Sequence[str] = ()) -> Any:
     """Build ``model`` from defaults, then the YAML file, then ``--set`` overrides.
 

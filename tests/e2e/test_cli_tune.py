@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mtc import tracking
 from mtc_cli.app import app
+from tests.e2e.runs import artifacts, child_runs, download, parent_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
 SPACE = "configs/tune/tiny.yaml"
 NAME = "tiny-e2e"
 TASKS = ["formation_energy_per_atom", "band_gap"]
-
-
-def client() -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking.tracking_uri())
-
-
-def parent_run():
-    runs = client().search_runs([tracking.experiment_id("mtc")], f"tags.`mtc.tune.name` = '{NAME}'")
-    assert len(runs) == 1
-    return runs[0]
-
-
-def child_runs(parent_id: str) -> list:
-    return client().search_runs([tracking.experiment_id("mtc")], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def artifacts(run_id: str, path: str = "") -> set[str]:
-    found = set()
-    for a in client().list_artifacts(run_id, path):
-        found |= artifacts(run_id, a.path) if a.is_dir else {a.path}
-    return found
 
 
 def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shards, ray_session, tmp_path):
@@ -51,7 +28,7 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
     assert "running 1 trial(s) at a time: the Ray cluster holds no more (asked 2)" in result.output
     assert "trials ranked by objective" in result.output
 
-    parent = parent_run()
+    parent = parent_run("tune", NAME)
     assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "4"
     references = {t: parent.data.metrics[f"reference/{t}"] for t in TASKS}
     assert all(0 < v < 5 for v in references.values())
@@ -78,14 +55,7 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
         "report/affinity.csv",
         "report/affinity.png",
     }
-    folder = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=parent.info.run_id,
-            artifact_path="report",
-            tracking_uri=tracking.tracking_uri(),
-            dst_path=str(tmp_path),
-        )
-    )
+    folder = download(parent.info.run_id, "report", tmp_path)
     ranked = pd.read_csv(folder / "trials.csv")
     assert list(ranked["rank"]) == [1, 2, 3, 4]
     finished = ranked[ranked["status"] == "finished"]
@@ -110,7 +80,7 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
     resumed = runner.invoke(app, ["tune", "--resume", NAME])
     assert resumed.exit_code == 0, resumed.output
     assert len(child_runs(parent.info.run_id)) == 6  # nothing ran again
-    assert parent_run().info.status == "FINISHED"
+    assert parent_run("tune", NAME).info.status == "FINISHED"
     print(
         f"tune {tune_seconds:.0f} s, best config trained in {train_seconds:.0f} s, "
         f"resume of a finished tune {time.perf_counter() - started:.0f} s"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from mtc.cluster import release_orphan_placement_groups
 from mtc.tasks import TaskSpec
 from mtc.train.metrics import split_metrics
+from mtc.tune.fitting import BudgetSpent
 from mtc.tune.report import describe
 from mtc.tune.search import TuneSpace, objective, task_errors, trial_config
 
@@ -51,34 +54,52 @@ class ObjectiveCallback(TuneReportCallback):
 
 
 class TrialEcho(tune.Callback):
-    """One line per trial as it ends (``echo`` must pickle by reference: Tune saves its callbacks)."""
+    """One line per trial as it ends: ``line(point, last_result)`` says what it was and how it ended.
 
-    def __init__(self, echo: Echo, what: str, total: int, space: TuneSpace):
-        self.echo, self.what, self.total, self.space, self.done = echo, what, total, space, 0
+    ``echo`` and ``line`` must pickle by reference (module-level functions or partials): Tune saves its callbacks.
+    """
+
+    def __init__(self, echo: Echo, what: str, total: int, line: Callable[[Mapping[str, Any], Mapping[str, Any]], str]):
+        self.echo, self.what, self.total, self.line = echo, what, total, line
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        result = trial.last_result or {}
-        ending = "done" if "best_epoch" in result else f"stopped early after epoch {int(result.get('epoch', 0))}"
-        score = f"objective {result['objective']:.4f}, " if "objective" in result else ""
-        self.echo(
-            f"  {self.what} {self.done}/{self.total} {trial.trial_id} {self._point(trial.config)}: {score}{ending}"
-        )
+        self._say(trial, self.line(trial.config, trial.last_result or {}), trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        self.echo(f"  {self.what} {self.done}/{self.total} {trial.trial_id} failed; see {trial.error_file or ''}")
+        if budget_spent(_local_error(trial)):
+            self._say(trial, "not started: the time budget was spent", trials)
+        else:
+            self._say(trial, f"failed; see {trial.error_file or ''}", trials)
 
-    def get_state(self) -> dict[str, int]:
-        return {"done": self.done}  # saved with the experiment, so a resumed tune counts on
+    def _say(self, trial, what: str, trials) -> None:
+        # Counted from the trials' states, not kept: a restored run restarts failed (and unstarted) trials.
+        done = 1 + sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials if t is not trial)
+        self.echo(f"  {self.what} {done}/{self.total} {trial.trial_id} {what}")
 
-    def set_state(self, state: dict[str, int]) -> None:
-        self.done = state["done"]
 
-    def _point(self, point: Mapping[str, Any]) -> str:
-        if "reference" in point:
-            return f"{point['reference']} alone"
-        return " | ".join(f"{k} {v}" for k, v in describe(trial_config(self.space, point)).items())
+def tune_trial_line(space: TuneSpace, point: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    """``grouping a+b | loss fixed 0.50/0.50 | lr 0.01: objective 0.98, done`` (or how ASHA stopped it)."""
+    ending = "done" if "best_epoch" in result else f"stopped early after epoch {int(result.get('epoch', 0))}"
+    score = f"objective {result['objective']:.4f}, " if "objective" in result else ""
+    if "reference" in point:
+        return f"{point['reference']} alone: {score}{ending}"
+    described = " | ".join(f"{k} {v}" for k, v in describe(trial_config(space, point)).items())
+    return f"{described}: {score}{ending}"
+
+
+def _local_error(trial) -> BaseException | None:
+    """The trial's pickled error from the driver's own copy (``get_pickled_error`` reads the storage copy, which
+    is synced later: at ``on_trial_error`` time it is not there yet)."""
+    path = trial.pickled_error_file
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def budget_spent(error: BaseException | None) -> bool:
+    """Whether a trial's error is ``BudgetSpent`` (Ray wraps it in a RayTaskError that keeps it as ``cause``)."""
+    return isinstance(error, BudgetSpent) or isinstance(getattr(error, "cause", None), BudgetSpent)
 
 
 class ReleaseStoppedRuns(tune.Callback):

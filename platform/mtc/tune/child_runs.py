@@ -7,23 +7,50 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mtc import tracking
+from mtc.errors import MtcError
+from mtc.tune.fitting import checked_name, experiment_path
 from mtc.tune.report import ERROR, FINISHED, STOPPED, TrialRecord, describe
 from mtc.tune.search import TuneSpace, relative_errors, trial_config
 
-NAME_TAG, KIND_TAG = "mtc.tune.name", "mtc.tune.kind"
 
-
-def find_parent(name: str):
+def find_parent(name: str, kind: str = "tune"):
+    """The parent run of the ``kind`` (``tune`` or ``experiment``) named ``name``, or None."""
     import mlflow
 
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(experiments, f"tags.`{NAME_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'parent'", max_results=1)
-        if experiments
-        else []
-    )
+    query = f"tags.`mtc.{kind}.name` = '{name}' and tags.`mtc.{kind}.kind` = 'parent'"
+    runs = client.search_runs(experiments, query, max_results=1) if experiments else []
     return runs[0] if runs else None
+
+
+def new_parent(
+    client, kind: str, name: str, experiment: str, shards: Path, params: Mapping[str, Any], spec: tuple[str, str]
+) -> str:
+    """The parent run of a new ``kind`` named ``name``: tags, params and ``spec`` (artifact path, text), which
+    ``--resume`` reads back. Raises MtcError when the name is taken. Returns the run id."""
+    from ray import tune
+
+    if find_parent(name, kind) is not None or tune.Tuner.can_restore(experiment_path(name)):
+        raise MtcError(f"a {kind} named {name!r} exists; continue it with --resume {name}, or pick another --name")
+    tags = {f"mtc.{kind}.name": name, f"mtc.{kind}.kind": "parent", "mtc.shards": str(shards)}
+    run_id = client.create_run(tracking.experiment_id(experiment), run_name=name, tags=tags).info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    client.log_text(run_id, spec[1], spec[0])
+    return run_id
+
+
+def reopen_parent(kind: str, name: str, spec_path: str, start: str):
+    """``(client, parent run, spec text)`` of the ``kind`` named ``name``; MtcError naming ``start`` if none."""
+    import mlflow
+
+    uri = tracking.configure()
+    parent = find_parent(checked_name(name, kind), kind)
+    if parent is None:
+        raise MtcError(f"no {kind} named {name!r} in {uri}; start one with {start}")
+    return mlflow.MlflowClient(uri), parent, mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{spec_path}")
 
 
 def finish_child_runs(

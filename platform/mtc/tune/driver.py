@@ -7,30 +7,26 @@ each divided by the task's single-task reference) so ASHA stops weak trials on i
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import yaml
 from ray import tune
 
 from mtc import tracking
-from mtc.errors import MtcError
 from mtc.train.datasets import prepare_splits
 from mtc.train.trainer import TrainingError
 from mtc.tune.algorithms import scheduler, search_algorithm
-from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho
-from mtc.tune.child_runs import KIND_TAG, NAME_TAG, child_runs, find_parent, finish_child_runs
+from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_line
+from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen_parent
+from mtc.tune.fitting import TuneInterrupted, checked_name, fit, run_config
 from mtc.tune.report import TrialRecord, TuneReport, build_report, log_report
-from mtc.tune.search import TuneSpace, dump_space, param_space, parse_space
+from mtc.tune.search import TuneSpace, dump_space, param_space, parse_space, point_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
-
-class TuneInterrupted(MtcError):
-    """The tune stopped before every trial finished; ``--resume`` continues it."""
+SPACE_PATH = "tune/space.yaml"  # the parent run's copy of the space, read back by --resume
 
 
 @dataclass
@@ -64,18 +60,9 @@ def start_tune(
         echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {max_concurrent})")
     shards = Path(shards).resolve()
     prepare_splits(shards, base)
-    name = _checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
-    uri = tracking.configure()
-    if find_parent(name) is not None or tune.Tuner.can_restore(_experiment_path(name)):
-        raise MtcError(f"a tune named {name!r} exists; continue it with --resume {name}, or pick another --name")
-    client = mlflow.MlflowClient(uri)
-    parent = client.create_run(
-        tracking.experiment_id(base.experiment),
-        run_name=name,
-        tags={NAME_TAG: name, KIND_TAG: "parent", "mtc.shards": str(shards)},
-    )
-    run_id = parent.info.run_id
-    for key, value in {
+    name = checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
+    client = mlflow.MlflowClient(tracking.configure())
+    params = {
         "trials": space.trials,
         "search": space.algorithm(),
         "max_concurrent": concurrency,
@@ -84,9 +71,8 @@ def start_tune(
         "tasks": ",".join(space.task_names()),
         "groupings": len(space.partitions()),
         "epochs": base.epochs,
-    }.items():
-        client.log_param(run_id, key, value)
-    client.log_text(run_id, dump_space(space), "tune/space.yaml")
+    }
+    run_id = new_parent(client, "tune", name, base.experiment, shards, params, (SPACE_PATH, dump_space(space)))
     echo(
         f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
         f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}"
@@ -96,18 +82,11 @@ def start_tune(
 
 def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) -> TuneOutcome:
     """Continue tune ``name``: finished trials are kept, unfinished and failed ones run again."""
-    import mlflow
     import ray
 
-    uri = tracking.configure()
-    parent = find_parent(_checked_name(name))
-    if parent is None:
-        raise MtcError(f"no tune named {name!r} in {uri}; start one with mtc tune --data ... --space ...")
-    client = mlflow.MlflowClient(uri)
+    client, parent, text = reopen_parent("tune", name, SPACE_PATH, "mtc tune --data ... --space ...")
     run_id = parent.info.run_id
-    space = parse_space(
-        yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/tune/space.yaml")), source=f"tune {name}"
-    )
+    space = parse_space(yaml.safe_load(text), source=f"tune {name}")
     shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
     plan_concurrency(1, space.base_config().scaling, ray.cluster_resources())
     prepare_splits(shards, space.base_config())
@@ -115,12 +94,6 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
     client.update_run(run_id, status="RUNNING")
     echo(f"resuming tune {name} (MLflow parent run {run_id}): finished trials are kept")
     return _drive(client, run_id, name, shards, space, concurrency, echo)
-
-
-def _checked_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise MtcError(f"tune name {name!r}: use letters, digits, '-', '_' and '.' (it names folders and runs)")
-    return name
 
 
 def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus: int | None) -> TuneSpace:
@@ -156,18 +129,19 @@ def _references(
     missing = [t for t in space.scored_task_names() if t not in references]
     if missing:
         echo(f"single-task references: {', '.join(missing)} ({space.base_config().epochs} epochs each)")
-        grid = _fit(
+        grid = fit(
             name + "-references",
-            trainable(shards, space, None, run_id, name),
+            _trainable(shards, space, None, run_id, name),
             lambda trainable: tune.Tuner(
                 trainable,
                 param_space={"reference": tune.grid_search(missing)},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=trial_dirname
                 ),
-                run_config=_run_config(name + "-references", TrialEcho(echo, "reference", len(missing), space)),
+                run_config=_run_config(name + "-references", echo, "reference", len(missing), space),
             ),
             len(missing),
+            f"mtc tune --resume {name}",
         )
         children = child_runs(client, run_id)
         for result in grid:
@@ -192,9 +166,9 @@ def _fit_trials(
 ):
     dims = param_space(space)
     echo(f"trials: {space.trials}, varying {', '.join(dims) or 'nothing'}")
-    return _fit(
+    return fit(
         name,
-        trainable(shards, space, references, run_id, name),
+        _trainable(shards, space, references, run_id, name),
         lambda trainable: tune.Tuner(
             trainable,
             param_space=dims,
@@ -208,47 +182,17 @@ def _fit_trials(
                 reuse_actors=False,
                 trial_dirname_creator=trial_dirname,
             ),
-            run_config=_run_config(name, TrialEcho(echo, "trial", space.trials, space)),
+            run_config=_run_config(name, echo, "trial", space.trials, space),
         ),
         space.trials,
+        f"mtc tune --resume {name}",
     )
 
 
-def _run_config(name: str, progress: TrialEcho) -> tune.RunConfig:
-    return tune.RunConfig(
-        name=name,
-        storage_path=tracking.checkpoint_root(),
-        verbose=0,
-        callbacks=[progress, ReleaseStoppedRuns()],
-        failure_config=tune.FailureConfig(max_failures=0),
-    )
+def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | None, run_id: str, name: str):
+    return trainable(shards, partial(point_config, space), references, run_id, name)
 
 
-def _experiment_path(name: str) -> str:
-    return f"{tracking.checkpoint_root().rstrip('/')}/{name}"
-
-
-def _fit(name: str, trainable, make_tuner: Callable[[Any], tune.Tuner], n_trials: int):
-    """Restore the Tune experiment ``name`` when it exists (finished trials are not rerun), else start it.
-
-    Raises TuneInterrupted unless all ``n_trials`` ended: a finished trial's last result is the final report
-    (``best_epoch``), a trial ASHA stopped is marked ``done``; one cut short by an interruption is neither.
-    """
-    path = _experiment_path(name)
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
-    else:
-        tuner = make_tuner(trainable)
-    grid = tuner.fit()
-    ended = sum(map(_ended, grid))
-    if ended < n_trials:
-        raise TuneInterrupted(
-            f"the tune stopped with {ended} of {n_trials} trials ended; continue it with "
-            f"mtc tune --resume {name.removesuffix('-references')}"
-        )
-    return grid
-
-
-def _ended(result) -> bool:
-    metrics = result.metrics or {}
-    return result.error is not None or "best_epoch" in metrics or bool(metrics.get("done"))
+def _run_config(name: str, echo: Echo, what: str, total: int, space: TuneSpace) -> tune.RunConfig:
+    progress = TrialEcho(echo, what, total, partial(tune_trial_line, space))
+    return run_config(name, [progress, ReleaseStoppedRuns()])

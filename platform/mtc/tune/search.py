@@ -15,7 +15,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from mtc.config import ConfigError, StrictModel, TrainConfig, deep_merge, describe_validation_error, read_yaml
+from mtc.config import (
+    ConfigError,
+    StrictModel,
+    TrainConfig,
+    deep_merge,
+    describe_validation_error,
+    read_yaml,
+    with_base,
+)
 from mtc.tasks import TaskSpec, check_partition, served
 from mtc.train.metrics import task_error
 
@@ -120,15 +128,7 @@ def load_space(path: Path) -> TuneSpace:
     Raises:
         ConfigError: naming the key and value that cannot be used.
     """
-    path = Path(path)
-    data = read_yaml(path)
-    base = data.get("base")
-    if base:
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not base_path.exists():
-            raise ConfigError(f"{path}: base {base!r} does not exist (looked for {base_path})")
-        data = {**data, "base": None, "train": deep_merge(read_yaml(base_path), data.get("train") or {})}
-    return parse_space(data, source=str(path))
+    return parse_space(with_base(path, read_yaml(path)), source=str(path))
 
 
 def parse_space(data: Mapping[str, Any], source: str = "the space") -> TuneSpace:
@@ -169,7 +169,7 @@ def _check_against_tasks(space: TuneSpace, source: str) -> None:
         if not values or any(isinstance(v, dict | list) for v in values):
             raise ConfigError(f"{source}: space.choices.{key}: give a non-empty list of plain values")
         for value in values:
-            _apply(base, _nested(key, value), f"space.choices.{key}={value!r}")
+            apply_update(base, nested(key, value), f"space.choices.{key}={value!r}")
 
 
 def bell(n: int) -> int:
@@ -281,8 +281,8 @@ def trial_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | Non
     if "lr" in point:
         update["optim"] = {"lr": float(point["lr"])}
     for key, values in space.space.choices.items():
-        update = deep_merge(update, _nested(key, point.get(key, values[0])))
-    return _apply(base, update, f"trial point {dict(point)}")
+        update = deep_merge(update, nested(key, point.get(key, values[0])))
+    return apply_update(base, update, f"trial point {dict(point)}")
 
 
 def reference_config(space: TuneSpace, task: str, run_name: str | None = None) -> TrainConfig:
@@ -295,17 +295,24 @@ def reference_config(space: TuneSpace, task: str, run_name: str | None = None) -
         "loss": {"strategy": "fixed", "weights": None},
         "run_name": run_name,
     }
-    return _apply(base, update, f"reference run of {task}")
+    return apply_update(base, update, f"reference run of {task}")
 
 
-def _nested(dotted: str, value: Any) -> dict[str, Any]:
+def point_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | None = None) -> TrainConfig:
+    """The TrainConfig of a tune's Tune point: a reference run (``{"reference": task}``) or a sampled trial."""
+    if "reference" in point:
+        return reference_config(space, point["reference"], run_name)
+    return trial_config(space, point, run_name)
+
+
+def nested(dotted: str, value: Any) -> dict[str, Any]:
     """``("model.n_conv", 3)`` -> ``{"model": {"n_conv": 3}}``."""
     for part in reversed(dotted.split(".")):
         value = {part: value}
     return value
 
 
-def _apply(base: TrainConfig, update: Mapping[str, Any], what: str) -> TrainConfig:
+def apply_update(base: TrainConfig, update: Mapping[str, Any], what: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate(deep_merge(base.model_dump(mode="json"), dict(update)))
     except ValidationError as err:

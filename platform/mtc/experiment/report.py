@@ -1,0 +1,202 @@
+"""An experiment's numbers: every trial, every cell (mean ± std over seeds), change vs single-task, the summary.
+
+Pure pandas on trial records, so it is tested without Ray. A task's error is its test MAE (1 - ROC-AUC for a
+binary task); std is the sample standard deviation over the cell's finished seeds. A setting's change against
+the task alone (same fraction, basis and axes values) counts as significant only when the means differ by more
+than the two cells' spreads together: |mean_a - mean_b| > std_a + std_b.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from mtc.experiment.spec import ExperimentSpec, Setting, point_key
+from mtc.tasks import TaskSpec
+from mtc.train.metrics import metric_key, task_error
+
+FINISHED, ERROR, NOT_STARTED = "finished", "error", "not started"
+SIGNIFICANCE_RULE = (
+    "significant (*) only when |Δ mean| > std_a + std_b: the means differ by more than the two cells' spreads "
+    "over seeds together (sample std)"
+)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the report sees it: its Tune point, how it ended, its final (test) metrics, its MLflow run."""
+
+    trial_id: str
+    point: dict[str, Any]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+@dataclass
+class ExperimentReport:
+    trials: pd.DataFrame
+    cells: pd.DataFrame
+    summary: str
+    tasks: list[TaskSpec]
+
+
+def error_name(task: TaskSpec) -> str:
+    """The error a task is compared on: ``mae``, or ``1-auc`` for a binary task."""
+    return "1-auc" if task.kind == "binary" else "mae"
+
+
+def trial_values(metrics: Mapping[str, float], tasks: Sequence[TaskSpec]) -> dict[str, float]:
+    """A trial's report columns from its final metrics: each task's test error and Spearman ρ, the metal AUC.
+
+    The metal/non-metal AUC is the ``is_metal`` task's when the model has one, else the band-gap head's
+    (``metal_auc``: metals ranked by lowest predicted gap); NaN when it has neither.
+    """
+    values: dict[str, float] = {}
+    for task in tasks:
+        test = {m: metrics[k] for m in ("mae", "auc", "spearman") if (k := metric_key("test", task.name, m)) in metrics}
+        values[f"{task.name} {error_name(task)}"] = task_error(task, test)
+        if task.kind == "regression":
+            values[f"{task.name} spearman"] = test.get("spearman", math.nan)
+    binary = [t.name for t in tasks if t.kind == "binary" and t.column == "band_gap"]
+    gap = [t.name for t in tasks if t.kind == "regression" and t.column == "band_gap"]
+    key = metric_key("test", binary[0], "auc") if binary else metric_key("test", gap[0], "metal_auc") if gap else ""
+    values["metal auc"] = float(metrics.get(key, math.nan))
+    return values
+
+
+def trials_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """One row per trial: the point, status, the values of ``trial_values`` (NaN unless finished), the run id."""
+    settings = {s.name: s for s in spec.all_settings()}
+    tasks = spec.base_config().tasks
+    rows = []
+    for record in records:
+        point, setting = record.point, settings[record.point["setting"]]
+        row = {
+            "trial": record.trial_id,
+            "status": record.status,
+            "setting": setting.name,
+            "tasks": len(setting.tasks),
+            "fraction": point["fraction"],
+            "epochs": point["epochs"],
+            "seed": point["seed"],
+            **point.get("axes", {}),
+        }
+        own = [t for t in tasks if t.name in setting.tasks]
+        row.update(trial_values(record.metrics if record.status == FINISHED else {}, own))
+        row["run_id"] = record.run_id or ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cells_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """One row per cell: mean, std and count over its finished seeds, and each task's change vs alone.
+
+    ``<task> rel change`` is (mean - alone mean) / alone mean, ``<task> significant`` the rule of this module;
+    both are empty for a single-task cell and where the task alone was not run.
+    """
+    tasks = spec.base_config().tasks
+    settings = {s.name: s for s in spec.all_settings()}
+    by_key = {point_key(r.point): r for r in records if r.status == FINISHED}
+    rows = []
+    for cell in spec.cells():
+        setting = settings[cell.setting]
+        done = [by_key[k] for s in spec.seeds if (k := point_key(cell.point(s))) in by_key]
+        own = [t for t in tasks if t.name in setting.tasks]
+        values = pd.DataFrame([trial_values(r.metrics, own) for r in done], columns=list(trial_values({}, own)))
+        row = {
+            "setting": cell.setting,
+            "tasks": len(setting.tasks),
+            "basis": cell.basis,
+            "fraction": cell.fraction,
+            "epochs": cell.epochs,
+            **dict(cell.axes),
+            "seeds": len(done),
+        }
+        for column in values.columns:
+            row[f"{column} mean"] = float(values[column].mean()) if len(values) else math.nan
+            row[f"{column} std"] = float(values[column].std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    _add_changes(table, settings, tasks, list(spec.axes))
+    return table
+
+
+def _add_changes(table: pd.DataFrame, settings: Mapping[str, Setting], tasks: Sequence[TaskSpec], axes: list[str]):
+    keys = ["basis", "fraction", *axes]
+    for task in tasks:
+        mean, std = f"{task.name} {error_name(task)} mean", f"{task.name} {error_name(task)} std"
+        change, significant = f"{task.name} rel change", f"{task.name} significant"
+        table[change], table[significant] = math.nan, None
+        if mean not in table or task.name not in settings or not settings[task.name].is_single_task:
+            continue
+        alone = table[table["setting"] == task.name].set_index(keys)[[mean, std]]
+        for i, row in table.iterrows():
+            if row["setting"] == task.name or pd.isna(row[mean]):
+                continue
+            reference = alone.loc[tuple(row[k] for k in keys)] if len(keys) > 1 else alone.loc[row[keys[0]]]
+            if pd.isna(reference[mean]):
+                continue
+            delta = row[mean] - reference[mean]
+            table.at[i, change] = delta / reference[mean]
+            table.at[i, significant] = bool(abs(delta) > row[std] + reference[std])  # NaN spread: never
+
+
+def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> str:
+    """A table per basis: each task's error alone (mean ± std), then each other setting's change vs alone."""
+    tasks = [t for t in spec.base_config().tasks if t.name in spec.task_names()]
+    varied = ["fraction"] * (len(spec.fractions) > 1) + list(spec.axes)
+    lines = [
+        f"# Experiment {name}",
+        "",
+        "A task alone: its test error, mean ± std over seeds. Other settings: each task's relative change of test "
+        f"error vs that task alone (same fraction, basis and axes; negative: sharing helped); {SIGNIFICANCE_RULE}.",
+        "",
+    ]
+    for basis in spec.bases:
+        part = cells[cells["basis"] == basis]
+        header = ["setting", *varied, "seeds", *(f"{t.name} ({error_name(t)})" for t in tasks)]
+        rows = []
+        for _, row in part.iterrows():
+            label = [row["setting"], *(str(row[k]) for k in varied), str(row["seeds"])]
+            if row["tasks"] == 1 and row["setting"] in spec.task_names():
+                rows.append(label + [_mean_std(row, t) if t.name == row["setting"] else "" for t in tasks])
+            else:
+                rows.append(label + [_change(row, t) for t in tasks])
+        lines += [f"## {basis.replace('_', ' ')}", "", *_markdown_table(header, rows), ""]
+    return "\n".join(lines)
+
+
+def _mean_std(row: Mapping[str, Any], task: TaskSpec) -> str:
+    mean, std = row.get(f"{task.name} {error_name(task)} mean"), row.get(f"{task.name} {error_name(task)} std")
+    return f"{mean:.4g} ± {std:.2g}" if _finite(mean) and _finite(std) else f"{mean:.4g}" if _finite(mean) else "–"
+
+
+def _change(row: Mapping[str, Any], task: TaskSpec) -> str:
+    value = row.get(f"{task.name} rel change")
+    if not _finite(value):
+        return "–"
+    return f"{value:+.1%}" + (" *" if row.get(f"{task.name} significant") is True else "")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def build_report(spec: ExperimentSpec, records: Sequence[TrialRecord], name: str) -> ExperimentReport:
+    """The tables and the summary of ``records`` (trials that did not finish count in trials.csv only)."""
+    cells = cells_table(spec, records)
+    tasks = [t for t in spec.base_config().tasks if t.name in spec.task_names()]
+    return ExperimentReport(trials_table(spec, records), cells, summary_markdown(spec, cells, name), tasks)

@@ -1,0 +1,98 @@
+"""Experiment report on synthetic trial records: mean ± std per cell, change vs alone, significance, plots."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mtc.experiment.plots import report_plots
+from mtc.experiment.report import ERROR, FINISHED, SIGNIFICANCE_RULE, TrialRecord, build_report
+from mtc.experiment.spec import parse_spec
+
+TASKS = [{"name": "formation_energy_per_atom", "unit": "eV/atom"}, {"name": "band_gap", "unit": "eV"}]
+FE, BG = "formation_energy_per_atom", "band_gap"
+
+
+def make_spec():
+    return parse_spec({"train": {"tasks": TASKS, "epochs": 1}, "seeds": [0, 1, 2], "fractions": [0.5, 1.0]})
+
+
+def record(point, maes, status=FINISHED, k=0):
+    metrics = {f"test/{t}/mae": v for t, v in maes.items()}
+    metrics.update({f"test/{t}/spearman": 0.9 for t in maes})
+    if BG in maes:
+        metrics[f"test/{BG}/metal_auc"] = 0.8 + 0.01 * point["seed"]
+    return TrialRecord(f"t{k}", point, status, metrics, f"run{k}")
+
+
+# seed -> error: alone FE 0.10/0.11/0.12 (std 0.01); all: FE 0.13/0.14/0.15 (+30 %, significant), BG within spread
+ALONE = {FE: [0.10, 0.11, 0.12], BG: [0.50, 0.60, 0.70]}
+JOINT = {FE: [0.13, 0.14, 0.15], BG: [0.49, 0.59, 0.69]}
+
+
+def records(spec, failed_seed=None):
+    found = []
+    for k, point in enumerate(spec.points()):
+        seed, tasks = point["seed"], ([point["setting"]] if point["setting"] != "all" else [FE, BG])
+        table = ALONE if point["setting"] != "all" else JOINT
+        status = ERROR if seed == failed_seed and point["setting"] == "all" else FINISHED
+        found.append(record(point, {t: table[t][seed] for t in tasks}, status, k))
+    return found
+
+
+def test_cells_hold_mean_std_and_seed_count_and_single_task_cells_appear_in_both_bases():
+    spec = make_spec()
+    report = build_report(spec, records(spec), "synthetic")
+    cells = report.cells.set_index(["setting", "basis", "fraction"])
+    assert len(cells) == 3 * 2 * 2
+    fe = cells.loc[(FE, "equal_compute", 1.0)]
+    assert fe["seeds"] == 3 and fe["epochs"] == 1
+    assert fe[f"{FE} mae mean"] == pytest.approx(0.11) and fe[f"{FE} mae std"] == pytest.approx(0.01)
+    assert cells.loc[(FE, "equal_steps", 1.0)][f"{FE} mae mean"] == pytest.approx(0.11)  # the same trials
+    joint = cells.loc[("all", "equal_compute", 1.0)]
+    assert joint["epochs"] == 2
+    assert joint["metal auc mean"] == pytest.approx(0.81) and joint[f"{FE} spearman mean"] == pytest.approx(0.9)
+    assert math.isnan(cells.loc[(FE, "equal_steps", 1.0)]["metal auc mean"])  # no band-gap head
+
+
+def test_relative_change_and_the_significance_rule():
+    spec = make_spec()
+    cells = build_report(spec, records(spec), "synthetic").cells.set_index(["setting", "basis", "fraction"])
+    joint = cells.loc[("all", "equal_steps", 0.5)]
+    assert joint[f"{FE} rel change"] == pytest.approx(0.03 / 0.11)
+    assert joint[f"{FE} significant"] is True  # |0.03| > 0.01 + 0.01
+    assert joint[f"{BG} rel change"] == pytest.approx(-0.01 / 0.6)
+    assert joint[f"{BG} significant"] is False  # |0.01| < 0.1 + 0.1
+    assert math.isnan(cells.loc[(FE, "equal_steps", 0.5)][f"{FE} rel change"])
+
+
+def test_unfinished_trials_stay_out_of_the_cells_but_in_the_trials_table():
+    spec = make_spec()
+    report = build_report(spec, records(spec, failed_seed=2), "synthetic")
+    joint = report.cells.set_index(["setting", "basis", "fraction"]).loc[("all", "equal_steps", 1.0)]
+    assert joint["seeds"] == 2 and joint[f"{FE} mae mean"] == pytest.approx(0.135)
+    assert len(report.trials) == len(spec.points())
+    failed = report.trials[report.trials["status"] == ERROR]
+    assert len(failed) == 4 and failed[f"{FE} mae"].isna().all()
+
+
+def test_summary_states_the_rule_and_marks_significant_changes_per_basis():
+    spec = make_spec()
+    summary = build_report(spec, records(spec), "synthetic").summary
+    assert SIGNIFICANCE_RULE in summary
+    assert "## equal steps" in summary and "## equal compute" in summary
+    assert "| all | 1.0 | 3 | +27.3% * | -1.7% |" in summary
+    assert "| formation_energy_per_atom | 1.0 | 3 | 0.11 ± 0.01 |  |" in summary
+
+
+def test_plots_per_basis_are_pngs():
+    spec = make_spec()
+    plots = report_plots(build_report(spec, records(spec), "synthetic"), spec.bases, [])
+    assert sorted(plots) == [
+        "change_vs_alone_equal_compute.png",
+        "change_vs_alone_equal_steps.png",
+        "error_vs_fraction_equal_compute.png",
+        "error_vs_fraction_equal_steps.png",
+    ]
+    assert all(png.startswith(b"\x89PNG") for png in plots.values())

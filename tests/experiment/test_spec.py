@@ -1,0 +1,112 @@
+"""Experiment specs: strict parsing, errors that name the key, the grid (cells, shared trials, epochs, seeds)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mtc.config import ConfigError
+from mtc.experiment.spec import load_spec, parse_spec
+
+TASKS = [{"name": "formation_energy_per_atom"}, {"name": "band_gap"}, {"name": "efermi"}]
+
+
+def spec(**fields):
+    return parse_spec({"train": {"tasks": TASKS, "epochs": 4}, **fields})
+
+
+def test_alone_pairs_all_and_named_settings():
+    grid = spec(settings={"alone": True, "pairs": True, "all": True, "wide": {"model.atom_fea_len": 128}})
+    settings = {s.name: s for s in grid.all_settings()}
+    assert list(settings) == [
+        "formation_energy_per_atom",
+        "band_gap",
+        "efermi",
+        "formation_energy_per_atom+band_gap",
+        "formation_energy_per_atom+efermi",
+        "band_gap+efermi",
+        "all",
+        "wide",
+    ]
+    assert settings["wide"].tasks == ("formation_energy_per_atom", "band_gap", "efermi")
+    config = grid.trial_config({"setting": "wide", "fraction": 1.0, "epochs": 4, "seed": 0})
+    assert config.model.atom_fea_len == 128 and len(config.tasks) == 3
+
+
+def test_two_tasks_list_their_pair_once_as_all():
+    grid = spec(tasks=["band_gap", "efermi"], settings={"pairs": True})
+    assert [s.name for s in grid.all_settings()] == ["band_gap", "efermi", "all"]
+
+
+def test_equal_compute_trains_k_times_the_epochs_and_single_task_trials_are_shared():
+    grid = spec(settings={"alone": ["band_gap", "efermi"], "pairs": [["band_gap", "efermi"]]}, seeds=[0, 1, 2])
+    cells = grid.cells()
+    assert len(cells) == 4 * 2  # band_gap, efermi, the pair, all; two bases
+    epochs = {(c.setting, c.basis): c.epochs for c in cells}
+    assert epochs[("band_gap", "equal_steps")] == epochs[("band_gap", "equal_compute")] == 4
+    assert epochs[("band_gap+efermi", "equal_steps")] == 4 and epochs[("band_gap+efermi", "equal_compute")] == 8
+    assert epochs[("all", "equal_steps")] == 4 and epochs[("all", "equal_compute")] == 12
+    points = grid.points()
+    assert len(points) == (2 + 2 * 2) * 3  # two single-task settings run once for both bases, 3 seeds each
+    assert Counter(p["setting"] for p in points) == {"band_gap": 3, "efermi": 3, "band_gap+efermi": 6, "all": 6}
+    assert {p["seed"] for p in points} == {0, 1, 2}
+
+
+def test_seed_varies_the_model_and_the_split_stays_fixed():
+    grid = spec(train={"tasks": TASKS, "epochs": 2, "split": {"seed": 7, "train_fraction": 0.5}}, fractions=[0.5, 1])
+    configs = [grid.trial_config(p) for p in grid.points()]
+    assert {c.seed for c in configs} == {0, 1, 2}
+    assert {c.split.seed for c in configs} == {7}
+    assert {c.split.train_fraction for c in configs} == {0.25, 0.5}  # fractions of the base's training rows
+
+
+def test_axes_are_cartesian_with_settings_and_fractions():
+    grid = spec(
+        settings={"alone": False, "all": True},
+        fractions=[0.5, 1.0],
+        axes={"model.atom_fea_len": [32, 64]},
+        seeds=[0, 1],
+    )
+    assert len(grid.cells()) == 1 * 2 * 2 * 2
+    points = grid.points()
+    assert len(points) == 16
+    assert {grid.trial_config(p).model.atom_fea_len for p in points} == {32, 64}
+
+
+def test_a_setting_on_a_subset_drops_the_base_grouping_and_weights_of_absent_tasks():
+    train = {"tasks": TASKS, "model": {"groups": [["formation_energy_per_atom"], ["band_gap", "efermi"]]}}
+    train["loss"] = {"weights": {"formation_energy_per_atom": 2.0, "band_gap": 1.0, "efermi": 1.0}}
+    grid = parse_spec({"train": train, "settings": {"alone": ["band_gap"], "all": True}})
+    alone = grid.trial_config({"setting": "band_gap", "fraction": 1.0, "epochs": 1, "seed": 0})
+    assert alone.model.groups is None and alone.loss.weights == {"band_gap": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tasks": ["band_gap", "bulk_modulus"]}, "tasks: no task 'bulk_modulus'"),
+        ({"settings": {"alone": ["volume"]}}, "settings.alone: no task 'volume'"),
+        ({"settings": {"alon": True}}, "alon: a named setting takes a mapping"),
+        ({"settings": {"wide": {"model.atom_width": 128}}}, "atom_width"),
+        ({"settings": {"wide": {"tasks": ["gap"]}}}, "settings.wide.tasks: no task 'gap'"),
+        ({"settings": {"all": {"loss.strategy": "fixed"}}}, "settings.all"),
+        ({"axes": {"model.n_convs": [2, 3]}}, "n_convs"),
+        ({"axes": {"split.seed": [0, 1]}}, "axes.split.seed: this key is set by the experiment itself"),
+        ({"axes": {"model.n_conv": []}}, "axes.model.n_conv: give a non-empty list"),
+        ({"seeds": [0]}, "seeds"),
+        ({"seeds": [0, 0, 1]}, "seeds repeat a value"),
+        ({"fractions": [0.0, 1.0]}, "fractions"),
+        ({"basis": ["equal_steps"]}, "basis"),
+        ({"settings": {"alone": False, "all": False}}, "no setting to run"),
+    ],
+)
+def test_mistakes_fail_before_any_work_naming_the_key(fields, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+        spec(**fields)
+
+
+def test_shipped_specs_parse_and_stay_the_sizes_their_comments_state():
+    sizes = {"tiny": 16, "mt3": 15, "fractions": 48, "pairs": 33}
+    for name, trials in sizes.items():
+        assert len(load_spec(f"configs/experiments/{name}.yaml").points()) == trials, name
