@@ -93,9 +93,8 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
 
 def test_a_spec_naming_an_unknown_task_fails_before_any_trial(demo_shards, tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(
-        Path(SPEC).read_text().replace("settings: {alone: [band_gap], all: true}", "settings: {alone: [gap]}")
-    )
+    text = Path(SPEC).read_text().replace("base: ../tiny.yaml", f"base: {Path('configs/tiny.yaml').resolve()}")
+    spec.write_text(text.replace("settings: {alone: [band_gap], all: true}", "settings: {alone: [gap]}"))
     result = runner.invoke(app, ["experiment", str(spec), "--data", str(demo_shards)])
     assert result.exit_code == 2 and "settings.alone: no task 'gap'" in result.output
     assert "Traceback" not in result.output
