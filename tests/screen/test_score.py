@@ -32,8 +32,9 @@ def model(trained) -> str:
     return "models:/mtc-test@screen-tests"
 
 
-def test_units_whose_every_row_is_rejected_still_finish(demo_records, model, tmp_path, ray_session):
-    """#10.1: a slice with no good row used to give float64 columns that no other part could join."""
+def test_rejected_only_units_finish_and_a_changed_database_is_refused(demo_records, model, tmp_path, ray_session):
+    """#10.1: a slice with no good row used to give float64 columns that no other part could join; #10.7: a rerun
+    into the same folder used to keep stale predictions when the database changed under the same name."""
     db = write_db(tmp_path / "db", demo_records[3000:3006], [BAD, {**BAD, "id": None}])
     for attempt in range(2):  # the rerun reads the same parts back
         summary = screen(db, model, tmp_path / "out", batch_size=1, unit_rows=2, workers=1)
@@ -42,14 +43,10 @@ def test_units_whose_every_row_is_rejected_still_finish(demo_records, model, tmp
     parts = [pq.read_table(p) for p in sorted((tmp_path / "out" / PREDICTIONS).glob("part-*.parquet"))]
     assert len({p.schema for p in parts}) == 1 and any(p.num_rows == 0 for p in parts)
 
-
-def test_a_changed_database_is_refused_not_mixed(demo_records, model, tmp_path, ray_session):
-    """#10.7: other structures under the same file name must not inherit the old predictions."""
-    db = write_db(tmp_path / "db", demo_records[3000:3004])
-    screen(db, model, tmp_path / "out", workers=1)
-    write_db(db, demo_records[3100:3104])
+    # #10.7: other structures under the same file name must not inherit the old predictions
+    write_db(db, demo_records[3100:3106], [BAD, {**BAD, "id": None}])
     with pytest.raises(ScreenError, match="the database content changed"):
-        screen(db, model, tmp_path / "out", workers=1)
+        screen(db, model, tmp_path / "out", batch_size=1, unit_rows=2, workers=1)
 
 
 def test_where_and_sort_are_checked_before_any_scoring(demo_records, model, tmp_path, ray_session):
