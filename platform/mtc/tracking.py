@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -86,5 +87,6 @@ def experiment_id(name: str) -> str:
             if found is None:
                 raise
     if found.tags.get(EXPERIMENT_KIND[0]) is None:  # made by an older mtc, or by hand
-        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # a concurrent run may be tagging it too
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     return found.experiment_id
