@@ -108,3 +108,8 @@ def legend(short: Mapping[str, str], units: Mapping[str, str] | None = None) -> 
         if name != task or unit:
             entries.append(f"{name} = {task}{unit}" if name != task else f"{task}{unit}")
     return ", ".join(entries)
+
+
+def echo(line: str) -> None:
+    """One plain progress line (module level: Tune pickles the callbacks that call it by reference)."""
+    console.print(line, markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import console, user_errors
+from mtc_cli.common import console, echo, user_errors
 
 
 def experiment(
@@ -88,11 +88,6 @@ def run_experiment(
         )
     print_outcome(outcome)
     return outcome
-
-
-def echo(line: str) -> None:
-    """Progress lines from the experiment (module level: Tune pickles its callbacks by reference)."""
-    console.print(line, markup=False, soft_wrap=True)
 
 
 def print_outcome(outcome) -> None:

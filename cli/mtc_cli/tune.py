@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mtc_cli.common import abbreviations, console, legend, user_errors
+from mtc_cli.common import abbreviations, console, echo, legend, user_errors
 
 
 def tune(
@@ -92,11 +92,6 @@ def run_tune(
         )
     print_outcome(outcome)
     return outcome
-
-
-def echo(line: str) -> None:
-    """Progress lines from the tune (module level: Tune pickles its callbacks by reference)."""
-    console.print(line, markup=False, soft_wrap=True)
 
 
 def print_outcome(outcome) -> None:

@@ -128,7 +128,7 @@ def load_config(model: type[BaseModel], path: Path | None = None, overrides: Seq
 
 
 def dump_yaml(config: BaseModel) -> str:
-    """The resolved configuration as YAML, loadable by ``load_config``."""
+    """A config model (run config, tune space, experiment spec) as YAML that validates back into the same model."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 

@@ -138,6 +138,9 @@ def test_bundle_format_version_is_checked(trained, tmp_path):
     (folder / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(BundleError, match="upgrade mtc"):
         ModelBundle.load(folder)
-    (folder / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format_version"}))
+    (folder / "model.json").write_text(json.dumps({**meta, "format_version": 0}))
     with pytest.raises(BundleError, match="retrain the model"):
         ModelBundle.load(folder)
+    # a bundle of mtc 0.1 (format 1, before the field existed) still loads: models registered then keep working
+    (folder / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format_version"}))
+    assert ModelBundle.load(folder).task_names == trained.bundle.task_names

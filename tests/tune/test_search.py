@@ -8,14 +8,13 @@ import random
 import pytest
 import yaml
 
-from mtc.config import ConfigError, ScalingConfig, TrainConfig, load_config
+from mtc.config import ConfigError, ScalingConfig, TrainConfig, dump_yaml, load_config
 from mtc.tasks import TaskSpec
 from mtc.train.resources import ResourceError
 from mtc.tune import callbacks, trial
 from mtc.tune.report import FINISHED, STOPPED, TrialRecord, build_report
 from mtc.tune.search import (
     bell,
-    dump_space,
     first_points,
     grouping_label,
     load_space,
@@ -169,7 +168,7 @@ def test_shipped_spaces_load_and_round_trip(tiny):
     assert mt3.algorithm() == "optuna" and tiny.algorithm() == "optuna"
     assert parse_space({**tiny.model_dump(), "search": "auto"}).algorithm() == "random"  # 4 trials: TPE's start-up
     for space in (tiny, mt3):
-        assert parse_space(yaml.safe_load(dump_space(space))) == space
+        assert parse_space(yaml.safe_load(dump_yaml(space))) == space
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,10 @@ import yaml
 from ray import tune
 
 from mtc import tracking
-from mtc.config import TrainConfig
+from mtc.config import TrainConfig, dump_yaml
 from mtc.experiment.plots import report_plots
 from mtc.experiment.report import ERROR, FINISHED, NOT_STARTED, ExperimentReport, TrialRecord, build_report
-from mtc.experiment.spec import ExperimentSpec, dump_spec, parse_spec, point_key
+from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key
 from mtc.train.datasets import prepare_splits
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
 from mtc.tune.child_runs import child_runs, new_parent, reopen_parent
@@ -61,9 +61,7 @@ def start_experiment(
         scaling = {**spec.train.get("scaling", {}), "workers": workers_per_trial}
         spec = parse_spec({**spec.model_dump(mode="json"), "train": {**spec.train, "scaling": scaling}}, "--workers")
     base = spec.base_config()
-    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources())
-    if concurrency < max_concurrent:
-        echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {max_concurrent})")
+    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo)
     shards = Path(shards).resolve()
     _check_data(shards, spec)
     name = checked_name(name or time.strftime("experiment-%Y%m%d-%H%M%S"), "experiment")
@@ -81,7 +79,7 @@ def start_experiment(
         "max_concurrent": concurrency,
         "workers_per_trial": base.scaling.workers,
     }
-    run_id = new_parent(client, "experiment", name, base.experiment, shards, params, (SPEC_PATH, dump_spec(spec)))
+    run_id = new_parent(client, "experiment", name, base.experiment, shards, params, (SPEC_PATH, dump_yaml(spec)))
     echo(
         f"experiment {name}: {len(points)} trials ({len(cells)} cells over {len(spec.seeds)} seeds; single-task "
         f"trials serve both bases), {concurrency} at a time; MLflow parent run {run_id}; continue it with "

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtc.config import (
@@ -209,11 +208,6 @@ def parse_spec(data: Mapping[str, Any], source: str = "the spec") -> ExperimentS
         raise ConfigError(f"invalid experiment spec in {source}: {describe_validation_error(err)}") from None
     _check(spec, source)
     return spec
-
-
-def dump_spec(spec: ExperimentSpec) -> str:
-    """YAML that ``parse_spec`` reads back into the same spec."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
 def _check(spec: ExperimentSpec, source: str) -> None:

@@ -77,10 +77,10 @@ class ModelBundle:
         if not (folder / META).exists():
             raise BundleError(f"{folder} holds no saved mtc model ({META} missing)")
         meta = json.loads((folder / META).read_text())
-        version = meta.get("format_version")
+        version = meta.get("format_version", 1)  # mtc 0.1 wrote format 1 before the field existed
         if version != FORMAT_VERSION:
             raise BundleError(
-                f"{folder / META} has model format {version or 'unversioned (an mtc before 0.2)'}; this mtc "
+                f"{folder / META} has model format {version}; this mtc "
                 f"{__version__} reads format {FORMAT_VERSION}: "
                 + (
                     "upgrade mtc (pip install -U mtc)"

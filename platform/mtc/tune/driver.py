@@ -16,6 +16,7 @@ import yaml
 from ray import tune
 
 from mtc import tracking
+from mtc.config import dump_yaml
 from mtc.train.datasets import prepare_splits
 from mtc.train.trainer import TrainingError
 from mtc.tune.algorithms import scheduler, search_algorithm
@@ -23,7 +24,7 @@ from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_l
 from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen_parent
 from mtc.tune.fitting import TuneInterrupted, checked_name, fit, run_config
 from mtc.tune.report import TrialRecord, TuneReport, build_report, log_report
-from mtc.tune.search import TuneSpace, dump_space, param_space, parse_space, point_config
+from mtc.tune.search import TuneSpace, param_space, parse_space, point_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 SPACE_PATH = "tune/space.yaml"  # the parent run's copy of the space, read back by --resume
@@ -55,9 +56,7 @@ def start_tune(
 
     space = _with_flags(space, trials, workers_per_trial, gpus_per_trial)
     base = space.base_config()
-    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources())
-    if concurrency < max_concurrent:
-        echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {max_concurrent})")
+    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo)
     shards = Path(shards).resolve()
     prepare_splits(shards, base)
     name = checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
@@ -72,7 +71,7 @@ def start_tune(
         "groupings": len(space.partitions()),
         "epochs": base.epochs,
     }
-    run_id = new_parent(client, "tune", name, base.experiment, shards, params, (SPACE_PATH, dump_space(space)))
+    run_id = new_parent(client, "tune", name, base.experiment, shards, params, (SPACE_PATH, dump_yaml(space)))
     echo(
         f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
         f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}"

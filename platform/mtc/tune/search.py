@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mtc.config import (
@@ -140,11 +139,6 @@ def parse_space(data: Mapping[str, Any], source: str = "the space") -> TuneSpace
         raise ConfigError(f"invalid tune space in {source}: {describe_validation_error(err)}") from None
     _check_against_tasks(space, source)
     return space
-
-
-def dump_space(space: TuneSpace) -> str:
-    """YAML that ``parse_space`` reads back into the same space."""
-    return yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False)
 
 
 def _check_against_tasks(space: TuneSpace, source: str) -> None:

@@ -21,14 +21,20 @@ TRIAL_CPUS = 0.01  # the trial function only drives; its Train workers reserve t
 MakeConfig = Callable[[Mapping[str, Any], str], TrainConfig]  # (Tune point, run name) -> the trial's config
 
 
-def plan_concurrency(requested: int, scaling: ScalingConfig, cluster: Mapping[str, float]) -> int:
+def plan_concurrency(
+    requested: int, scaling: ScalingConfig, cluster: Mapping[str, float], echo: Callable[[str], None] | None = None
+) -> int:
     """Trials that run at once: at most ``requested`` and what the cluster holds; ResourceError if not even one.
 
     A trial needs its workers' CPUs (and GPUs), 1 CPU left for its Ray Data pipeline and a sliver for itself.
+    ``echo`` is told when the cluster holds fewer than asked.
     """
     plan = WorkerPlan.of(scaling)
     holds = check_resources(plan, cluster, TRIAL_CPUS, "--gpus-per-trial", "--workers-per-trial")
-    return max(1, min(requested, holds))
+    concurrency = max(1, min(requested, holds))
+    if echo and concurrency < requested:
+        echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {requested})")
+    return concurrency
 
 
 def run_trial(
