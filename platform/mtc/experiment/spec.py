@@ -120,10 +120,14 @@ class ExperimentSpec(StrictModel):
         ]
 
     def points(self) -> list[dict[str, Any]]:
-        """The Tune points to run: each cell's trials over the seeds, those two bases share counted once."""
+        """The Tune points to run: each cell's trials over the seeds, those two bases share counted once.
+
+        Seed-major, and within a seed the shortest trainings first: an experiment stopped by its budget has whole
+        comparisons (every cell at the first seeds, equal steps before equal compute), not all seeds of a few cells.
+        """
         unique: dict[tuple, dict[str, Any]] = {}
-        for cell in self.cells():
-            for seed in self.seeds:
+        for seed in self.seeds:
+            for cell in sorted(self.cells(), key=lambda c: c.epochs):
                 point = cell.point(seed)
                 unique.setdefault(point_key(point), point)
         return list(unique.values())
