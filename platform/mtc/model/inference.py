@@ -1,0 +1,136 @@
+"""Frozen inference form of a trained ``MultiTaskCGCNN``: BatchNorms folded, shared work done once per batch.
+
+Same outputs as ``model.eval()(batch)`` to float32 round-off, with less work per batch:
+
+- bn1 (eval: ``x * s + t``, ``s = weight / sqrt(running_var + eps)``) is folded into the conv's Linear:
+  W_a, W_b, W_c and the bias are rescaled by ``s``, ``t`` joins the bias;
+- bn2 is one precomputed scale and shift after the ``index_add_`` sum;
+- the embedding Linear is applied to the element table once, at freezing: an atom's embedding is a row lookup;
+- the Gaussian expansion is computed once per batch, and the edge terms ``W_c u + b`` of every convolution of
+  a trunk (the stem and all its branches) come from one matmul with the concatenated folded weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mtc.data.batching import CrystalBatch
+from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, mean_pool
+from mtc.model.multitask import MultiTaskCGCNN
+
+
+def bn_scale_shift(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode ``bn(x) == x * scale + shift``. Returns: scale (C,), shift (C,)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+class FoldedConv:
+    """A ``ConvLayer`` with its BatchNorms folded in (eval semantics); the edge term comes from outside.
+
+    Attributes:
+        atom_weight: (F, 4F), ``[s * W_a ; s * W_b]`` transposed for ``atom_fea @ atom_weight``.
+        edge_weight: (2F, G), ``s * W_c``.
+        edge_bias: (2F,), ``s * b + t``.
+        scale, shift: (F,), bn2.
+    """
+
+    def __init__(self, conv: ConvLayer) -> None:
+        f = conv.atom_fea_len
+        scale1, shift1 = bn_scale_shift(conv.bn1)
+        weight = conv.fc_full.weight * scale1.unsqueeze(1)
+        self.atom_fea_len = f
+        self.atom_weight = torch.cat([weight[:, :f], weight[:, f : 2 * f]], dim=0).t().contiguous()
+        self.edge_weight = weight[:, 2 * f :]
+        self.edge_bias = conv.fc_full.bias * scale1 + shift1
+        self.scale, self.shift = bn_scale_shift(conv.bn2)
+
+    def __call__(
+        self, atom_fea: torch.Tensor, edge_term: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor
+    ) -> torch.Tensor:
+        """Args: atom_fea (N, F), edge_term (E, 2F) = folded ``W_c u + b``, edge_src / edge_dst (E,).
+
+        Returns: (N, F).
+        """
+        f2 = 2 * self.atom_fea_len
+        per_atom = atom_fea @ self.atom_weight
+        gated = per_atom[:, :f2].index_select(0, edge_dst).add_(per_atom[:, f2:].index_select(0, edge_src))
+        filt, core = gated.add_(edge_term).chunk(2, dim=1)
+        message = F.softplus(core).mul_(filt.sigmoid_())
+        summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message)
+        return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
+
+
+class FrozenTrunk:
+    """A stem (embedding + convolutions) and the per-group convolution branches on top of it.
+
+    Args:
+        trunk: The stem.
+        branches: Convolution lists applied to the stem output, one per task group; ``[[]]`` pools the stem.
+    """
+
+    def __init__(self, trunk: CGCNNTrunk, branches: list[list[ConvLayer]]) -> None:
+        self.table = trunk.embedding(trunk.element_table)  # (n_elements, F)
+        self.stem = [FoldedConv(c) for c in trunk.convs]
+        self.branches = [[FoldedConv(c) for c in branch] for branch in branches]
+        convs = [*self.stem, *(c for branch in self.branches for c in branch)]
+        self.width = 2 * trunk.embedding.out_features
+        self.n_convs = len(convs)
+        if convs:  # (G, n_convs * 2F) and (n_convs * 2F,)
+            self.edge_weight = torch.cat([c.edge_weight for c in convs]).t().contiguous()
+            self.edge_bias = torch.cat([c.edge_bias for c in convs])
+
+    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor) -> list[torch.Tensor]:
+        """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
+        src, dst = batch.edge_src, batch.edge_dst
+        terms = iter(
+            torch.addmm(self.edge_bias, edge_fea, self.edge_weight).split(self.width, 1) if self.n_convs else ()
+        )
+        atom_fea = self.table.index_select(0, batch.atomic_numbers)
+        for conv in self.stem:
+            atom_fea = conv(atom_fea, next(terms), src, dst)
+        pooled = []
+        for branch in self.branches:
+            branch_fea = atom_fea
+            for conv in branch:
+                branch_fea = conv(branch_fea, next(terms), src, dst)
+            pooled.append(mean_pool(branch_fea, batch.crystal_index, batch.n_crystals))
+        return pooled
+
+
+class InferenceModel:
+    """Frozen copy of a ``MultiTaskCGCNN`` for prediction only (eval semantics, no autograd).
+
+    Later changes to ``model`` do not reach it: freeze again after training or loading weights. Outputs are raw,
+    as ``model(batch)``: apply ``model.to_physical``.
+
+    Args:
+        model: Any sharing layout; its device and dtype are kept.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: MultiTaskCGCNN) -> None:
+        if model.shared_convs is None:
+            self.trunks = [FrozenTrunk(trunk, [[]]) for trunk in model.trunks]
+        else:
+            self.trunks = [FrozenTrunk(model.trunks[0], [list(branch) for branch in model.branches])]
+        # every trunk is built with the same dmin / dmax / step: one expansion serves them all
+        self.expansion = copy.deepcopy(model.trunks[0].expansion)
+        self.heads = copy.deepcopy(model.heads).eval()
+        self.trunk_of_task = model.trunk_of_task
+
+    @torch.inference_mode()
+    def __call__(self, batch: CrystalBatch) -> torch.Tensor:
+        """Returns raw outputs (B, T) in task order, as ``model.eval()(batch)``."""
+        edge_fea = self.expansion(batch.edge_dist)
+        features = [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea)]
+        return torch.stack([head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1)
