@@ -82,7 +82,7 @@ def main() -> None:
     frozen = InferenceModel(model)
     paths = {"eval": lambda b: model(b), "inference": frozen}
     seconds = {name: [] for name in paths}
-    diff = 0.0
+    diff = scale = 0.0
     with torch.no_grad():
         for b in batches[:1]:  # warm-up
             for path in paths.values():
@@ -96,6 +96,7 @@ def main() -> None:
                     outputs[name] = path(b)
                     total[name] += time.perf_counter() - t0
                 diff = max(diff, (outputs["eval"] - outputs["inference"]).abs().max().item())
+                scale = max(scale, outputs["eval"].abs().max().item())
             for name in paths:
                 seconds[name].append(total[name])
 
@@ -103,7 +104,8 @@ def main() -> None:
     print(f"model: 3 tasks, shared_convs={args.shared_convs}, {model.n_parameters()} parameters, 1 thread")
     for name in paths:
         print(f"{name:>9}: {rate[name]:8.0f} crystals/s  (passes: {', '.join(f'{s:.2f}' for s in seconds[name])} s)")
-    print(f"ratio inference / eval: {rate['inference'] / rate['eval']:.2f}x, max |delta| {diff:.2e}")
+    print(f"ratio inference / eval: {rate['inference'] / rate['eval']:.2f}x")
+    print(f"max |delta| {diff:.2e}, max |output| {scale:.1f}")
     print(f"load average at end {os.getloadavg()}")
 
 
