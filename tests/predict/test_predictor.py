@@ -40,3 +40,12 @@ def test_predictions_and_the_signature_leave_auxiliary_tasks_out() -> None:
     np.testing.assert_allclose(table.column("band_gap").to_numpy(), expected[:, 1].numpy(), rtol=1e-6)
     np.testing.assert_allclose(table.column("is_metal_probability").to_numpy(), expected[:, 2].numpy(), rtol=1e-6)
     assert [c.name for c in _signature(predictor.bundle).outputs.inputs] == ["id", *predictor.output_names(), "error"]
+
+
+def test_the_frozen_forward_serves_what_the_eval_model_serves() -> None:
+    graphs = graph_table(demo_rows(8))
+    frozen = StructurePredictor(bundle()).predict_graphs(graphs)
+    plain = StructurePredictor(bundle(), frozen=False).predict_graphs(graphs)
+    assert frozen.schema == plain.schema
+    for name in ("band_gap", "is_metal_probability"):
+        np.testing.assert_allclose(frozen.column(name).to_numpy(), plain.column(name).to_numpy(), atol=1e-5)

@@ -16,6 +16,7 @@ from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.data.shards import REJECTED_SCHEMA
 from mtc.model.bundle import ModelBundle
+from mtc.model.inference import InferenceModel
 from mtc.tasks import TaskSpec, served
 
 
@@ -34,12 +35,20 @@ def output_schema(tasks: list[TaskSpec]) -> pa.Schema:
 
 
 class StructurePredictor:
-    """One loaded model, ready to score tables of structure records (see ``mtc.data.records``)."""
+    """One loaded model, ready to score tables of structure records (see ``mtc.data.records``).
 
-    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu"):
+    Args:
+        bundle: The model.
+        device: Where to run it.
+        frozen: Forward with the frozen ``InferenceModel`` (default), or with ``model.eval()`` itself.
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu", frozen: bool = True):
         self.bundle = bundle
         self.device = torch.device(device)
         self.model = bundle.build(self.device)
+        self.frozen = frozen
+        self.forward = InferenceModel(self.model) if frozen else self.model
         self.tasks = [TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]]
         self.featurize_config = FeaturizeConfig(**bundle.graph_params)
         self.schema = output_schema(self.tasks)
@@ -48,6 +57,7 @@ class StructurePredictor:
         """Move the model to ``device`` (e.g. ``"cuda"``); returns self."""
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.forward = InferenceModel(self.model) if self.frozen else self.model
         return self
 
     def output_names(self) -> list[str]:
@@ -60,7 +70,7 @@ class StructurePredictor:
         if graphs.num_rows == 0:
             return self.schema.empty_table()
         batch = collate_arrow(graphs).to(self.device)
-        out = self.model.to_physical(self.model(batch), self.bundle.mean, self.bundle.std).float().cpu().numpy()
+        out = self.model.to_physical(self.forward(batch), self.bundle.mean, self.bundle.std).float().cpu().numpy()
         columns = [graphs.column("id").cast(pa.string())]
         for k, task in enumerate(self.tasks):
             if task.auxiliary:

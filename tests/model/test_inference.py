@@ -1,0 +1,58 @@
+"""The frozen inference model reproduces ``model.eval()`` in every sharing layout."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import torch
+from torch import nn
+
+from mtc.data.batching import collate_arrow
+from mtc.model.inference import InferenceModel
+from mtc.model.multitask import MultiTaskCGCNN
+from tests.model.test_cgcnn import TASKS
+
+LAYOUTS = {
+    "trunk per group": {"shared_convs": None, "groups": [["band_gap", "is_metal"], ["formation_energy_per_atom"]]},
+    "one shared trunk": {"shared_convs": None},
+    "no shared conv": {"shared_convs": 0},
+    "stem + branches": {"shared_convs": 1},
+    "all convs shared": {"shared_convs": 3},
+}
+
+
+def perturbed_model(**layout) -> MultiTaskCGCNN:
+    """A model in eval mode with random BatchNorm affines and running statistics."""
+    torch.manual_seed(0)
+    model = MultiTaskCGCNN(TASKS, atom_fea_len=32, h_fea_len=16, n_conv=3, **layout)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.normal_(0.0, 0.5)
+            bn.running_mean.normal_(0.0, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_inference_matches_eval(demo_table: pa.Table, layout: dict) -> None:
+    model = perturbed_model(**layout)
+    frozen = InferenceModel(model)
+    batch = collate_arrow(demo_table, TASKS)
+    with torch.no_grad():
+        expected = model(batch)
+    got = frozen(batch)
+    assert got.shape == expected.shape == (24, 3)
+    assert (got - expected).abs().max() <= 1e-4
+    assert not got.requires_grad
+
+
+def test_freezing_copies_the_weights(demo_table: pa.Table) -> None:
+    model = perturbed_model(shared_convs=1)
+    frozen = InferenceModel(model)
+    batch = collate_arrow(demo_table, TASKS)
+    before = frozen(batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(frozen(batch), before)
