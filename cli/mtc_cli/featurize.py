@@ -15,7 +15,8 @@ def featurize(
     src: Annotated[
         Path,
         typer.Argument(
-            help="Structures: a CIF folder with id_prop.csv, a .jsonl/.jsonl.gz file, or Parquet (file or folder)."
+            help="Structures: a CIF folder with id_prop.csv, a .jsonl/.jsonl.gz file, Parquet (file or folder), "
+            "extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder) or an ASE database (.db)."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the graph shards.")],
@@ -23,7 +24,11 @@ def featurize(
     max_neighbors: Annotated[int, typer.Option(help="Nearest neighbours kept per atom (CGCNN: 12).")] = 12,
     label: Annotated[
         list[str] | None,
-        typer.Option("--label", "-l", help="Label column to keep (repeatable). Default: every numeric column."),
+        typer.Option(
+            "--label",
+            "-l",
+            help="Label column (or atoms.info / key_value_pairs key) to keep (repeatable). Default: every numeric one.",
+        ),
     ] = None,
     max_atoms: Annotated[int, typer.Option(help="Reject cells with more atoms than this.")] = 1000,
     max_reject_rate: Annotated[
@@ -41,7 +46,8 @@ def featurize(
     that cannot be used go to OUT/rejected.parquet with a reason; the rest are never lost. Running
     again with the same inputs and parameters reuses the shards.
 
-    Example: mtc featurize data/demo/mp_demo.jsonl.gz --out shards/demo
+    Examples: mtc featurize data/demo/mp_demo.jsonl.gz --out shards/demo;
+    mtc featurize relax.extxyz --out shards/relax --label energy
     """
     from mtc.cluster import connect
     from mtc.config import FeaturizeConfig

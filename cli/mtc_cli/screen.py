@@ -17,7 +17,8 @@ def screen(
     db: Annotated[
         Path,
         typer.Argument(
-            help="Parquet file or folder of structures: 'id' + cif | structure | lattice/species/frac_coords."
+            help="Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
+            "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
         ),
     ],
     out: Annotated[
@@ -87,13 +88,19 @@ def screen(
 
 
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="CIF, POSCAR or any structure file pymatgen reads.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Structure files: every frame of extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (or a folder of them) "
+            "and ASE databases (.db); CIF or any other file pymatgen reads."
+        ),
+    ],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
     out: Annotated[Path | None, typer.Option(help="Also write the table (.csv or .parquet).")] = None,
 ) -> None:
     """Predict every task for a few structure files and print a table.
 
-    Example: mtc predict NaCl.cif GaAs_POSCAR --model models:/mtc@champion
+    Examples: mtc predict NaCl.cif GaAs_POSCAR --model models:/mtc@champion; mtc predict relax.extxyz candidates.db
     """
     import pyarrow as pa
 

@@ -96,3 +96,24 @@ def test_rejection_rate_limit_and_all_rejected(tmp_path, demo_records, ray_sessi
     bad_only = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "species": ["Na"], "lattice": None}])
     with pytest.raises(RejectionLimitError, match="every one of the 1 structures"):
         featurize(bad_only, tmp_path / "b", FeaturizeConfig())
+
+
+def test_extended_xyz_input(tmp_path, demo_records, ray_session):
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for r in demo_records[:30]:
+        atoms = Atoms(r["species"], scaled_positions=r["frac_coords"], cell=r["lattice"], pbc=True)
+        atoms.info.update(material_id=r["id"], band_gap=r["band_gap"])
+        frames.append(atoms)
+    frames.append(Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]]))
+    write(tmp_path / "frames.extxyz", frames, format="extxyz")
+    summary = featurize(tmp_path / "frames.extxyz", tmp_path / "shards", FeaturizeConfig())
+    assert (summary.n_read, summary.n_written, summary.rejected_by_reason) == (31, 30, {"not_periodic": 1})
+    shards = read_shards(tmp_path / "shards")
+    gaps = dict(zip(shards.column("id").to_pylist(), shards.column("band_gap").to_pylist(), strict=True))
+    assert gaps == pytest.approx({r["id"]: r["band_gap"] for r in demo_records[:30]})
+    rejected = pq.read_table(tmp_path / "shards" / REJECTED).to_pylist()
+    assert [(r["id"], r["source"]) for r in rejected] == [("frames:30", f"{tmp_path / 'frames.extxyz'}:30")]
+    assert read_manifest(tmp_path / "shards")["source_kind"] == "extxyz"

@@ -95,3 +95,27 @@ def test_bad_input_corpus_through_the_screen_and_the_rest_model(demo_records, mo
     for i, case in enumerate(record_cases):
         assert isinstance(out["error"].iloc[i], str) and out["error"].iloc[i].startswith(case.reason + ":"), case
     assert out["error"].iloc[len(record_cases) :].isna().all() and out["band_gap"].iloc[-3:].notna().all()
+
+
+def test_extended_xyz_screens_every_frame_once_and_resumes(demo_records, model, tmp_path, ray_session):
+    """#14: a file ASE reads is converted once into the output folder; frames rejected on reading are counted."""
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for r in demo_records[3000:3006]:
+        frames.append(Atoms(r["species"], scaled_positions=r["frac_coords"], cell=r["lattice"], pbc=True))
+        frames[-1].info["material_id"] = r["id"]
+    frames[5].positions[1] = frames[5].positions[0]  # overlapping atoms: rejected by an actor
+    frames.append(Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]]))  # not periodic: rejected on reading
+    src = tmp_path / "frames.extxyz"
+    write(src, frames, format="extxyz")
+    for attempt in range(2):
+        summary = screen(src, model, tmp_path / "out", batch_size=2, unit_rows=2, workers=1)
+        assert (summary.n_input, summary.n_scored, summary.n_rejected) == (7, 5, 2), attempt
+    assert summary.n_resumed_units == 3
+    predictions = pq.read_table(tmp_path / "out" / PREDICTIONS)
+    assert sorted(predictions.column("id").to_pylist()) == sorted(r["id"] for r in demo_records[3000:3005])
+    rejected = {r["reason"]: r for r in pq.read_table(tmp_path / "out" / "rejected").to_pylist()}
+    assert rejected["overlapping_atoms"]["source"] == f"{src}:5"
+    assert (rejected["not_periodic"]["id"], rejected["not_periodic"]["source"]) == ("frames:6", f"{src}:6")

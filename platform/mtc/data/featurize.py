@@ -62,9 +62,7 @@ def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Seq
             if cid is None:
                 raise Rejection("missing_id", "the row has no 'id' (null or empty)")
             if record.get("json") is not None:
-                payload = json.loads(record.pop("json"))
-                payload.pop(TRUSTED_PATH, None)  # data never names a file to read; only a CIF folder's scan does
-                record = {**payload, **record}
+                record = {**_json_payload(record.pop("json")), **record}
             values = {c: parse_label(record.get(c), c) for c in label_columns}
             crystal = crystal_from_record(record, limits)
             graph = build_graph(crystal.lattice, crystal.cart_coords, config.radius, config.max_neighbors)
@@ -103,6 +101,18 @@ def featurize_table(table: pa.Table, config: FeaturizeConfig, label_columns: Seq
         *(pa.array([o[k] for o in outcomes], pa.string()) for k in range(3)),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _json_payload(text) -> dict:
+    """A record's ``json`` text (JSONL, ASE frames, or a Parquet column) as its fields."""
+    try:
+        payload = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise Rejection("unparseable_json", f"'json' is not JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise Rejection("unparseable_json", f"'json' holds a {type(payload).__name__}, not an object")
+    payload.pop(TRUSTED_PATH, None)  # data never names a file to read; only a CIF folder's scan does
+    return payload
 
 
 def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:

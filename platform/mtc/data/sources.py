@@ -1,10 +1,12 @@
 """Structure sources, read on the driver before any work: which layout, which rows, which labels.
 
-Three layouts are read:
+These layouts are read:
 
 * a CGCNN / MT-CGCNN folder: ``*.cif`` files and ``id_prop.csv`` (``id,target1,...``, header optional),
 * JSONL or JSONL.gz, one crystal per line,
-* Parquet (a file or a folder of files).
+* Parquet (a file or a folder of files),
+* what ASE reads (``mtc.data.frames``): extended XYZ, POSCAR/CONTCAR (a file or a folder), an ASE database (``.db``);
+  each frame becomes a JSONL-style record.
 
 The scan counts rows, chooses label columns and checks ids, so that a problem with the input as a whole
 (``InputError``) stops the job before any work; rows that can never reach a worker become rejections here.
@@ -24,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mtc.data.frames import UnreadableFile, frame_files, frames_kind, read_frames
 from mtc.data.records import STRUCTURE_FIELDS, record_id
 from mtc.errors import MtcError
 
@@ -38,7 +41,7 @@ class InputError(MtcError):
 class ScannedSource:
     """What the driver learned from a quick pass over the input, before any featurization.
 
-    ``tables`` hold rows ``id``, ``source`` and the record payload (``json`` text for JSONL,
+    ``tables`` hold rows ``id``, ``source`` and the record payload (``json`` text for JSONL and ASE frames,
     ``cif_path`` + label text for CIF folders); Parquet inputs leave ``tables`` empty and are read
     by the pipeline from ``parquet_files``. ``early_rejections`` are rows that never reach a worker
     (a line that is not JSON, an id whose CIF file is missing).
@@ -54,7 +57,7 @@ class ScannedSource:
 
 
 def detect_kind(src: Path) -> str:
-    """``cif_dir``, ``jsonl`` or ``parquet``; raises InputError naming what was found instead."""
+    """``cif_dir``, ``jsonl``, ``parquet`` or a ``frames_kind``; raises InputError naming what was found instead."""
     if not src.exists():
         raise InputError(f"{src} does not exist")
     if src.is_dir():
@@ -62,18 +65,25 @@ def detect_kind(src: Path) -> str:
             return "cif_dir"
         if any(src.glob("*.parquet")):
             return "parquet"
+        if frames_kind(src):
+            return frames_kind(src)
         if any(src.glob("*.cif")):
             raise InputError(
                 f"{src} holds CIF files but no {ID_PROP}: a CIF folder needs {ID_PROP} with one line per "
                 "crystal, 'id,target1,target2,...' (the id is the CIF file name without .cif)"
             )
-        raise InputError(f"{src} holds neither {ID_PROP} + CIF files nor Parquet files")
+        raise InputError(f"{src} holds neither {ID_PROP} + CIF files, Parquet files nor POSCAR/CONTCAR files")
     name = src.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
-    raise InputError(f"{src}: unknown input format (expected a CIF folder, .jsonl, .jsonl.gz or .parquet)")
+    if frames_kind(src):
+        return frames_kind(src)
+    raise InputError(
+        f"{src}: unknown input format (expected a CIF folder, .jsonl, .jsonl.gz, .parquet, extended XYZ (.xyz, "
+        ".extxyz), POSCAR/CONTCAR (or .vasp) or an ASE database (.db))"
+    )
 
 
 def scan_source(src: Path, labels: Sequence[str] | None = None, chunk_rows: int = 2048) -> ScannedSource:
@@ -85,7 +95,7 @@ def scan_source(src: Path, labels: Sequence[str] | None = None, chunk_rows: int 
         chunk_rows: rows per table handed to the pipeline.
     """
     kind = detect_kind(src)
-    scanner = {"cif_dir": _scan_cif_dir, "jsonl": _scan_jsonl, "parquet": _scan_parquet}[kind]
+    scanner = {"cif_dir": _scan_cif_dir, "jsonl": _scan_jsonl, "parquet": _scan_parquet}.get(kind, _scan_frames)
     scanned = scanner(src, labels, chunk_rows)
     if scanned.n_rows == 0:
         raise InputError(f"{src} holds no structures")
@@ -110,7 +120,7 @@ def input_files(src: Path) -> list[Path]:
         return [src / ID_PROP, *sorted(src.glob("*.cif"))]
     if kind == "parquet" and src.is_dir():
         return sorted(src.glob("*.parquet"))
-    return [src]
+    return frame_files(src) if frames_kind(src) else [src]
 
 
 def duplicate_ids(ids: Iterable[str | None]) -> list[str]:
@@ -190,7 +200,7 @@ def _open_text(path: Path):
 
 
 def _scan_jsonl(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> ScannedSource:
-    rows, rejections, numeric = [], [], {}
+    rows, rejections, columns = [], [], {}
     n_rows = 0
     with _open_text(src) as f:
         for line_no, line in enumerate(f, start=1):
@@ -206,18 +216,56 @@ def _scan_jsonl(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> Sca
             if not isinstance(record, dict):
                 rejections.append(rejection_row(None, source, "unparseable_json", "the line is not an object"))
                 continue
-            for key, value in record.items():
-                if key not in STRUCTURE_FIELDS:
-                    is_num = isinstance(value, int | float) and not isinstance(value, bool)
-                    numeric[key] = numeric.get(key, False) or is_num
+            _note_columns(columns, record)
             # A row without id goes on: featurize_table rejects it, as it does for every reader.
             rows.append({"id": record_id(record.get("id")), "source": source, "json": line})
     _check_unique([r["id"] for r in rows], src)
-    label_columns = _choose_labels(src, labels, [k for k, is_num in numeric.items() if is_num], list(numeric))
+    return _json_source("jsonl", src, n_rows, rows, rejections, columns, labels, chunk_rows)
+
+
+def _scan_frames(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> ScannedSource:
+    """Extended XYZ, POSCAR/CONTCAR, ASE databases: each frame as a JSON record, bad frames rejected here."""
+    rows, rejections, columns = [], [], {}
+    n_rows = 0
+    try:
+        for frame in read_frames(src):
+            n_rows += 1
+            if frame.rejection is not None:
+                reason, detail = frame.rejection.reason, frame.rejection.detail
+                rejections.append(rejection_row(frame.id, frame.source, reason, detail))
+                continue
+            _note_columns(columns, frame.record)
+            rows.append({"id": frame.id, "source": frame.source, "json": json.dumps(frame.record)})
+    except UnreadableFile as err:
+        raise InputError(str(err)) from None
+    _check_unique([r["id"] for r in rows + rejections], src)
+    return _json_source(detect_kind(src), src, n_rows, rows, rejections, columns, labels, chunk_rows)
+
+
+def _note_columns(columns: dict[str, bool], record: dict) -> None:
+    """Record each non-structure key of ``record`` in ``columns`` (key -> numeric in every row seen so far)."""
+    for key, value in record.items():
+        if key not in STRUCTURE_FIELDS:
+            is_num = isinstance(value, int | float) and not isinstance(value, bool)
+            columns[key] = columns.get(key, False) or is_num
+
+
+def _json_source(
+    kind: str,
+    src: Path,
+    n_rows: int,
+    rows: list[dict],
+    rejections: list[dict],
+    columns: dict[str, bool],
+    labels: Sequence[str] | None,
+    chunk_rows: int,
+) -> ScannedSource:
+    """A source of ``id``/``source``/``json`` rows, labels chosen among the keys seen (numeric ones by default)."""
+    label_columns = _choose_labels(src, labels, [k for k, is_num in columns.items() if is_num], list(columns))
     schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
     return ScannedSource(
-        kind="jsonl",
-        files=[src],
+        kind=kind,
+        files=input_files(src),
         n_rows=n_rows,
         label_columns=label_columns,
         tables=_chunks(rows, schema, chunk_rows),

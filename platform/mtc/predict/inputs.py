@@ -1,4 +1,4 @@
-"""Structures users hand over (files pymatgen reads, pandas frames of the REST model) as featurizer records."""
+"""Structures users hand over (files ASE or pymatgen reads, pandas frames of the REST model) as featurizer records."""
 
 from __future__ import annotations
 
@@ -7,26 +7,42 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mtc.data.frames import UnreadableFile, frames_kind, read_frames
 from mtc.data.shards import REJECTED_SCHEMA
+from mtc.data.sources import rejection_row
 
 STRUCTURE_COLUMNS = ("cif", "structure", "lattice", "species", "frac_coords", "cart_coords")
 RECORD_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("json", pa.string())])
 
 
 def read_structure_files(paths: list[Path]) -> tuple[pa.Table, pa.Table]:
-    """(records with ``id`` = file name, rejected rows for files pymatgen cannot read)."""
+    """(records, rejected rows) of structure files: every frame of what ASE reads (``mtc.data.frames``: extended
+    XYZ, POSCAR/CONTCAR or a folder of them, ASE databases), else one structure per file read by pymatgen (CIF...)
+    with ``id`` = the file name."""
     from pymatgen.core import Structure
 
     records, rejected = [], []
-    for path in paths:
-        path = Path(path)
-        try:
-            structure = Structure.from_file(path)
-        except Exception as err:
-            reason = "missing_file" if not path.exists() else "unparseable_file"
-            rejected.append({"id": path.name, "source": str(path), "reason": reason, "detail": str(err)[:200]})
-            continue
-        records.append({"id": path.name, "source": str(path), "json": json.dumps({"structure": structure.as_dict()})})
+    for path in map(Path, paths):
+        if not path.exists():
+            rejected.append(rejection_row(path.name, str(path), "missing_file", f"{path} does not exist"))
+        elif frames_kind(path):
+            try:
+                for frame in read_frames(path):
+                    if frame.rejection is None:
+                        records.append({"id": frame.id, "source": frame.source, "json": json.dumps(frame.record)})
+                    else:
+                        reason, detail = frame.rejection.reason, frame.rejection.detail
+                        rejected.append(rejection_row(frame.id, frame.source, reason, detail))
+            except UnreadableFile as err:
+                rejected.append(rejection_row(path.name, str(path), "unparseable_file", str(err)))
+        else:
+            try:
+                structure = Structure.from_file(path)
+            except Exception as err:  # pymatgen raises many types on a file it cannot read
+                rejected.append(rejection_row(path.name, str(path), "unparseable_file", str(err)[:200]))
+                continue
+            payload = json.dumps({"structure": structure.as_dict()})
+            records.append({"id": path.name, "source": str(path), "json": payload})
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA), pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
 
 

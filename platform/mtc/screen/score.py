@@ -1,4 +1,8 @@
-"""Score a Parquet database of structures with a registered model through a Ray Data actor pool.
+"""Score a database of structures with a registered model through a Ray Data actor pool.
+
+The database is Parquet (``id`` and a structure: cif | structure | lattice/species/frac_coords | json; a string
+``source`` column, when present, names each row's origin in rejections), or a file ASE reads, converted once into
+Parquet in the output folder (``mtc.screen.frames``).
 
 The database is cut into *units* (a slice of one row group of one file). Each unit's predictions and
 rejections are written by an actor as ``predictions/part-<unit>.parquet`` and
@@ -22,16 +26,19 @@ import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
 from mtc.cluster import ray_version
+from mtc.data.frames import frame_files, frames_kind
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
 from mtc.predict.inputs import STRUCTURE_COLUMNS
 from mtc.predict.predictor import output_schema
 from mtc.registry.models import bundle_in, download, resolve_uri
+from mtc.screen.frames import frames_database, scan_frames
 from mtc.screen.rank import check_selection, select
 from mtc.tasks import TaskSpec
 
 PREDICTIONS, REJECTED, MODEL_DIR, STATE = "predictions", "rejected", "model", "screen.json"
+RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
 
 
 class ScreenError(MtcError):
@@ -70,9 +77,9 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
     for f_index, path in enumerate(files):
         meta = pq.ParquetFile(path)
         names = meta.schema_arrow.names
-        if "id" not in names or not any(c in names for c in STRUCTURE_COLUMNS):
+        if "id" not in names or not any(c in names for c in RECORD_COLUMNS):
             raise ScreenError(
-                f"{path}: needs an 'id' column and one of {', '.join(STRUCTURE_COLUMNS)}; it has {', '.join(names)}"
+                f"{path}: needs an 'id' column and one of {', '.join(RECORD_COLUMNS)}; it has {', '.join(names)}"
             )
         ids += pq.read_table(path, columns=["id"]).column("id").cast(pa.string()).to_pylist()
         for group in range(meta.num_row_groups):
@@ -126,15 +133,18 @@ class ScreenActor:
         key = (unit["path"], int(unit["group"]))
         if self._cached is None or self._cached[0] != key:
             meta = pq.ParquetFile(unit["path"])
-            columns = [c for c in ("id", *STRUCTURE_COLUMNS) if c in meta.schema_arrow.names]
+            schema = meta.schema_arrow
+            has_source = "source" in schema.names and pa.types.is_string(schema.field("source").type)
+            columns = [c for c in ("id", *RECORD_COLUMNS) if c in schema.names] + ["source"] * has_source
             self._cached = (key, meta.read_row_group(key[1], columns=columns))
         rows = self._cached[1].slice(int(unit["start"]), int(unit["rows"]))
+        rows = rows.set_column(0, "id", rows.column("id").cast(pa.string()))
+        if "source" in rows.column_names:
+            return rows
         name = Path(unit["path"]).name
         first = int(unit["start"])
         sources = [f"{name} row-group {key[1]} row {first + i}" for i in range(rows.num_rows)]
-        return rows.set_column(0, "id", rows.column("id").cast(pa.string())).append_column(
-            "source", pa.array(sources, pa.string())
-        )
+        return rows.append_column("source", pa.array(sources, pa.string()))
 
 
 def _read_parts(folder: Path, schema: pa.Schema) -> pa.Table:
@@ -195,10 +205,19 @@ def screen(
 
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
-    files = database_files(db)
-    units, n_input = plan_units(files, unit_rows)
+    db = Path(db).expanduser().resolve()
+    frames = frames_kind(db) is not None and not any(db.glob("*.parquet"))  # as featurize: Parquet first
+    if frames:  # read before any work; converted once the output folder is known to hold this screen
+        files, scanned = frame_files(db), scan_frames(db, out)
+    else:
+        files = database_files(db)
+        units, n_input = plan_units(files, unit_rows)
     resolved = resolve_uri(model_uri)
     _open_output(out, files, resolved, unit_rows)
+    if frames:
+        records, n_rejected_on_reading = frames_database(out, out / REJECTED, scanned)
+        units, n_input = plan_units([records], unit_rows)
+        n_input += n_rejected_on_reading
     bundle = bundle_in(out / MODEL_DIR)
     schema = output_schema([TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]])
     check_selection(where, sort, schema)
