@@ -136,8 +136,9 @@ def test_bad_config_is_a_message(demo_shards, ray_session):
     assert result.exit_code == 2 and "optim.lr" in result.output and "Traceback" not in result.output
 
 
+RESUME_EPOCHS = 10  # enough that a kill a few seconds after the first checkpoint lands mid-training
 EPOCH_LINE = (
-    r"epoch {epoch}/4: train loss [\d.]+, val MAE fepa [\d.]+ bg [\d.]+, AUC im [\d.]+, lr [\d.e-]+, "
+    r"epoch {epoch}/{total}: train loss [\d.]+, val MAE fepa [\d.]+ bg [\d.]+, AUC im [\d.]+, lr [\d.e-]+, "
     r"[\d,]+ crystals/s(, ETA \w+)?"
 )
 
@@ -154,7 +155,7 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
         "-c",
         TINY,
         "--set",
-        "epochs=4",
+        f"epochs={RESUME_EPOCHS}",
         "--set",
         "experiment=resume-test",
     ]
@@ -172,22 +173,23 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     interrupted = client().search_runs([tracking.experiment_id("resume-test")])[0]
     assert interrupted.info.status == "RUNNING"
     assert "tasks: fepa = formation_energy_per_atom (eV/atom), bg = band_gap (eV), im = is_metal\n" in log, log
-    assert re.fullmatch(EPOCH_LINE.format(epoch=1), next(x for x in log if x.startswith("epoch")).strip()), log
+    assert re.fullmatch(EPOCH_LINE.format(epoch=1, total=RESUME_EPOCHS), next(x for x in log if x.startswith("epoch")).strip()), log
 
     result = runner.invoke(
         app, ["train", "--data", str(demo_shards), "--resume", interrupted.info.run_id], env={"COLUMNS": "80"}
     )
     assert result.exit_code == 0, result.output
     epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert epochs, result.output  # the kill landed mid-training, so epochs are left to run
     first = int(epochs[0].split()[1].split("/")[0])
-    assert first >= 2 and len(epochs) == 5 - first, result.output  # one line per epoch left, 2..4 of 4
+    assert first >= 2 and len(epochs) == RESUME_EPOCHS + 1 - first, result.output  # one line per epoch left
     for epoch, line in enumerate(epochs, first):
-        assert re.fullmatch(EPOCH_LINE.format(epoch=epoch), line), line
+        assert re.fullmatch(EPOCH_LINE.format(epoch=epoch, total=RESUME_EPOCHS), line), line
     assert "…" not in result.output and "fepa = formation_energy_per_atom" in result.output  # 80 columns
     run = client().get_run(interrupted.info.run_id)
     assert run.info.status == "FINISHED" and "test/band_gap/mae" in run.data.metrics
     assert client().get_metric_history(run.info.run_id, "resumed_from_epoch")[0].value >= 1
-    assert len(client().get_metric_history(run.info.run_id, "train_loss")) >= 4
+    assert len(client().get_metric_history(run.info.run_id, "train_loss")) >= RESUME_EPOCHS
     again = runner.invoke(app, ["train", "--data", str(demo_shards), "--resume", run.info.run_id])
     assert again.exit_code == 2 and "nothing to continue" in again.output
 
