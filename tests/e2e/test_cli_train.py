@@ -173,7 +173,9 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     interrupted = client().search_runs([tracking.experiment_id("resume-test")])[0]
     assert interrupted.info.status == "RUNNING"
     assert "tasks: fepa = formation_energy_per_atom (eV/atom), bg = band_gap (eV), im = is_metal\n" in log, log
-    assert re.fullmatch(EPOCH_LINE.format(epoch=1, total=RESUME_EPOCHS), next(x for x in log if x.startswith("epoch")).strip()), log
+    assert re.fullmatch(
+        EPOCH_LINE.format(epoch=1, total=RESUME_EPOCHS), next(x for x in log if x.startswith("epoch")).strip()
+    ), log
 
     result = runner.invoke(
         app, ["train", "--data", str(demo_shards), "--resume", interrupted.info.run_id], env={"COLUMNS": "80"}
