@@ -85,6 +85,7 @@ def similar(
 
     Example: mtc similar emb mp-149 -k 5; mtc similar emb Si.cif --metric cosine --out nn.parquet
     """
+    from mtc.screen.embed import SIMILAR_SCHEMA
     from mtc.screen.embed import similar as find_similar
     from mtc.screen.nearest import METRICS
 
@@ -94,12 +95,17 @@ def similar(
         found = find_similar(emb, query, k, metric)
         queries = set(found.column("query").to_pylist())
         table = Table(title=f"{k} nearest to {query} in {emb} ({metric} distance)")
-        columns = (["query"] if len(queries) > 1 else []) + ["rank", "id", "distance"]
+        keys = found.column_names[len(SIMILAR_SCHEMA) :]  # the database's own columns (a formula, labels...)
+        columns = (["query"] if len(queries) > 1 else []) + ["rank", "id", *keys, "distance"]
         for name in columns:
-            table.add_column(name, justify="right" if name in ("rank", "distance") else "left")
+            table.add_column(name, justify="left" if name in ("query", "id") else "right")
         for row in found.to_pylist():
-            table.add_row(*(f"{row[c]:.4g}" if c == "distance" else str(row[c]) for c in columns))
+            table.add_row(*(_cell(row[c]) for c in columns))
         console.print(table)
         if out is not None:
             write_table(found, out)
             console.print(f"wrote {out}")
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)

@@ -65,11 +65,12 @@ def test_distances_match_their_definitions() -> None:
 
 
 def write_embedding_folder(folder: Path, sizes: list[int]) -> Path:
-    """An `mtc embed` output as the actors write it: parts of (id, embedding) and embed.json."""
+    """An `mtc embed` output as the actors write it: parts of (id, embedding, a key column) and embed.json."""
     (folder / EMBEDDINGS).mkdir(parents=True)
     for n, (ids, vectors) in enumerate(split(sizes)):
         embedding = pa.array([v.tolist() for v in vectors], pa.list_(pa.float32()))
         table = pa.Table.from_arrays([pa.array(list(ids), pa.string()), embedding], schema=EMBEDDING_SCHEMA)
+        table = table.append_column("formula", pa.array([f"formula of {i}" for i in ids], pa.string()))
         pq.write_table(table, folder / EMBEDDINGS / f"part-{n:04d}.parquet")
     (folder / STATE).write_text(json.dumps({"model": "models:/m/1", "task": None}))
     return folder
@@ -85,6 +86,7 @@ def test_similar_reads_an_embedding_folder_a_chunk_at_a_time(tmp_path: Path) -> 
     expected = brute_force(VECTORS[120], 4, "euclidean", exclude="c120")
     assert table.column("id").to_pylist() == [i for i, _ in expected]
     assert table.column("rank").to_pylist() == [1, 2, 3, 4] and set(table.column("query").to_pylist()) == {"c120"}
+    assert table.column("formula").to_pylist() == [f"formula of {i}" for i, _ in expected]  # the key columns
     np.testing.assert_allclose(table.column("distance").to_numpy(), [d for _, d in expected], rtol=1e-6)
     with pytest.raises(ScreenError, match="neither a structure file nor an id"):
         similar(folder, "mp-nowhere")

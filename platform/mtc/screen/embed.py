@@ -2,9 +2,10 @@
 
 ``embed`` runs the screen's path (``mtc.screen.score``: units, resumable parts, every row once, rejections with
 reasons, every input format) with embeddings as the output: ``OUT/embeddings/part-*.parquet`` (``id``,
-``embedding: list<float32>``), ``OUT/rejected/``, the model's files in ``OUT/model/`` and ``OUT/embed.json``
-(database, model URI, ``task``). ``similar`` reads that folder a chunk at a time: a query is an id of the folder, or
-a structure file embedded with the very model stored there.
+``embedding: list<float32>``, then the input's key columns, ``mtc.screen.score.key_columns``), ``OUT/rejected/``,
+the model's files in ``OUT/model/`` and ``OUT/embed.json`` (database, model URI, ``task``). ``similar`` reads that
+folder a chunk at a time: a query is an id of the folder, or a structure file embedded with the very model stored
+there.
 """
 
 from __future__ import annotations
@@ -124,4 +125,20 @@ def similar(folder: Path, query: str, k: int = 10, metric: str = "euclidean", ro
         for q, pairs in zip(ids, found, strict=True)
         for rank, (cid, d) in enumerate(pairs, start=1)
     ]
-    return pa.Table.from_pylist(rows_out, schema=SIMILAR_SCHEMA)
+    return _with_keys(folder, pa.Table.from_pylist(rows_out, schema=SIMILAR_SCHEMA))
+
+
+def _with_keys(folder: Path, table: pa.Table) -> pa.Table:
+    """``table`` (an ``id`` column) with the key columns ``embed`` wrote beside each of those ids (a formula...)."""
+    parts = sorted((folder / EMBEDDINGS).glob("part-*.parquet"))
+    keys = [f for f in pq.read_schema(parts[0]) if f.name not in ("id", EMBEDDING)] if parts else []
+    if not keys:
+        return table
+    wanted = pa.array(sorted(set(table.column("id").to_pylist())), pa.string())
+    found = pq.read_table(
+        folder / EMBEDDINGS, columns=["id", *(f.name for f in keys)], filters=pc.field("id").isin(wanted)
+    )
+    rows = pc.index_in(table.column("id"), value_set=found.column("id").combine_chunks())
+    for field in keys:
+        table = table.append_column(field, found.column(field.name).take(rows))
+    return table

@@ -19,10 +19,11 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
@@ -32,13 +33,14 @@ from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
 from mtc.predict.inputs import STRUCTURE_COLUMNS
-from mtc.predict.predictor import EMBEDDING_SCHEMA, StructurePredictor
+from mtc.predict.predictor import EMBEDDING, EMBEDDING_SCHEMA, StructurePredictor
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
 from mtc.screen.rank import check_selection, select
 
 PREDICTIONS, EMBEDDINGS, REJECTED, MODEL_DIR = "predictions", "embeddings", "rejected", "model"
 RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
+NO_KEYS = pa.schema([])
 
 
 class ScreenError(MtcError):
@@ -48,20 +50,42 @@ class ScreenError(MtcError):
 @dataclass(frozen=True)
 class Output:
     """What each unit of a pass writes: predictions (``folder=PREDICTIONS``) or embeddings (``EMBEDDINGS``, of the
-    groups ``task`` selects: see ``mtc.predict.predictor``); ``state`` names the file that records the pass."""
+    groups ``task`` selects: see ``mtc.predict.predictor``, followed by the input's ``keys`` columns); ``state``
+    names the file that records the pass."""
 
     folder: str = PREDICTIONS
     state: str = "screen.json"
     task: str | None = None
+    keys: pa.Schema = NO_KEYS
 
     def schema(self, predictor: StructurePredictor) -> pa.Schema:
-        return EMBEDDING_SCHEMA if self.folder == EMBEDDINGS else predictor.schema
+        if self.folder == EMBEDDINGS:
+            return pa.schema([*EMBEDDING_SCHEMA, *self.keys])
+        return predictor.schema
 
     def score(self, predictor: StructurePredictor, records: pa.Table, batch_size: int) -> tuple[pa.Table, pa.Table]:
-        """(the unit's output, its rejected rows)."""
+        """(the unit's output, its rejected rows); ``records`` holds the ``keys`` columns."""
         if self.folder == EMBEDDINGS:
-            return predictor.embed_records(records, batch_size, self.task)
+            embedded, rejected = predictor.embed_records(records, batch_size, self.task)
+            rows = pc.index_in(embedded.column("id"), value_set=records.column("id").combine_chunks())
+            for field in self.keys:
+                embedded = embedded.append_column(field, records.column(field.name).take(rows).cast(field.type))
+            return embedded, rejected
         return predictor.predict_records(records, batch_size)
+
+
+def key_columns(files: list[Path]) -> pa.Schema:
+    """The input's scalar columns besides ``id``, ``source`` and the structure (a formula, labels...), with one type
+    in every file: what ``mtc embed`` writes beside each embedding."""
+    schemas = [pq.read_schema(f) for f in files]
+    keys = []
+    for field in schemas[0]:
+        scalar = pa.types.is_string(field.type) or pa.types.is_integer(field.type)
+        scalar = scalar or pa.types.is_floating(field.type) or pa.types.is_boolean(field.type)
+        same = all(field.name in s.names and s.field(field.name).type == field.type for s in schemas)
+        if scalar and same and field.name not in ("id", "source", EMBEDDING, *RECORD_COLUMNS):
+            keys.append(field)
+    return pa.schema(keys)
 
 
 SCREEN = Output()
@@ -157,6 +181,7 @@ class ScreenActor:
             schema = meta.schema_arrow
             has_source = "source" in schema.names and pa.types.is_string(schema.field("source").type)
             columns = [c for c in ("id", *RECORD_COLUMNS) if c in schema.names] + ["source"] * has_source
+            columns += self.output.keys.names
             self._cached = (key, meta.read_row_group(key[1], columns=columns))
         rows = self._cached[1].slice(int(unit["start"]), int(unit["rows"]))
         rows = rows.set_column(0, "id", rows.column("id").cast(pa.string()))
@@ -277,6 +302,8 @@ def score_database(
         records, n_rejected_on_reading = frames_database(out, out / REJECTED, scanned)
         units, n_input = plan_units([records], unit_rows)
         n_input += n_rejected_on_reading
+    if output.folder == EMBEDDINGS:
+        output = replace(output, keys=key_columns([records] if frames else files))
     schema = output.schema(StructurePredictor(bundle_in(out / MODEL_DIR)))  # also checks output.task
     if check:
         check(schema)
