@@ -207,8 +207,8 @@ def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, o
         changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state.get(key)]
         if changed:
             raise ScreenError(
-                f"{out} holds a screen of other inputs ({', '.join(changed)} changed since it started); its "
-                "predictions would not match: choose a new --out, or delete it to start over"
+                f"{out} holds {output.folder} of other inputs ({', '.join(changed)} changed since it started); "
+                "they would not match: choose a new --out, or delete it to start over"
             )
         return
     for folder in (output.folder, REJECTED):
