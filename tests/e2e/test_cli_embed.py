@@ -57,6 +57,9 @@ def test_embed_every_row_once_resume_then_similar(demo_records, trained, tmp_pat
     assert pq.read_table(out / "embeddings").sort_by("id").equals(embedded)
     refused = runner.invoke(app, [*command, "--task", "band_gap"])
     assert refused.exit_code == 2 and "the embedded task (--task) changed" in refused.output
+    unknown = runner.invoke(app, [*command[:-4], "--out", str(tmp_path / "other"), "--task", "gap"])
+    assert unknown.exit_code == 2 and "the model has no task 'gap'" in unknown.output
+    assert not list((tmp_path / "other" / "embeddings").iterdir())
 
     query = embedded.column("id")[42].as_py()
     nn_path = tmp_path / "nn.parquet"

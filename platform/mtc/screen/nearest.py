@@ -4,11 +4,12 @@ Memory stays flat whatever the table's size: a chunk's (Q, n) distances and the 
 that is held. Distances are computed in float64 from float32 embeddings.
 
 Metrics:
-- ``euclidean`` (the default): ``|x - q|``. The heads read the embedding through Lipschitz layers (Linear,
-  softplus), so crystals close in this distance get close predictions from every head; it keeps the vector's
-  length, which carries information here.
-- ``cosine``: ``1 - cos(x, q)``, in [0, 2]; blind to length. The embeddings are means of softplus outputs, all
-  positive, so their cosines crowd near 1 and this distance separates less.
+- ``euclidean`` (the default): ``|x - q|``, in the units the heads read. The heads are Lipschitz functions of the
+  embedding (Linear, softplus), so crystals close in this distance get close predictions from every head.
+- ``cosine``: ``1 - cos(x, q)``, in [0, 2]; blind to the vector's length. The embeddings are means of softplus
+  outputs, all positive, so their cosines crowd near 1 (random mp36k pairs: 0.99 on average) and the distances
+  are small numbers; measured (``benchmarks/bench_embed.py``), the 10 nearest neighbours agree on the labels as
+  well under either metric.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class Output:
 
     def schema(self, predictor: StructurePredictor) -> pa.Schema:
         if self.folder == EMBEDDINGS:
+            predictor.embedding_groups(self.task)  # an unknown task stops here, before any unit is scored
             return pa.schema([*EMBEDDING_SCHEMA, *self.keys])
         return predictor.schema
 
@@ -304,7 +305,7 @@ def score_database(
         n_input += n_rejected_on_reading
     if output.folder == EMBEDDINGS:
         output = replace(output, keys=key_columns([records] if frames else files))
-    schema = output.schema(StructurePredictor(bundle_in(out / MODEL_DIR)))  # also checks output.task
+    schema = output.schema(StructurePredictor(bundle_in(out / MODEL_DIR)))
     if check:
         check(schema)
 
