@@ -10,45 +10,28 @@ mean |label difference| to their 10 nearest other crystals, against random pairs
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from bench_data import add_data_option, first_lines
-from bench_screen import structures_parquet, timed, train_small_model
+from bench_data import first_lines
+from bench_screen import arguments, prepare, timed
 
 LABELS = ("formation_energy_per_atom", "band_gap")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000)
+    parser = arguments(__doc__)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--model", default=None)
-    add_data_option(parser)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
-    os.environ.setdefault("MTC_HOME", str(work / "home"))
+    work, model, db, warm = prepare(args, "embed")
 
-    from mtc import tracking
-    from mtc.cluster import connect
     from mtc.screen.embed import chunks, embed
     from mtc.screen.nearest import METRICS, nearest
     from mtc.screen.score import screen
 
-    print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}")
-    print(connect())
-    tracking.configure()
-    model = args.model or train_small_model()
-    db = structures_parquet(args.data, args.n, work / "db.parquet")
-    warm = structures_parquet(args.data, 300, work / "warm.parquet")
     screen(warm, model, work / "warm-screen")  # start Ray workers and imports
     embed(warm, model, work / "warm-embed")
 

@@ -9,16 +9,13 @@ import typer
 from rich.table import Table
 
 from mtc_cli.common import console, progress, user_errors
-from mtc_cli.screen import MODEL_HELP, write_table
+from mtc_cli.screen import DB_HELP, MODEL_HELP, write_table
 
 
 def embed(
     db: Annotated[
         Path,
-        typer.Argument(
-            help="Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
-            "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
-        ),
+        typer.Argument(help=DB_HELP + " Its other scalar columns (a formula, labels) are kept beside each vector."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (embeddings/, rejected/, embed.json).")],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
