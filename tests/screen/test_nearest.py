@@ -14,7 +14,8 @@ import pytest
 from mtc.predict.predictor import EMBEDDING_SCHEMA
 from mtc.screen.embed import STATE, chunks, similar
 from mtc.screen.nearest import distances, nearest
-from mtc.screen.score import EMBEDDINGS, ScreenError
+from mtc.screen.output import EMBEDDINGS
+from mtc.screen.score import ScreenError
 
 RNG = np.random.default_rng(7)
 IDS = np.array([f"c{i:03d}" for i in range(200)], dtype=object)

@@ -2,7 +2,7 @@
 
 ``embed`` runs the screen's path (``mtc.screen.score``: units, resumable parts, every row once, rejections with
 reasons, every input format) with embeddings as the output: ``OUT/embeddings/part-*.parquet`` (``id``,
-``embedding: list<float32>``, then the input's key columns, ``mtc.screen.score.key_columns``), ``OUT/rejected/``,
+``embedding: list<float32>``, then the input's key columns, ``mtc.screen.output``), ``OUT/rejected/``,
 the model's files in ``OUT/model/`` and ``OUT/embed.json`` (database, model URI, ``task``). ``similar`` reads that
 folder a chunk at a time: a query is an id of the folder, or a structure file embedded with the very model stored
 there.
@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from mtc.predict.predictor import EMBEDDING, StructurePredictor
 from mtc.screen.nearest import nearest
-from mtc.screen.score import EMBEDDINGS, MODEL_DIR, Output, ScreenError, ScreenSummary, score_database
+from mtc.screen.output import EMBEDDINGS, Output
+from mtc.screen.score import MODEL_DIR, ScreenError, ScreenSummary, score_database
 
 STATE = "embed.json"
 SIMILAR_SCHEMA = pa.schema(

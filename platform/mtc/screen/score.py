@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
@@ -32,61 +31,17 @@ from mtc.data.frames import frame_files, frames_kind
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.predict.inputs import STRUCTURE_COLUMNS
-from mtc.predict.predictor import EMBEDDING, EMBEDDING_SCHEMA, StructurePredictor
+from mtc.predict.predictor import StructurePredictor
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
+from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
 from mtc.screen.rank import check_selection, select
 
-PREDICTIONS, EMBEDDINGS, REJECTED, MODEL_DIR = "predictions", "embeddings", "rejected", "model"
-RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
-NO_KEYS = pa.schema([])
+REJECTED, MODEL_DIR = "rejected", "model"
 
 
 class ScreenError(MtcError):
     """A database or output folder that cannot be screened as asked."""
-
-
-@dataclass(frozen=True)
-class Output:
-    """What each unit of a pass writes: predictions (``folder=PREDICTIONS``) or embeddings (``EMBEDDINGS``, of the
-    groups ``task`` selects: see ``mtc.predict.predictor``, followed by the input's ``keys`` columns); ``state``
-    names the file that records the pass."""
-
-    folder: str = PREDICTIONS
-    state: str = "screen.json"
-    task: str | None = None
-    keys: pa.Schema = NO_KEYS
-
-    def schema(self, predictor: StructurePredictor) -> pa.Schema:
-        if self.folder == EMBEDDINGS:
-            predictor.embedding_groups(self.task)  # an unknown task stops here, before any unit is scored
-            return pa.schema([*EMBEDDING_SCHEMA, *self.keys])
-        return predictor.schema
-
-    def score(self, predictor: StructurePredictor, records: pa.Table, batch_size: int) -> tuple[pa.Table, pa.Table]:
-        """(the unit's output, its rejected rows); ``records`` holds the ``keys`` columns."""
-        if self.folder == EMBEDDINGS:
-            embedded, rejected = predictor.embed_records(records, batch_size, self.task)
-            rows = pc.index_in(embedded.column("id"), value_set=records.column("id").combine_chunks())
-            for field in self.keys:
-                embedded = embedded.append_column(field, records.column(field.name).take(rows).cast(field.type))
-            return embedded, rejected
-        return predictor.predict_records(records, batch_size)
-
-
-def key_columns(files: list[Path]) -> pa.Schema:
-    """The input's scalar columns besides ``id``, ``source`` and the structure (a formula, labels...), with one type
-    in every file: what ``mtc embed`` writes beside each embedding."""
-    schemas = [pq.read_schema(f) for f in files]
-    keys = []
-    for field in schemas[0]:
-        scalar = pa.types.is_string(field.type) or pa.types.is_integer(field.type)
-        scalar = scalar or pa.types.is_floating(field.type) or pa.types.is_boolean(field.type)
-        same = all(field.name in s.names and s.field(field.name).type == field.type for s in schemas)
-        if scalar and same and field.name not in ("id", "source", EMBEDDING, *RECORD_COLUMNS):
-            keys.append(field)
-    return pa.schema(keys)
 
 
 SCREEN = Output()
