@@ -57,20 +57,24 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """``--n``, ``--model`` and ``--data``: what a benchmark of the screen's path takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--model", default=None)
     add_data_option(parser)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-screen-"))
-    os.environ.setdefault("MTC_HOME", str(work / "home"))
+    return parser
 
+
+def prepare(args: argparse.Namespace, name: str) -> tuple[Path, str, Path, Path]:
+    """(work folder, model URI, database of the first ``args.n`` crystals, a 300-crystal warm-up database).
+
+    Prints the command and the machine, starts Ray, and trains the small model unless ``args.model`` names one.
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    os.environ.setdefault("MTC_HOME", str(work / "home"))
     from mtc import tracking
     from mtc.cluster import connect
-    from mtc.config import FeaturizeConfig
-    from mtc.data.featurize import featurize
-    from mtc.screen.score import screen
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}")
@@ -78,7 +82,16 @@ def main() -> None:
     tracking.configure()
     model = args.model or train_small_model()
     db = structures_parquet(args.data, args.n, work / "db.parquet")
-    warm = structures_parquet(args.data, 300, work / "warm.parquet")
+    return work, model, db, structures_parquet(args.data, 300, work / "warm.parquet")
+
+
+def main() -> None:
+    args = arguments(__doc__).parse_args()
+    work, model, db, warm = prepare(args, "screen")
+
+    from mtc.config import FeaturizeConfig
+    from mtc.data.featurize import featurize
+    from mtc.screen.score import screen
 
     featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[])  # start Ray workers and imports
     screen(warm, model, work / "warm-screen", workers=2)

@@ -6,6 +6,7 @@ import typer
 
 from mtc_cli import models
 from mtc_cli.demo import demo
+from mtc_cli.embed import embed, similar
 from mtc_cli.experiment import experiment
 from mtc_cli.featurize import featurize
 from mtc_cli.screen import predict, screen
@@ -32,6 +33,8 @@ app.command("tune")(tune)
 app.command("experiment")(experiment)
 app.command("screen")(screen)
 app.command("predict")(predict)
+app.command("embed")(embed)
+app.command("similar")(similar)
 app.add_typer(models.app, name="models")
 app.command("ui")(ui)
 app.command("demo")(demo)

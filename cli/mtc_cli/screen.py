@@ -11,15 +11,16 @@ from mtc_cli.common import console, progress, user_errors
 from mtc_cli.tables import print_predictions
 
 MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/mtc_model."
+DB_HELP = (
+    "Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
+    "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
+)
 
 
 def screen(
     db: Annotated[
         Path,
-        typer.Argument(
-            help="Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
-            "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
-        ),
+        typer.Argument(help=DB_HELP),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (predictions/, rejected/, selected.parquet).")

@@ -56,3 +56,18 @@ def test_freezing_copies_the_weights(demo_table: pa.Table) -> None:
         for p in model.parameters():
             p.add_(1.0)
     torch.testing.assert_close(frozen(batch), before)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_frozen_crystal_vectors_match_eval(demo_table: pa.Table, layout: dict) -> None:
+    """#14: the embeddings ``mtc embed`` writes are the eval model's pooled vectors, in every layout."""
+    model = perturbed_model(**layout)
+    batch = collate_arrow(demo_table, TASKS)
+    with torch.no_grad():
+        expected = model.group_features(batch)
+    got = InferenceModel(model).group_features(batch)
+    assert len(got) == len(expected) == len(model.groups)
+    for frozen, plain in zip(got, expected, strict=True):
+        assert frozen.shape == plain.shape == (24, 32)
+        # float32 round-off: the perturbed BatchNorms give vectors up to ~1,600, so the bound is relative
+        assert (frozen - plain).abs().max() <= 1e-5 * plain.abs().max()

@@ -124,8 +124,16 @@ class InferenceModel:
         self.trunk_of_task = model.trunk_of_task
 
     @torch.inference_mode()
+    def group_features(self, batch: CrystalBatch) -> list[torch.Tensor]:
+        """Pooled crystal features of each task group, in group order, as ``model.eval().group_features``.
+
+        Returns: n_groups x (B, F).
+        """
+        edge_fea = self.expansion(batch.edge_dist)
+        return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea)]
+
+    @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns raw outputs (B, T) in task order, as ``model.eval()(batch)``."""
-        edge_fea = self.expansion(batch.edge_dist)
-        features = [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea)]
+        features = self.group_features(batch)
         return torch.stack([head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1)

@@ -41,9 +41,13 @@ def read_structure_files(paths: list[Path]) -> tuple[pa.Table, pa.Table]:
             except Exception as err:  # pymatgen raises many types on a file it cannot read
                 rejected.append(rejection_row(path.name, str(path), "unparseable_file", str(err)[:200]))
                 continue
-            payload = json.dumps({"structure": structure.as_dict()})
-            records.append({"id": path.name, "source": str(path), "json": payload})
+            records.append(structure_record(path.name, str(path), structure))
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA), pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
+
+
+def structure_record(record_id: str, source: str, structure) -> dict:
+    """A pymatgen ``Structure`` as one row of ``RECORD_SCHEMA`` (its plain dict: the featurizer checks it)."""
+    return {"id": record_id, "source": source, "json": json.dumps({"structure": structure.as_dict()})}
 
 
 def records_from_frame(frame) -> pa.Table:

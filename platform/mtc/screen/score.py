@@ -1,15 +1,16 @@
-"""Score a database of structures with a registered model through a Ray Data actor pool.
+"""Score a database of structures with a registered model through a Ray Data actor pool: predictions
+(``mtc screen``) or crystal embeddings (``mtc embed``), the same path but for the ``Output`` each unit gets.
 
 The database is Parquet (``id`` and a structure: cif | structure | lattice/species/frac_coords | json; a string
 ``source`` column, when present, names each row's origin in rejections), or a file ASE reads, converted once into
 Parquet in the output folder (``mtc.screen.frames``).
 
-The database is cut into *units* (a slice of one row group of one file). Each unit's predictions and
-rejections are written by an actor as ``predictions/part-<unit>.parquet`` and
-``rejected/part-<unit>.parquet``, atomically, rejections first; a unit whose prediction part exists is
-done. Each folder reads as one Parquet dataset (``pandas.read_parquet(OUT / "predictions")``). A screen that is
-killed and run again scores only the units left, and every input id ends up exactly once in the output; a rerun
-whose database content or model differs from what the folder holds is refused before any work.
+The database is cut into *units* (a slice of one row group of one file). Each unit's predictions (or embeddings)
+and rejections are written by an actor as ``predictions/part-<unit>.parquet`` (``embeddings/...``) and
+``rejected/part-<unit>.parquet``, atomically, rejections first; a unit whose output part exists is done. Each
+folder reads as one Parquet dataset (``pandas.read_parquet(OUT / "predictions")``). A screen that is killed and
+run again scores only the units left, and every input id ends up exactly once in the output; a rerun whose
+database content or model differs from what the folder holds is refused before any work.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,19 +31,20 @@ from mtc.data.frames import frame_files, frames_kind
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.predict.inputs import STRUCTURE_COLUMNS
-from mtc.predict.predictor import output_schema
+from mtc.predict.predictor import StructurePredictor
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
+from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
 from mtc.screen.rank import check_selection, select
-from mtc.tasks import TaskSpec
 
-PREDICTIONS, REJECTED, MODEL_DIR, STATE = "predictions", "rejected", "model", "screen.json"
-RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
+REJECTED, MODEL_DIR = "rejected", "model"
 
 
 class ScreenError(MtcError):
     """A database or output folder that cannot be screened as asked."""
+
+
+SCREEN = Output()
 
 
 @dataclass
@@ -103,10 +105,8 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
 class ScreenActor:
     """Loads the model's weights once (none of its stored code), then scores whole units and writes their parts."""
 
-    def __init__(self, model_dir: str, out: str, batch_size: int):
+    def __init__(self, model_dir: str, out: str, batch_size: int, output: Output):
         import torch
-
-        from mtc.predict.predictor import StructurePredictor
 
         self.predictor = StructurePredictor(bundle_in(Path(model_dir)))
         if torch.cuda.is_available():
@@ -115,17 +115,18 @@ class ScreenActor:
             torch.set_num_threads(1)  # one CPU per actor: more threads only fight the other actors
         self.out = Path(out)
         self.batch_size = batch_size
+        self.output = output
         self._cached: tuple[tuple[str, int], pa.Table] | None = None
 
     def __call__(self, units: dict) -> dict:
         done = {"unit": [], "scored": [], "rejected": []}
         for i in range(len(units["unit"])):
             unit = {k: units[k][i] for k in units}
-            predictions, rejected = self.predictor.predict_records(self._records(unit), self.batch_size)
+            scored, rejected = self.output.score(self.predictor, self._records(unit), self.batch_size)
             write_parquet_atomic(rejected, self.out / REJECTED / f"part-{unit['unit']}.parquet")
-            write_parquet_atomic(predictions, self.out / PREDICTIONS / f"part-{unit['unit']}.parquet")
+            write_parquet_atomic(scored, self.out / self.output.folder / f"part-{unit['unit']}.parquet")
             done["unit"].append(unit["unit"])
-            done["scored"].append(predictions.num_rows)
+            done["scored"].append(scored.num_rows)
             done["rejected"].append(rejected.num_rows)
         return done
 
@@ -136,6 +137,7 @@ class ScreenActor:
             schema = meta.schema_arrow
             has_source = "source" in schema.names and pa.types.is_string(schema.field("source").type)
             columns = [c for c in ("id", *RECORD_COLUMNS) if c in schema.names] + ["source"] * has_source
+            columns += self.output.keys.names
             self._cached = (key, meta.read_row_group(key[1], columns=columns))
         rows = self._cached[1].slice(int(unit["start"]), int(unit["rows"]))
         rows = rows.set_column(0, "id", rows.column("id").cast(pa.string()))
@@ -151,24 +153,26 @@ def _read_parts(folder: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([schema.empty_table(), *(pq.read_table(p) for p in sorted(folder.glob("part-*.parquet")))])
 
 
-def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int) -> None:
-    """Start ``out`` (download the model, record what is screened) or check that it holds this very screen."""
+def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, output: Output) -> None:
+    """Start ``out`` (download the model, record what is scored) or check that it holds this very pass."""
     state = {"db": [str(f) for f in files], "db_hash": hash_files(files), "model": model_uri, "unit_rows": unit_rows}
-    if (out / STATE).exists():
-        previous = json.loads((out / STATE).read_text())
-        changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state[key]]
+    if output.folder == EMBEDDINGS:
+        state["task"] = output.task
+    if (out / output.state).exists():
+        previous = json.loads((out / output.state).read_text())
+        changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state.get(key)]
         if changed:
             raise ScreenError(
-                f"{out} holds a screen of other inputs ({', '.join(changed)} changed since it started); its "
-                "predictions would not match: choose a new --out, or delete it to start over"
+                f"{out} holds {output.folder} of other inputs ({', '.join(changed)} changed since it started); "
+                "they would not match: choose a new --out, or delete it to start over"
             )
         return
-    for folder in (PREDICTIONS, REJECTED):
+    for folder in (output.folder, REJECTED):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    if any((out / PREDICTIONS).iterdir()):
-        raise ScreenError(f"{out / PREDICTIONS} is not empty and holds no {STATE}; choose a new --out")
+        if any((out / folder).iterdir()):
+            raise ScreenError(f"{out / folder} is not empty and {out} holds no {output.state}; choose a new --out")
     download(model_uri, out / MODEL_DIR)
-    write_json_atomic(out / STATE, state)
+    write_json_atomic(out / output.state, state)
 
 
 # No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store (Ray Data's
@@ -181,6 +185,7 @@ _STATE_KEYS = {
     "db_hash": "the database content",
     "model": "the model",
     "unit_rows": "the unit size",
+    "task": "the embedded task (--task)",
 }
 
 
@@ -201,28 +206,65 @@ def screen(
 
     The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored.
     """
+    summary, schema = score_database(
+        db,
+        model_uri,
+        out,
+        SCREEN,
+        batch_size,
+        unit_rows,
+        workers,
+        on_progress,
+        check=lambda schema: check_selection(where, sort, schema),
+    )
+    if where or sort or top:
+        summary.selected = select(_read_parts(summary.out / PREDICTIONS, schema), where, sort, desc, top)
+        write_parquet_atomic(summary.selected, summary.out / "selected.parquet")
+    return summary
+
+
+def score_database(
+    db: Path,
+    model_uri: str,
+    out: Path,
+    output: Output,
+    batch_size: int = 256,
+    unit_rows: int = 1024,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    check: Callable[[pa.Schema], None] | None = None,
+) -> tuple[ScreenSummary, pa.Schema]:
+    """Write ``output`` for every structure of ``db`` into ``out``, resuming an interrupted pass of the same inputs.
+
+    The database and the model (and ``check``, given the output schema) are checked before any structure is scored.
+
+    Returns:
+        (the summary, without a selection; the schema of the output parts).
+    """
     import ray
 
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     db = Path(db).expanduser().resolve()
     frames = frames_kind(db) is not None and not any(db.glob("*.parquet"))  # as featurize: Parquet first
-    if frames:  # read before any work; converted once the output folder is known to hold this screen
+    if frames:  # read before any work; converted once the output folder is known to hold this pass
         files, scanned = frame_files(db), scan_frames(db, out)
     else:
         files = database_files(db)
         units, n_input = plan_units(files, unit_rows)
     resolved = resolve_uri(model_uri)
-    _open_output(out, files, resolved, unit_rows)
+    _open_output(out, files, resolved, unit_rows, output)
     if frames:
         records, n_rejected_on_reading = frames_database(out, out / REJECTED, scanned)
         units, n_input = plan_units([records], unit_rows)
         n_input += n_rejected_on_reading
-    bundle = bundle_in(out / MODEL_DIR)
-    schema = output_schema([TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]])
-    check_selection(where, sort, schema)
+    if output.folder == EMBEDDINGS:
+        output = replace(output, keys=key_columns([records] if frames else files))
+    schema = output.schema(StructurePredictor(bundle_in(out / MODEL_DIR)))
+    if check:
+        check(schema)
 
-    pending = [u for u in units if not (out / PREDICTIONS / f"part-{u['unit']}.parquet").exists()]
+    pending = [u for u in units if not (out / output.folder / f"part-{u['unit']}.parquet").exists()]
     n_resumed = len(units) - len(pending)
     if pending:
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -233,7 +275,12 @@ def screen(
             warnings.simplefilter("ignore", DeprecationWarning)  # max_restarts goes through "ray_remote_args"
             ds = ds.map_batches(
                 ScreenActor,
-                fn_constructor_kwargs={"model_dir": str(out / MODEL_DIR), "out": str(out), "batch_size": batch_size},
+                fn_constructor_kwargs={
+                    "model_dir": str(out / MODEL_DIR),
+                    "out": str(out),
+                    "batch_size": batch_size,
+                    "output": output,
+                },
                 batch_size=1,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_workers),
@@ -253,28 +300,25 @@ def screen(
                 f"{out} are kept: run the same command again to score the rest"
             ) from err
 
-    predictions = _read_parts(out / PREDICTIONS, schema)
+    n_scored = sum(pq.read_metadata(p).num_rows for p in (out / output.folder).glob("part-*.parquet"))
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
-    if predictions.num_rows + rejected.num_rows != n_input:
+    if n_scored + rejected.num_rows != n_input:
         raise ScreenError(
-            f"row accounting failed: {n_input} inputs, {predictions.num_rows} scored, "
-            f"{rejected.num_rows} rejected; rerun the screen to finish the missing parts"
+            f"row accounting failed: {n_input} inputs, {n_scored} scored, "
+            f"{rejected.num_rows} rejected; rerun the same command to finish the missing parts"
         )
-    selected = None
-    if where or sort or top:
-        selected = select(predictions, where, sort, desc, top)
-        write_parquet_atomic(selected, out / "selected.parquet")
     reasons: dict[str, int] = {}
     for reason in rejected.column("reason").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
-    return ScreenSummary(
+    summary = ScreenSummary(
         out,
         resolved,
         n_input,
-        predictions.num_rows,
+        n_scored,
         rejected.num_rows,
         n_resumed,
         time.perf_counter() - started,
         reasons,
-        selected,
+        None,
     )
+    return summary, schema
