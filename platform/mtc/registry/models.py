@@ -7,6 +7,7 @@ the code stored with a model: ``load_bundle`` reads only the bundle's weights an
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,11 +57,13 @@ def log_model(run_id: str, bundle: ModelBundle) -> str:
 
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
         bundle_dir = bundle.save(Path(folder) / BUNDLE)
+        code = Path(folder) / "code" / "mtc"  # the package without the shipped pretrained weights
+        shutil.copytree(Path(mtc.__file__).parent, code, ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_PATH,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={BUNDLE: str(bundle_dir)},
-            code_paths=[str(Path(mtc.__file__).parent)],
+            code_paths=[str(code)],
             signature=_signature(bundle),
             input_example=example_input(),
             pip_requirements=PIP_REQUIREMENTS,
