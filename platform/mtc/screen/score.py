@@ -31,11 +31,10 @@ from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
 from mtc.predict.inputs import STRUCTURE_COLUMNS
-from mtc.predict.predictor import output_schema
+from mtc.predict.predictor import DEFAULT_INTERVAL, bundle_schema, check_interval
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
 from mtc.screen.rank import check_selection, select
-from mtc.tasks import TaskSpec
 
 PREDICTIONS, REJECTED, MODEL_DIR, STATE = "predictions", "rejected", "model", "screen.json"
 RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
@@ -103,12 +102,12 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
 class ScreenActor:
     """Loads the model's weights once (none of its stored code), then scores whole units and writes their parts."""
 
-    def __init__(self, model_dir: str, out: str, batch_size: int):
+    def __init__(self, model_dir: str, out: str, batch_size: int, interval: float = DEFAULT_INTERVAL):
         import torch
 
         from mtc.predict.predictor import StructurePredictor
 
-        self.predictor = StructurePredictor(bundle_in(Path(model_dir)))
+        self.predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=interval)
         if torch.cuda.is_available():
             self.predictor.to("cuda")
         else:
@@ -151,11 +150,17 @@ def _read_parts(folder: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([schema.empty_table(), *(pq.read_table(p) for p in sorted(folder.glob("part-*.parquet")))])
 
 
-def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int) -> None:
+def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, interval: float) -> None:
     """Start ``out`` (download the model, record what is screened) or check that it holds this very screen."""
-    state = {"db": [str(f) for f in files], "db_hash": hash_files(files), "model": model_uri, "unit_rows": unit_rows}
+    state = {
+        "db": [str(f) for f in files],
+        "db_hash": hash_files(files),
+        "model": model_uri,
+        "unit_rows": unit_rows,
+        "interval": interval,
+    }
     if (out / STATE).exists():
-        previous = json.loads((out / STATE).read_text())
+        previous = {"interval": DEFAULT_INTERVAL, **json.loads((out / STATE).read_text())}  # older screens: 0.9
         changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state[key]]
         if changed:
             raise ScreenError(
@@ -181,6 +186,7 @@ _STATE_KEYS = {
     "db_hash": "the database content",
     "model": "the model",
     "unit_rows": "the unit size",
+    "interval": "--interval",
 }
 
 
@@ -196,13 +202,16 @@ def screen(
     desc: bool = False,
     top: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    interval: float = DEFAULT_INTERVAL,
 ) -> ScreenSummary:
     """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
 
-    The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored.
+    The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored. An ensemble's
+    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``.
     """
     import ray
 
+    check_interval(interval)
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     db = Path(db).expanduser().resolve()
@@ -213,13 +222,13 @@ def screen(
         files = database_files(db)
         units, n_input = plan_units(files, unit_rows)
     resolved = resolve_uri(model_uri)
-    _open_output(out, files, resolved, unit_rows)
+    _open_output(out, files, resolved, unit_rows, interval)
     if frames:
         records, n_rejected_on_reading = frames_database(out, out / REJECTED, scanned)
         units, n_input = plan_units([records], unit_rows)
         n_input += n_rejected_on_reading
     bundle = bundle_in(out / MODEL_DIR)
-    schema = output_schema([TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]])
+    schema = bundle_schema(bundle)
     check_selection(where, sort, schema)
 
     pending = [u for u in units if not (out / PREDICTIONS / f"part-{u['unit']}.parquet").exists()]
@@ -233,7 +242,12 @@ def screen(
             warnings.simplefilter("ignore", DeprecationWarning)  # max_restarts goes through "ray_remote_args"
             ds = ds.map_batches(
                 ScreenActor,
-                fn_constructor_kwargs={"model_dir": str(out / MODEL_DIR), "out": str(out), "batch_size": batch_size},
+                fn_constructor_kwargs={
+                    "model_dir": str(out / MODEL_DIR),
+                    "out": str(out),
+                    "batch_size": batch_size,
+                    "interval": interval,
+                },
                 batch_size=1,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_workers),
