@@ -114,7 +114,7 @@ class ModelBundle:
         if version not in (SINGLE_FORMAT, FORMAT_VERSION):
             raise BundleError(
                 f"{folder / META} has model format {version}; this mtc "
-                f"{__version__} reads format {FORMAT_VERSION}: "
+                f"{__version__} reads formats {SINGLE_FORMAT} and {FORMAT_VERSION}: "
                 + (
                     "upgrade mtc (pip install -U mtc)"
                     if isinstance(version, int) and version > FORMAT_VERSION
