@@ -76,6 +76,9 @@ def test_an_ensemble_trains_as_one_model_and_screens_with_intervals(demo_shards,
         value, std, lo, hi = (predictions.column(f"{task}{s}").to_numpy() for s in ("", "_std", "_lo", "_hi"))
         assert (std > 0).all() and (lo < value).all() and (value < hi).all()
         assert np.all(hi - lo > 2 * std)  # a 90 % interval is wider than mean ± one std
+    flags = [f for f in predictions.column("ood").to_pylist() if f is not None]
+    assert len(flags) < predictions.num_rows / 2  # most crystals look like the training ones
+    assert all("not in training" in f or "atoms >" in f or "spread above" in f for f in flags)
     selected = pq.read_table(out / "selected.parquet")
     assert 0 < selected.num_rows <= 10 and pa.compute.min(selected.column("band_gap_lo")).as_py() > 0.2
     ranked = selected.column("formation_energy_per_atom_hi").to_pylist()

@@ -70,3 +70,17 @@ def test_poisson_bootstrap_counts_are_deterministic_and_resample() -> None:
     assert not np.array_equal(counts, bootstrap_counts(ids, 1))
     assert counts.mean() == pytest.approx(1.0, abs=0.03)
     assert (counts == 0).mean() == pytest.approx(np.exp(-1), abs=0.02)
+
+
+def test_out_of_domain_flags_name_each_reason() -> None:
+    from mtc.model.domain import training_domain
+
+    training = [np.array([11, 17]), np.array([3, 8, 8, 8])]  # NaCl, Li-O: 4 atoms at most
+    domain = training_domain(training, {"band_gap": np.array([0.1, 0.3])})
+    atoms = np.array([11, 17, 94, 3, 8, 8, 8, 8, 11, 17])  # NaPuCl, LiO4, NaCl
+    index = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
+    flags = domain.flags(atoms, index, 3, {"band_gap": np.array([0.2, 0.1, 0.5])})
+    assert flags[0] == "element Z=94 not in training"
+    assert flags[1] == "5 atoms > 4 (largest training cell)"
+    assert flags[2] == "band_gap spread above validation's"
+    assert domain.flags(atoms[:2], index[:2], 1, {"band_gap": np.array([0.3])}) == [None]

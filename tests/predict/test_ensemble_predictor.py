@@ -10,6 +10,7 @@ import torch
 
 from mtc.model.bundle import ModelBundle
 from mtc.model.calibration import Calibration, fit_quantiles
+from mtc.model.domain import Domain
 from mtc.predict.predictor import StructurePredictor
 from tests.model.conftest import demo_rows, graph_table
 from tests.predict.test_predictor import TASKS, bundle
@@ -26,12 +27,15 @@ def member(seed: int) -> ModelBundle:
 def ensemble(k: int = 3) -> ModelBundle:
     rng = np.random.default_rng(0)
     quantiles = fit_quantiles(rng.normal(size=300) * 2.0, np.ones(300))
-    return ModelBundle.ensemble([member(s) for s in range(k)], Calibration({"band_gap": quantiles}).to_dict())
+    domain = Domain([8, 11, 17], 64, {"band_gap": 10.0})  # O, Na, Cl only
+    calibration = Calibration({"band_gap": quantiles}).to_dict()
+    return ModelBundle.ensemble([member(s) for s in range(k)], calibration, domain.to_dict())
 
 
 def test_an_ensemble_bundle_round_trips_and_a_single_model_is_written_as_before(tmp_path) -> None:
     loaded = ModelBundle.load(ensemble().save(tmp_path / "ens"))
     assert loaded.n_members == 3 and loaded.calibration["quantiles"].keys() == {"band_gap"}
+    assert loaded.domain == ensemble().domain
     for got, want in zip(loaded.members, ensemble().members, strict=True):
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     single = bundle().save(tmp_path / "one")
@@ -47,8 +51,10 @@ def test_ensemble_predictions_are_the_members_mean_with_calibrated_bounds() -> N
     singles = [StructurePredictor(member(s)).predict_graphs(graphs) for s in range(3)]
     assert table.column_names == [
         *["id", "band_gap", "band_gap_std", "band_gap_lo", "band_gap_hi"],
-        *["is_metal", "is_metal_probability", "is_metal_probability_std"],
+        *["is_metal", "is_metal_probability", "is_metal_probability_std", "ood"],
     ]
+    for row, flag in zip(demo_rows(6), table.column("ood").to_pylist(), strict=True):  # flagged iff not Na/Cl/O only
+        assert (flag is not None) == bool(set(row["species"]) - {"O", "Na", "Cl"}), (row["species"], flag)
     values = np.stack([s.column("band_gap").to_numpy() for s in singles])
     np.testing.assert_allclose(table.column("band_gap").to_numpy(), values.mean(0), atol=1e-5)
     probability = np.stack([s.column("is_metal_probability").to_numpy() for s in singles])

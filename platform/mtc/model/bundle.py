@@ -44,6 +44,7 @@ class ModelBundle:
         state_dict: the weights (of the first member of an ensemble).
         members: every member's weights, for an ensemble of K > 1 (``members[0] is state_dict``); else empty.
         calibration: ``Calibration.to_dict()`` of an ensemble's intervals; None for a single model.
+        domain: ``Domain.to_dict()`` of an ensemble's training data (out-of-domain flags); None for a single model.
     """
 
     model_config: dict[str, Any]
@@ -53,6 +54,7 @@ class ModelBundle:
     state_dict: dict[str, torch.Tensor]
     members: list[dict[str, torch.Tensor]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
+    domain: dict[str, Any] | None = None
 
     @classmethod
     def from_model(cls, model: MultiTaskCGCNN, mean, std, graph_params: dict) -> ModelBundle:
@@ -60,13 +62,16 @@ class ModelBundle:
         return cls(model.config(), [float(x) for x in mean], [float(x) for x in std], dict(graph_params), state)
 
     @classmethod
-    def ensemble(cls, bundles: list[ModelBundle], calibration: dict[str, Any]) -> ModelBundle:
-        """K >= 2 bundles of one config and normaliser (the members) as one bundle, with their calibration."""
+    def ensemble(cls, bundles: list[ModelBundle], calibration: dict[str, Any], domain: dict[str, Any]) -> ModelBundle:
+        """K >= 2 bundles of one config and normaliser (the members) as one bundle, with their calibration and
+        training domain."""
         first = bundles[0]
         if any(b.model_config != first.model_config or b.mean != first.mean for b in bundles):
             raise BundleError("ensemble members must share the model config and the normaliser")
         states = [b.state_dict for b in bundles]
-        return cls(first.model_config, first.mean, first.std, first.graph_params, states[0], states, calibration)
+        return cls(
+            first.model_config, first.mean, first.std, first.graph_params, states[0], states, calibration, domain
+        )
 
     @property
     def n_members(self) -> int:
@@ -100,7 +105,12 @@ class ModelBundle:
         else:
             flat = {f"{_MEMBER}{k}.{key}": v for k, state in enumerate(self.members) for key, v in state.items()}
             torch.save(flat, folder / WEIGHTS)
-            meta.update(format_version=FORMAT_VERSION, n_members=self.n_members, calibration=self.calibration)
+            meta.update(
+                format_version=FORMAT_VERSION,
+                n_members=self.n_members,
+                calibration=self.calibration,
+                domain=self.domain,
+            )
         (folder / META).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -137,4 +147,5 @@ class ModelBundle:
             state,
             members,
             meta.get("calibration"),
+            meta.get("domain"),
         )

@@ -20,6 +20,7 @@ from mtc.data.shards import REJECTED_SCHEMA
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
 from mtc.model.calibration import LEVELS, Calibration
+from mtc.model.domain import Domain
 from mtc.model.ensemble import EnsembleInference
 from mtc.model.inference import InferenceModel
 from mtc.tasks import TaskSpec, served
@@ -31,8 +32,9 @@ def output_schema(tasks: list[TaskSpec], n_members: int = 1) -> pa.Schema:
     """``id``, then per served task: float32 ``<task>``, or int8 ``<task>`` (0/1) + float32 ``<task>_probability``.
 
     An ensemble (``n_members`` > 1) adds float32 ``<task>_std``, ``<task>_lo`` and ``<task>_hi`` per regression
-    task (calibrated standard deviation and central interval) and ``<task>_probability_std`` per binary task (the
-    members' spread). Auxiliary tasks are trained, never served: they have no column.
+    task (calibrated standard deviation and central interval), ``<task>_probability_std`` per binary task (the
+    members' spread) and, last, string ``ood``: why a crystal lies outside the training domain (null: inside).
+    Auxiliary tasks are trained, never served: they have no column.
     """
     fields = [pa.field("id", pa.string())]
     for task in served(tasks):
@@ -43,6 +45,8 @@ def output_schema(tasks: list[TaskSpec], n_members: int = 1) -> pa.Schema:
             fields.append(pa.field(task.name, pa.float32()))
             extra = ["_std", "_lo", "_hi"]
         fields += [pa.field(f"{task.name}{suffix}", pa.float32()) for suffix in extra if n_members > 1]
+    if n_members > 1:
+        fields.append(pa.field("ood", pa.string()))
     return pa.schema(fields)
 
 
@@ -86,6 +90,7 @@ class StructurePredictor:
         self.frozen = frozen
         self.interval = check_interval(interval)
         self.calibration = Calibration.from_dict(bundle.calibration) if bundle.calibration else Calibration({})
+        self.domain = Domain.from_dict(bundle.domain) if bundle.domain else None
         self.forward = self._forward()
         self.tasks = [TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]]
         self.featurize_config = FeaturizeConfig(**bundle.graph_params)
@@ -139,7 +144,18 @@ class StructurePredictor:
             else:
                 columns.append(pa.array(out[:, k]))
                 columns += [] if spread is None else self._uncertainty(task.name, out[:, k], spread[:, k])
+        if spread is not None:
+            columns.append(pa.array(self._out_of_domain(batch, spread), pa.string()))
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _out_of_domain(self, batch, spread: np.ndarray) -> list[str | None]:
+        """Each crystal's out-of-domain reasons (``Domain.flags``); all null for a bundle without a domain."""
+        if self.domain is None:
+            return [None] * batch.n_crystals
+        names = [t.name for t in self.tasks]
+        spreads = {task: spread[:, names.index(task)] for task in self.domain.spread_max}
+        atoms, index = batch.atomic_numbers.cpu().numpy(), batch.crystal_index.cpu().numpy()
+        return self.domain.flags(atoms, index, batch.n_crystals, spreads)
 
     def _uncertainty(self, task: str, value: np.ndarray, spread: np.ndarray) -> list[pa.Array]:
         """``<task>_std``, ``_lo``, ``_hi`` of one regression task. Args: value, spread (B,)."""

@@ -9,7 +9,7 @@ Then the driver predicts the validation and test splits with all members in one 
 (``mtc.model.calibration``) and logs to the parent: the ensemble-mean metrics under the usual keys
 (``test/<task>/mae`` ...), the mean member's (``test/<task>/member_mae``), coverage, miscalibration area and
 spread-error Spearman ρ per task and split, the test predictions with their intervals, the calibration and
-error-vs-spread plots and the one bundle that holds every member.
+error-vs-spread plots and the one bundle that holds every member, with the training domain (``mtc.model.domain``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mtc.config import TrainConfig
 from mtc.data.batching import collate_arrow
 from mtc.model.bundle import ModelBundle
 from mtc.model.calibration import Calibration, calibration_metrics, coverage_curve, fit_quantiles
+from mtc.model.domain import Domain, training_domain
 from mtc.tasks import TaskSpec
 from mtc.train.datasets import prepare_splits, split_dataset
 from mtc.train.loop import MODEL_DIR
@@ -108,6 +109,26 @@ def predictions_table(preds: EnsemblePredictions, tasks: Sequence[TaskSpec], cal
     return pa.table(columns)
 
 
+def domain_of(shards: Path, config: TrainConfig, val: EnsemblePredictions, calibration: Calibration) -> Domain:
+    """The training split's elements and largest cell (read from the shards), and each calibrated task's largest
+    validation spread."""
+    import pyarrow.parquet as pq
+
+    from mtc.data.shards import shard_paths
+    from mtc.data.splits import TRAIN, split_codes
+
+    atoms = []
+    s = config.split
+    for path in shard_paths(shards):
+        table = pq.read_table(path, columns=["id", "atomic_numbers"])
+        codes = split_codes(table.column("id").to_pylist(), s.val, s.test, s.seed, s.train_fraction)
+        rows = table.column("atomic_numbers").filter(pa.array(codes == TRAIN))
+        atoms += [np.asarray(a, dtype=np.int64) for a in rows.to_pylist()]
+    names = [t.name for t in config.tasks]
+    spread = {task: val.spread[:, names.index(task)] for task in calibration.quantiles}
+    return training_domain(atoms, spread)
+
+
 def predict_split(bundles: list[ModelBundle], shards: Path, config: TrainConfig, split: str) -> EnsemblePredictions:
     """Every member's physical predictions on ``split`` (read from the shards through Ray Data), in one pass."""
     from mtc.model.ensemble import EnsembleInference
@@ -162,7 +183,8 @@ def train_ensemble(
         bundles = [r.bundle for r in results]
         val, test = (predict_split(bundles, shards, config, split) for split in ("val", "test"))
         calibration = fit_calibration(val, config.tasks)
-        bundle = ModelBundle.ensemble(bundles, calibration.to_dict())
+        domain = domain_of(shards, config, val, calibration)
+        bundle = ModelBundle.ensemble(bundles, calibration.to_dict(), domain.to_dict())
         metrics = {**ensemble_metrics("val", val, config.tasks, calibration)}
         metrics.update(ensemble_metrics("test", test, config.tasks, calibration))
         _log_ensemble(client, run_id, metrics, bundle, {"val": val, "test": test}, config.tasks, calibration)
