@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from mtc_cli.common import console, progress, user_errors
-from mtc_cli.tables import print_predictions
+from mtc_cli.tables import print_predictions, with_spread
 
 MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/mtc_model."
 DB_HELP = (
     "Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
     "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
+)
+INTERVAL_HELP = (
+    "Ensembles (mtc train --ensemble K): the central interval that <task>_lo and <task>_hi bound, e.g. 0.9 = 5-95 %."
 )
 
 
@@ -28,9 +31,14 @@ def screen(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
     where: Annotated[
         str | None,
-        typer.Option(help='Filter on predictions, e.g. "band_gap > 1.0 and formation_energy_per_atom < -0.5".'),
+        typer.Option(
+            help='Filter on predictions, e.g. "band_gap > 1.0 and formation_energy_per_atom < -0.5"; an ensemble\'s '
+            'bounds too: "band_gap_lo > 1.0".'
+        ),
     ] = None,
-    sort: Annotated[str | None, typer.Option(help="Rank the selection by this column.")] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Rank the selection by this column (e.g. formation_energy_per_atom_hi).")
+    ] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     top: Annotated[int | None, typer.Option(min=1, help="Keep the first K rows of the selection.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Structures per forward pass.")] = 256,
@@ -38,11 +46,13 @@ def screen(
         int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")
     ] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
+    interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
 ) -> None:
     """Score a structure database with a registered model through Ray Data.
 
     Every input id ends up exactly once: in OUT/predictions (one column per task) or in OUT/rejected
     (with the reason). A screen that was interrupted continues where it stopped when run again.
+    An ensemble adds <task>_std, <task>_lo and <task>_hi per regression task.
 
     Example: mtc screen db.parquet -o screened --where "band_gap > 1" --sort formation_energy_per_atom --top 20
     """
@@ -67,6 +77,7 @@ def screen(
                 desc=desc,
                 top=top,
                 on_progress=update,
+                interval=interval,
             )
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
@@ -98,8 +109,11 @@ def predict(
     ],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
     out: Annotated[Path | None, typer.Option(help="Also write the table (.csv or .parquet).")] = None,
+    interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
 ) -> None:
     """Predict every task for a few structure files and print a table.
+
+    An ensemble prints value ± calibrated std; --out also holds <task>_lo and <task>_hi.
 
     Examples: mtc predict NaCl.cif GaAs_POSCAR --model models:/mtc@champion; mtc predict relax.extxyz candidates.db
     """
@@ -111,11 +125,11 @@ def predict(
 
     with user_errors():
         tracking.configure()
-        predictor = load_predictor(model)
+        predictor = load_predictor(model).with_interval(interval)
         records, unreadable = read_structure_files(files)
         predictions, rejected = predictor.predict_records(records)
         rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected
-        print_predictions(predictions, model, {t.name: t.unit for t in predictor.tasks})
+        print_predictions(with_spread(predictions), model, {t.name: t.unit for t in predictor.tasks})
         for row in rejected.to_pylist():
             console.print(f"[red]{row['id']}[/]: {row['reason']}: {row['detail']}")
         if out is not None:

@@ -28,6 +28,24 @@ def print_metrics(title: str, rows: Sequence[tuple[str, Mapping[str, float]]], u
     _print_legend(short, units)
 
 
+def print_calibration(rows: Sequence[tuple[str, Mapping[str, float]]], units: Mapping[str, str]) -> None:
+    """An ensemble's test calibration per regression task: the mean member's MAE, coverage, area, Spearman ρ."""
+    rows = [(task, m) for task, m in rows if "coverage_90" in m]
+    short = abbreviations([task for task, _ in rows])
+    table = Table(title="test calibration (intervals fitted on validation)")
+    for column in ("task", "member MAE", "cover 68%", "90%", "95%", "miscal. area", "ρ(|err|, std)"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for task, m in rows:
+        table.add_row(
+            f"{short[task]} ({units[task]})" if units.get(task) else short[task],
+            f"{m['member_mae']:.4f}",
+            *(f"{m[k]:.3f}" for k in ("coverage_68", "coverage_90", "coverage_95", "miscalibration_area")),
+            f"{m['spread_spearman']:.3f}",
+        )
+    console.print(table)
+    _print_legend(short, units)
+
+
 def print_predictions(table, title: str, units: Mapping[str, str] | None = None) -> None:
     """A pyarrow table of predictions (id, one column per task, ...) with short column names."""
     short = abbreviations(table.column_names)
@@ -38,6 +56,32 @@ def print_predictions(table, title: str, units: Mapping[str, str] | None = None)
         view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(view)
     _print_legend(short, units)
+
+
+def with_spread(table):
+    """Predictions for a terminal: ``<task>`` and ``<task>_std`` of an ensemble as one ``value ± std`` text column,
+    bounds (``_lo``, ``_hi``) and ``_probability_std`` left to the written table. Other tables pass unchanged."""
+    import pyarrow as pa
+
+    names = table.column_names
+    spread = [n.removesuffix("_std") for n in names if n.endswith("_std") and n.removesuffix("_std") in names]
+    if not spread:
+        return table
+    dropped = {f"{n}{s}" for n in spread for s in ("_std", "_lo", "_hi")} | {
+        n for n in names if n.endswith("_probability_std")
+    }
+    columns = {}
+    for name in names:
+        if name in dropped:
+            continue
+        if name in spread:
+            values, stds = table.column(name).to_pylist(), table.column(f"{name}_std").to_pylist()
+            columns[name] = pa.array(
+                [None if v is None else f"{v:.4g} ± {s:.2g}" for v, s in zip(values, stds, strict=True)], pa.string()
+            )
+        else:
+            columns[name] = table.column(name)
+    return pa.table(columns)
 
 
 def _print_legend(short: Mapping[str, str], units: Mapping[str, str] | None) -> None:

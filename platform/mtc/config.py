@@ -190,6 +190,9 @@ class SplitConfig(StrictModel):
     test: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
     train_fraction: float = Field(1.0, gt=0, le=1)
+    bootstrap: int | None = Field(
+        None, description="train on a Poisson bootstrap resample of the training split, seeded (ensemble members)"
+    )
 
 
 class ScalingConfig(StrictModel):

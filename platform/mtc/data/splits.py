@@ -38,3 +38,17 @@ def split_codes(ids: Sequence[str], val: float, test: float, seed: int, train_fr
         dropped = (codes == TRAIN) & (_uniform(ids, f"subsample-{seed}") >= train_fraction)
         codes[dropped] = UNUSED
     return codes
+
+
+def bootstrap_counts(ids: Sequence[str], seed: int) -> np.ndarray:
+    """Poisson bootstrap: how many times each id is drawn (Poisson(1), from a hash of seed and id).
+
+    Each row's count is independent of the others, so shards and batches resample alike wherever they are read;
+    the resample's size is the split's on average.
+
+    Returns:
+        int64 (n,) counts >= 0.
+    """
+    from scipy.stats import poisson
+
+    return np.maximum(poisson.ppf(_uniform(ids, f"bootstrap-{seed}"), 1.0), 0).astype(np.int64)

@@ -6,11 +6,12 @@ screen or of a batch always concatenate.
 The embedding of a crystal is the pooled crystal vector the heads read: with one task group (one shared trunk)
 the trunk's (F,) vector; with several groups (``model.groups``, or ``model.shared_convs`` below ``n_conv``) the
 groups' pooled vectors concatenated in group order, (n_groups * F,), or, given a task, the (F,) vector of the
-group whose head predicts it.
+group whose head predicts it. An ensemble embeds with its first member: each member learned its own space.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -25,56 +26,118 @@ from mtc.data.featurize import featurize_table
 from mtc.data.shards import REJECTED_SCHEMA
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
+from mtc.model.calibration import LEVELS, Calibration
+from mtc.model.domain import Domain
+from mtc.model.ensemble import EnsembleInference
 from mtc.model.inference import InferenceModel
 from mtc.predict.inputs import RECORD_SCHEMA, structure_record
 from mtc.tasks import TaskSpec, served
 
 EMBEDDING = "embedding"
 EMBEDDING_SCHEMA = pa.schema([("id", pa.string()), (EMBEDDING, pa.list_(pa.float32()))])
+DEFAULT_INTERVAL = 0.9
 
 
 class EmbeddingError(MtcError):
     """An embedding that cannot be made as asked (an unknown task, a structure the model cannot read)."""
 
 
-def output_schema(tasks: list[TaskSpec]) -> pa.Schema:
+def output_schema(tasks: list[TaskSpec], n_members: int = 1) -> pa.Schema:
     """``id``, then per served task: float32 ``<task>``, or int8 ``<task>`` (0/1) + float32 ``<task>_probability``.
 
+    An ensemble (``n_members`` > 1) adds float32 ``<task>_std``, ``<task>_lo`` and ``<task>_hi`` per regression
+    task (calibrated standard deviation and central interval), ``<task>_probability_std`` per binary task (the
+    members' spread) and, last, string ``ood``: why a crystal lies outside the training domain (null: inside).
     Auxiliary tasks are trained, never served: they have no column.
     """
     fields = [pa.field("id", pa.string())]
     for task in served(tasks):
         if task.kind == "binary":
             fields += [pa.field(task.name, pa.int8()), pa.field(f"{task.name}_probability", pa.float32())]
+            extra = ["_probability_std"]
         else:
             fields.append(pa.field(task.name, pa.float32()))
+            extra = ["_std", "_lo", "_hi"]
+        fields += [pa.field(f"{task.name}{suffix}", pa.float32()) for suffix in extra if n_members > 1]
+    if n_members > 1:
+        fields.append(pa.field("ood", pa.string()))
     return pa.schema(fields)
+
+
+def bundle_schema(bundle: ModelBundle) -> pa.Schema:
+    """The output schema of a bundle's predictions."""
+    return output_schema([TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]], bundle.n_members)
+
+
+def check_interval(interval: float) -> float:
+    """``interval`` if it is a level the calibration covers; MtcError otherwise."""
+    if not LEVELS[0] <= interval <= LEVELS[-1]:
+        raise MtcError(f"--interval {interval}: give the central interval as a fraction in [0.01, 0.99], e.g. 0.9")
+    return interval
 
 
 class StructurePredictor:
     """One loaded model, ready to score tables of structure records (see ``mtc.data.records``).
 
+    An ensemble bundle predicts the members' mean (regression) or mean probability (binary), with the members'
+    spread scaled by the bundle's calibration into ``<task>_std`` and the central ``interval`` into
+    ``<task>_lo`` / ``<task>_hi``.
+
     Args:
         bundle: The model.
         device: Where to run it.
         frozen: Forward with the frozen ``InferenceModel`` (default), or with ``model.eval()`` itself.
+        interval: The central interval of ``<task>_lo`` / ``<task>_hi`` (ensembles only), in [0.01, 0.99].
     """
 
-    def __init__(self, bundle: ModelBundle, device: str | torch.device = "cpu", frozen: bool = True):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: str | torch.device = "cpu",
+        frozen: bool = True,
+        interval: float = DEFAULT_INTERVAL,
+    ):
         self.bundle = bundle
         self.device = torch.device(device)
-        self.model = bundle.build(self.device)
+        self.members = bundle.build_members(self.device)
+        self.model = self.members[0]
         self.frozen = frozen
-        self.forward = InferenceModel(self.model) if frozen else self.model
+        self.interval = check_interval(interval)
+        self.calibration = Calibration.from_dict(bundle.calibration) if bundle.calibration else Calibration({})
+        self.domain = Domain.from_dict(bundle.domain) if bundle.domain else None
+        self.forward = self._forward()
+        self.embedder = self._embedder()
         self.tasks = [TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]]
         self.featurize_config = FeaturizeConfig(**bundle.graph_params)
-        self.schema = output_schema(self.tasks)
+        self.schema = output_schema(self.tasks, bundle.n_members)
+
+    def _forward(self):
+        """Batch -> raw outputs: (B, T) for one model, (K, B, T) for an ensemble."""
+        if len(self.members) == 1:
+            return InferenceModel(self.model) if self.frozen else self.model
+        if self.frozen:
+            return EnsembleInference(self.members)
+        return lambda batch: torch.stack([member(batch) for member in self.members])
+
+    def _embedder(self):
+        """What embeds: the model's own forward; for an ensemble its first member (the members' spaces differ)."""
+        if len(self.members) == 1:
+            return self.forward
+        return InferenceModel(self.model) if self.frozen else self.model
+
+    def with_interval(self, interval: float) -> StructurePredictor:
+        """The same loaded model (shared, not copied) with another central interval for ``<task>_lo`` / ``_hi``."""
+        other = copy.copy(self)
+        other.interval = check_interval(interval)
+        return other
 
     def to(self, device: str | torch.device) -> StructurePredictor:
         """Move the model to ``device`` (e.g. ``"cuda"``); returns self."""
         self.device = torch.device(device)
-        self.model.to(self.device)
-        self.forward = InferenceModel(self.model) if self.frozen else self.model
+        for member in self.members:
+            member.to(self.device)
+        self.forward = self._forward()
+        self.embedder = self._embedder()
         return self
 
     def output_names(self) -> list[str]:
@@ -87,15 +150,24 @@ class StructurePredictor:
         if graphs.num_rows == 0:
             return self.schema.empty_table()
         batch = collate_arrow(graphs).to(self.device)
-        out = self.model.to_physical(self.forward(batch), self.bundle.mean, self.bundle.std).float().cpu().numpy()
+        out = self.model.to_physical(self.forward(batch), self.bundle.mean, self.bundle.std).float()
+        spread = None
+        if out.dim() == 3:  # (K, B, T): the members' mean and spread
+            out, spread = out.mean(0).cpu().numpy(), out.std(0, correction=0).cpu().numpy()
+        else:
+            out = out.cpu().numpy()
         columns = [graphs.column("id").cast(pa.string())]
         for k, task in enumerate(self.tasks):
             if task.auxiliary:
                 continue
             if task.kind == "binary":
                 columns += [pa.array((out[:, k] >= 0.5).astype(np.int8)), pa.array(out[:, k])]
+                columns += [] if spread is None else [pa.array(spread[:, k])]
             else:
                 columns.append(pa.array(out[:, k]))
+                columns += [] if spread is None else self._uncertainty(task.name, out[:, k], spread[:, k])
+        if spread is not None:
+            columns.append(pa.array(self._out_of_domain(batch, spread), pa.string()))
         return pa.Table.from_arrays(columns, schema=self.schema)
 
     def embedding_groups(self, task: str | None = None) -> list[int]:
@@ -117,11 +189,26 @@ class StructurePredictor:
         groups = self.embedding_groups(task)
         if graphs.num_rows == 0:
             return EMBEDDING_SCHEMA.empty_table()
-        features = self.forward.group_features(collate_arrow(graphs).to(self.device))
+        features = self.embedder.group_features(collate_arrow(graphs).to(self.device))
         vectors = torch.cat([features[g] for g in groups], dim=1).float().cpu().numpy()  # (B, D)
         offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
         embedding = pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()))
         return pa.Table.from_arrays([graphs.column("id").cast(pa.string()), embedding], schema=EMBEDDING_SCHEMA)
+
+    def _out_of_domain(self, batch, spread: np.ndarray) -> list[str | None]:
+        """Each crystal's out-of-domain reasons (``Domain.flags``); all null for a bundle without a domain."""
+        if self.domain is None:
+            return [None] * batch.n_crystals
+        names = [t.name for t in self.tasks]
+        spreads = {task: spread[:, names.index(task)] for task in self.domain.spread_max}
+        atoms, index = batch.atomic_numbers.cpu().numpy(), batch.crystal_index.cpu().numpy()
+        return self.domain.flags(atoms, index, batch.n_crystals, spreads)
+
+    def _uncertainty(self, task: str, value: np.ndarray, spread: np.ndarray) -> list[pa.Array]:
+        """``<task>_std``, ``_lo``, ``_hi`` of one regression task. Args: value, spread (B,)."""
+        half = (self.calibration.factor(task, self.interval) * spread).astype(np.float32)
+        std = (self.calibration.std_factor(task) * spread).astype(np.float32)
+        return [pa.array(std), pa.array(value - half), pa.array(value + half)]
 
     def _score(self, records: pa.Table, batch_size: int, score_graphs: Callable[[pa.Table], pa.Table]):
         """Yields (featurized slice with ``reason``, rejected mask, ``score_graphs`` of its good rows)."""

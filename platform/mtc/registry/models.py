@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
-from mtc.tasks import TaskSpec, served
 
 DEFAULT_NAME = "mtc"
 ARTIFACT_PATH = "mtc_model"
@@ -35,18 +34,20 @@ def example_input():
 
 
 def _signature(bundle: ModelBundle):
+    """Inputs: id and a structure; outputs: the predictor's columns (``bundle_schema``) and ``error``; an ensemble
+    also takes the parameter ``interval`` (the central interval of ``<task>_lo`` / ``<task>_hi``)."""
+    import pyarrow as pa
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from mtc.predict.predictor import DEFAULT_INTERVAL, bundle_schema
 
     inputs = Schema([ColSpec("string", c, required=False) for c in ("id", "cif", "structure")])
-    outputs = [ColSpec("string", "id")]
-    for task in served(TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]):
-        if task.kind == "binary":
-            outputs += [ColSpec("integer", task.name), ColSpec("float", f"{task.name}_probability")]
-        else:
-            outputs.append(ColSpec("float", task.name))
+    kinds = {pa.string(): "string", pa.int8(): "integer", pa.float32(): "float"}
+    outputs = [ColSpec(kinds[f.type], f.name) for f in bundle_schema(bundle)]
     outputs.append(ColSpec("string", "error", required=False))
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    params = ParamSchema([ParamSpec("interval", "double", DEFAULT_INTERVAL)]) if bundle.n_members > 1 else None
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs), params=params)
 
 
 def log_model(run_id: str, bundle: ModelBundle) -> str:

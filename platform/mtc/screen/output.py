@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtc.predict.inputs import STRUCTURE_COLUMNS
-from mtc.predict.predictor import EMBEDDING, EMBEDDING_SCHEMA, StructurePredictor
+from mtc.predict.predictor import DEFAULT_INTERVAL, EMBEDDING, EMBEDDING_SCHEMA, StructurePredictor
 
 PREDICTIONS, EMBEDDINGS = "predictions", "embeddings"
 RECORD_COLUMNS = (*STRUCTURE_COLUMNS, "json")
@@ -26,12 +26,14 @@ NO_KEYS = pa.schema([])
 class Output:
     """What each unit of a pass writes: predictions (``folder=PREDICTIONS``) or embeddings (``EMBEDDINGS``, of the
     groups ``task`` selects: see ``mtc.predict.predictor``, followed by the input's ``keys`` columns); ``state``
-    names the file that records the pass."""
+    names the file that records the pass; ``interval`` is the central interval of an ensemble's ``<task>_lo`` /
+    ``<task>_hi``."""
 
     folder: str = PREDICTIONS
     state: str = "screen.json"
     task: str | None = None
     keys: pa.Schema = NO_KEYS
+    interval: float = DEFAULT_INTERVAL
 
     def schema(self, predictor: StructurePredictor) -> pa.Schema:
         if self.folder == EMBEDDINGS:

@@ -31,7 +31,7 @@ from mtc.data.frames import frame_files, frames_kind
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.predict.predictor import StructurePredictor
+from mtc.predict.predictor import DEFAULT_INTERVAL, StructurePredictor, check_interval
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
@@ -108,7 +108,7 @@ class ScreenActor:
     def __init__(self, model_dir: str, out: str, batch_size: int, output: Output):
         import torch
 
-        self.predictor = StructurePredictor(bundle_in(Path(model_dir)))
+        self.predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval)
         if torch.cuda.is_available():
             self.predictor.to("cuda")
         else:
@@ -158,8 +158,12 @@ def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, o
     state = {"db": [str(f) for f in files], "db_hash": hash_files(files), "model": model_uri, "unit_rows": unit_rows}
     if output.folder == EMBEDDINGS:
         state["task"] = output.task
+    else:
+        state["interval"] = output.interval
     if (out / output.state).exists():
         previous = json.loads((out / output.state).read_text())
+        if output.folder == PREDICTIONS:
+            previous.setdefault("interval", DEFAULT_INTERVAL)  # screens of older mtc wrote no interval: 0.9
         changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state.get(key)]
         if changed:
             raise ScreenError(
@@ -186,6 +190,7 @@ _STATE_KEYS = {
     "model": "the model",
     "unit_rows": "the unit size",
     "task": "the embedded task (--task)",
+    "interval": "--interval",
 }
 
 
@@ -201,16 +206,18 @@ def screen(
     desc: bool = False,
     top: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    interval: float = DEFAULT_INTERVAL,
 ) -> ScreenSummary:
     """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
 
-    The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored.
+    The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored. An ensemble's
+    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``.
     """
     summary, schema = score_database(
         db,
         model_uri,
         out,
-        SCREEN,
+        replace(SCREEN, interval=check_interval(interval)),
         batch_size,
         unit_rows,
         workers,

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mtc.config import TrainConfig
 from mtc.data.shards import read_manifest, read_shards, shard_paths
-from mtc.data.splits import SPLIT_NAMES, TRAIN, split_codes
+from mtc.data.splits import SPLIT_NAMES, TRAIN, bootstrap_counts, split_codes
 from mtc.errors import MtcError
 from mtc.tasks import fit_normalizer, task_targets
 from mtc.train.resources import WorkerPlan
@@ -77,6 +78,7 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
             "test": s.test,
             "seed": s.seed,
             "train_fraction": s.train_fraction,
+            "bootstrap": s.bootstrap if split == "train" else None,
         },
         batch_format="pyarrow",
     )
@@ -94,6 +96,12 @@ def split_datasets(shards: Path, config: TrainConfig) -> dict:
     return datasets
 
 
-def _keep_split(batch: pa.Table, code: int, val: float, test: float, seed: int, train_fraction: float) -> pa.Table:
-    codes = split_codes(batch.column("id").to_pylist(), val, test, seed, train_fraction)
-    return batch.filter(pa.array(codes == code))
+def _keep_split(
+    batch: pa.Table, code: int, val: float, test: float, seed: int, train_fraction: float, bootstrap: int | None
+) -> pa.Table:
+    ids = batch.column("id").to_pylist()
+    keep = split_codes(ids, val, test, seed, train_fraction) == code
+    if bootstrap is None:
+        return batch.filter(pa.array(keep))
+    counts = np.where(keep, bootstrap_counts(ids, bootstrap), 0)
+    return batch.take(np.repeat(np.arange(len(ids)), counts))

@@ -43,3 +43,47 @@ def learning_curves(history: list[dict[str, float]]) -> bytes:
     right.set(xlabel="epoch", ylabel="mean MAE / MAD", title="validation unit-free score (lower is better)")
     fig.tight_layout()
     return to_png(fig)
+
+
+def calibration_plot(curves: dict[str, np.ndarray], task: str) -> bytes:
+    """Observed vs expected coverage of the central intervals, one curve per split (``curves``: split -> (99,))."""
+    from mtc.model.calibration import LEVELS, miscalibration_area
+
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, zorder=0)
+    for split, observed in curves.items():
+        ax.plot(LEVELS, observed, label=f"{split} (area {miscalibration_area(observed):.3f})")
+    ax.set(xlabel="expected coverage (central interval)", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"{task}: calibration", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_aspect("equal", adjustable="box")
+    return to_png(fig)
+
+
+def error_vs_spread_plot(error: np.ndarray, std: np.ndarray, task: str, unit: str) -> bytes:
+    """|error| against the calibrated std per crystal (log-log), with the RMS error of std-sorted bins.
+
+    Well calibrated, the binned RMS error follows y = x.
+    """
+    from scipy.stats import spearmanr
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    floor = max(float(np.percentile(error, 1)), 1e-6)
+    ax.scatter(std, np.maximum(error, floor), s=4, alpha=0.3, color="tab:blue", edgecolors="none")
+    order = np.argsort(std)
+    bins = [b for b in np.array_split(order, min(10, len(order))) if b.size]
+    ax.plot(
+        [std[b].mean() for b in bins],
+        [np.sqrt(np.square(error[b]).mean()) for b in bins],
+        "o-",
+        color="tab:red",
+        label="RMS error per bin",
+    )
+    lo, hi = float(min(std.min(), floor)), float(max(std.max(), error.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, zorder=0)
+    label = f" ({unit})" if unit else ""
+    ax.set(xscale="log", yscale="log", xlabel=f"predicted std{label}", ylabel=f"|error|{label}")
+    rho = spearmanr(error, std).statistic if len(error) > 2 else float("nan")
+    ax.set_title(f"{task}: test, Spearman rho {rho:.2f}, n={len(error)}", fontsize=9)
+    ax.legend(fontsize=8)
+    return to_png(fig)

@@ -65,7 +65,7 @@ def train(
     else:
         tags = {"mtc.shards": str(shards), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = client.create_run(tracking.experiment_id(config.experiment), run_name=config.run_name, tags=tags)
-        _log_inputs(client, run.info.run_id, config, prepared)
+        log_inputs(client, run.info.run_id, config, prepared)
     run_id = run.info.run_id
 
     worker_config = WorkerConfig(
@@ -134,7 +134,8 @@ def config_of_run(run_id: str, overrides: list[str] | None = None) -> TrainConfi
         return load_config(TrainConfig, Path(path), overrides or [])
 
 
-def _log_inputs(client, run_id: str, config: TrainConfig, prepared: PreparedSplits) -> None:
+def log_inputs(client, run_id: str, config: TrainConfig, prepared: PreparedSplits) -> None:
+    """The resolved config (params and ``config.yaml``), split sizes, parameter count, manifest and normaliser."""
     from mlflow.entities import Param
 
     flat = _flatten(config.model_dump(mode="json"))
