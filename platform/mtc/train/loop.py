@@ -28,10 +28,12 @@ from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
+from mtc.model.transfer import Transfer, freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
 from mtc.train.checkpoint import TrainState, unwrap
 from mtc.train.evaluate import Evaluation, evaluate
+from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
-from mtc.train.optim import build_optimizer, build_scheduler
+from mtc.train.optim import build_optimizer, build_scheduler, param_groups
 from mtc.train.run_log import RunLogger
 
 MODEL_DIR = "model"
@@ -47,6 +49,7 @@ class WorkerConfig(StrictModel):
     run_id: str
     tracking_uri: str
     threads: int
+    parent: bool = False  # the run starts from the model in its ``parent/`` artifacts (fine-tuning)
 
 
 class LossModule(nn.Module):
@@ -86,6 +89,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.threads)
     model, state = build(config)
     resumed = _restore(state)
+    if config.parent and not resumed:
+        _start_from_parent(config, model)
     state.objective = ray.train.torch.prepare_model(state.objective)
     logger = RunLogger(config.tracking_uri, config.run_id) if where.is_zero else None
     if logger and resumed:
@@ -109,8 +114,26 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
         train.tasks, train.loss.strategy, train.loss.weights, config.mean, config.std, train.loss.temperature
     )
     objective = LossModule(model, loss)
-    optimizer = build_optimizer(objective.parameters(), train.optim)
+    params = objective.parameters()
+    if config.parent:
+        frozen = train.finetune.frozen_convs(train.model.n_conv)
+        if frozen is not None:
+            freeze(model, frozen)
+        trunk = {f"model.{name}" for name in trunk_parameter_names(model)}
+        params = param_groups(objective.named_parameters(), trunk, train.optim.lr, train.finetune.trunk_lr)
+    optimizer = build_optimizer(params, train.optim)
     return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, train.epochs))
+
+
+def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> Transfer:
+    """Loads the source model the driver logged under the run's ``parent/`` artifacts (trunk, shared heads)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.MlflowClient(config.tracking_uri).download_artifacts(config.run_id, PARENT_ARTIFACT, folder)
+        source = ModelBundle.load(Path(path))
+    norm = (config.mean, config.std)
+    return start_from(model, source.model_config, source.state_dict, (source.mean, source.std), norm)
 
 
 def _restore(state: TrainState) -> bool:
@@ -134,6 +157,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
     for epoch in range(state.epoch + 1, train.epochs + 1):
         started = time.perf_counter()
         state.objective.train()
+        hold_frozen_batchnorm(model)
         done = _train_epoch(state, shard, train, where, torch.Generator().manual_seed(_order_seed(train.seed, epoch)))
         metrics = {
             "epoch": epoch,
