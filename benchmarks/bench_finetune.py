@@ -5,11 +5,13 @@ once into ``bench-out/shards-elastic`` (reused on re-runs). One split for every 
 validation and test crystals are the same everywhere; the training split is subsampled to ``--sizes`` crystals
 (``split.train_fraction``, nested: the 100 are among the 300, ...; ``all`` is the whole training split).
 
-Each cell (size, seed, side) is one Ray Train run through ``mtc.train.trainer.train`` (the same driver, model and loop
-as ``mtc train``), in this process: ``finetune`` starts from ``--init SOURCE`` (a bundle folder, or a model URI of the
-MLflow store under ``$MTC_HOME``), ``scratch`` from random weights; both use the same config (the source's trunk width
-and depth, applied to both), epochs, batch size, seed and split; no early stopping; the test MAE is that of the best
-epoch by validation score. Seeds (``--seeds``) change the model's initialisation and the batch order, never the split.
+Each cell (size, seed, side) is one run of ``mtc.train.trainer.train`` (the driver, model and loop of ``mtc train``)
+in this process (Ray Train's local mode: no worker actors to start per run; ``--actors``: one Ray Train worker, as
+``mtc train``), data through Ray Data, logged to MLflow. ``finetune`` starts from ``--init SOURCE`` (a bundle folder,
+or a model URI of the MLflow store under ``$MTC_HOME``), ``scratch`` from random weights; both use the same config
+(the source's trunk width and depth, applied to both), epochs, batch size, seed and split; no early stopping; the
+test MAE is that of the best epoch by validation score. Seeds (``--seeds``) change the model's initialisation and the
+batch order, never the split.
 
 Resumable: each finished run appends its rows to ``--out`` (``bench-out/finetune/results.parquet``) at once; a rerun
 skips the cells already there for the same protocol (source, config, epochs, batch size). ``--budget-minutes M`` starts
@@ -51,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override (both sides)")
+    parser.add_argument("--actors", action="store_true", help="train in a Ray Train worker actor, not in-process")
     parser.add_argument("--budget-minutes", type=float, default=None, help="start no run after this many minutes")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "finetune" / "results.parquet")
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
@@ -171,7 +174,7 @@ def main() -> None:
             }
         )
         t0 = time.perf_counter()
-        result = train(shards, run_config, parent=parent if side == "finetune" else None)
+        result = train(shards, run_config, parent=parent if side == "finetune" else None, in_process=not args.actors)
         wall = time.perf_counter() - t0
         n_train = train_count(shards, run_config, fraction)
         rows = [

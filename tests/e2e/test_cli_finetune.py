@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mtc import tracking
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize
-from mtc.registry.models import load_bundle, promote
+from mtc.registry.models import load_bundle, load_source, promote
 from mtc_cli.app import app
 from tests.conftest import REPO, write_jsonl
 
@@ -72,3 +72,26 @@ def test_a_source_that_is_not_a_model_is_a_message(elastic_shards, tmp_path):
     assert result.exit_code == 2 and "model.json and model.pt missing" in result.output
     result = CliRunner().invoke(app, [*args[:-1], "models:/no-such-model@champion"])
     assert result.exit_code == 2 and "no-such-model" in result.output and "Traceback" not in result.output
+
+
+def test_finetune_in_process_from_a_bundle_folder_with_a_frozen_trunk(trained, elastic_shards, tmp_path):
+    """The benchmarks' path: the same loop in the driver process (Ray Train's local mode), a bundle folder as source."""
+    from mtc.config import TrainConfig, load_config
+    from mtc.train.finetune import ParentModel, align_to_parent
+    from mtc.train.trainer import train
+
+    folder = trained.bundle.save(tmp_path / "source")
+    uri, bundle = load_source(str(folder))
+    assert uri == str(folder.resolve())
+    config = load_config(TrainConfig, "configs/elastic.yaml", ["epochs=1", "batch_size=32", "finetune.freeze=trunk"])
+    config, _ = align_to_parent(config, bundle)
+    result = train(elastic_shards, config, parent=ParentModel(bundle, uri), in_process=True)
+    tags = mlflow.MlflowClient(tracking.tracking_uri()).get_run(result.run_id).data.tags
+    assert tags["mtc.parent_model"] == uri and result.invalid_labels == {
+        "log10_bulk_modulus": 1,
+        "log10_shear_modulus": 0,
+    }
+    source = trained.bundle.state_dict
+    trunk = [k for k in result.bundle.state_dict if k.startswith("trunks.")]
+    assert trunk and all(torch.equal(result.bundle.state_dict[k], source[k]) for k in trunk)
+    assert all(0 < result.metrics[f"test/{task}/mae"] < 1 for task in TASKS)

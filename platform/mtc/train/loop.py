@@ -14,6 +14,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class WorkerConfig(StrictModel):
     tracking_uri: str
     threads: int
     parent: bool = False  # the run starts from the model in its ``parent/`` artifacts (fine-tuning)
+    checkpoint_dir: str | None = None  # in-process runs: rank 0 writes its checkpoints here, not to a temp folder
 
 
 class LossModule(nn.Module):
@@ -183,7 +185,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
         val_score, stop = _from_rank_zero(metrics.get("val_score", math.nan), stop, where.world)
         _step_scheduler(state.scheduler, val_score)
         state.finished = stop or epoch == train.epochs
-        _report(metrics, state, where)
+        _report(metrics, state, where, config.checkpoint_dir)
         if stop:
             break
 
@@ -278,14 +280,21 @@ def _evaluate(config: WorkerConfig, model: MultiTaskCGCNN, split: str, where: _R
     return evaluate(model, shard, train.tasks, config.mean, config.std, train.batch_size, where.device)
 
 
-def _report(metrics: dict[str, float], state: TrainState, where: _Rank, bundle: ModelBundle | None = None) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (the training state, and the model once finished)."""
+def _report(
+    metrics: dict[str, float],
+    state: TrainState,
+    where: _Rank,
+    checkpoint_dir: str | None,
+    bundle: ModelBundle | None = None,
+) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (the training state, and the model once finished), written
+    to a temporary folder that Ray Train persists, or to ``checkpoint_dir`` (in-process runs: nothing persists it)."""
     import ray.train
 
     if not where.is_zero:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as folder:
+    with nullcontext(checkpoint_dir) if checkpoint_dir else tempfile.TemporaryDirectory() as folder:
         state.save(Path(folder))
         if bundle is not None:
             bundle.save(Path(folder) / MODEL_DIR)
@@ -295,7 +304,7 @@ def _report(metrics: dict[str, float], state: TrainState, where: _Rank, bundle: 
 def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:
     """Rank 0: the best epoch's weights on the test split, logged, and the final checkpoint with the model."""
     if not where.is_zero:
-        _report({}, state, where)
+        _report({}, state, where, config.checkpoint_dir)
         return
     model.load_state_dict(state.best_weights)
     test = _evaluate(config, model, "test", where)
@@ -303,7 +312,7 @@ def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger
     final.update(flatten_metrics("test", test.metrics))
     logger.log_final(final, test, state.history, config.train.tasks)
     bundle = ModelBundle.from_model(model, config.mean, config.std, config.graph_params)
-    _report(final, state, where, bundle)
+    _report(final, state, where, config.checkpoint_dir, bundle)
 
 
 def _batches(shard, config: TrainConfig, device) -> Iterator[CrystalBatch]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ def train(
     parent_run_id: str | None = None,
     ray_callbacks: list | None = None,
     parent: ParentModel | None = None,
+    in_process: bool = False,
 ) -> TrainResult:
     """Train on the graph shards in ``shards`` with Ray Train, tracked in MLflow (the model as run artifacts).
 
@@ -57,7 +59,9 @@ def train(
     under another (a tune); ``ray_callbacks`` go to Ray Train's RunConfig (e.g. Tune's report callback).
     ``parent`` starts the model from another one (fine-tuning; the config's trunk width and depth become the
     parent's, see ``mtc.train.finetune.align_to_parent``): the run is tagged ``mtc.parent_model`` and keeps the
-    parent's bundle under its ``parent/`` artifacts, which a resumed run starts from again.
+    parent's bundle under its ``parent/`` artifacts, which a resumed run starts from again. ``in_process`` runs the
+    same loop in this process (Ray Train's local mode: one rank, no worker actors, no restarts) for many small runs
+    on a small machine (benchmarks); ``config.scaling`` is then ignored.
     ``mtc.registry.models.publish`` turns the result into a registered model.
     """
     import mlflow
@@ -95,12 +99,13 @@ def train(
         tracking_uri=uri,
         threads=plan.torch_threads(ray.cluster_resources().get("CPU", 1)),
         parent=PARENT_TAG in run.data.tags,
+        checkpoint_dir=tempfile.mkdtemp(prefix="mtc-checkpoint-") if in_process else None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_config.model_dump(mode="json"),
         scaling_config=RayScaling(
-            num_workers=plan.workers,
+            num_workers=0 if in_process else plan.workers,
             use_gpu=plan.use_gpu,
             resources_per_worker=plan.resources_per_worker(),
             placement_strategy=config.scaling.placement.upper(),
@@ -130,6 +135,9 @@ def train(
             f"training failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the run "
             f"{run_id} holds what was logged; `mtc train --resume {run_id}` continues from the last checkpoint"
         ) from err
+    finally:
+        if worker_config.checkpoint_dir:
+            shutil.rmtree(worker_config.checkpoint_dir, ignore_errors=True)
     client.set_terminated(run_id)
     metrics = dict(result.metrics or {})
     return TrainResult(run_id, run.info.experiment_id, metrics, bundle, result.checkpoint.path, prepared.invalid_labels)
