@@ -232,9 +232,6 @@ class FinetuneConfig(StrictModel):
             return None
         return n_conv if match.group(1) == "trunk" else int(match.group(2))
 
-    def is_default(self) -> bool:
-        return self == FinetuneConfig()
-
 
 class TrainConfig(StrictModel):
     """Everything ``mtc train`` needs besides the data: the resolved form is logged to MLflow."""

@@ -29,7 +29,7 @@ from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
-from mtc.model.transfer import Transfer, freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
+from mtc.model.transfer import freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
 from mtc.train.checkpoint import TrainState, unwrap
 from mtc.train.evaluate import Evaluation, evaluate
 from mtc.train.finetune import PARENT_ARTIFACT
@@ -127,7 +127,7 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
     return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, train.epochs))
 
 
-def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> Transfer:
+def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> None:
     """Loads the source model the driver logged under the run's ``parent/`` artifacts (trunk, shared heads)."""
     import mlflow
 
@@ -135,7 +135,7 @@ def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> Transfer:
         path = mlflow.MlflowClient(config.tracking_uri).download_artifacts(config.run_id, PARENT_ARTIFACT, folder)
         source = ModelBundle.load(Path(path))
     norm = (config.mean, config.std)
-    return start_from(model, source.model_config, source.state_dict, (source.mean, source.std), norm)
+    start_from(model, source.model_config, source.state_dict, (source.mean, source.std), norm)
 
 
 def _restore(state: TrainState) -> bool:
