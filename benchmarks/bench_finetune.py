@@ -14,7 +14,9 @@ test MAE is that of the best epoch by validation score. Seeds (``--seeds``) chan
 batch order, never the split.
 
 Resumable: each finished run appends its rows to ``--out`` (``bench-out/finetune/results.parquet``) at once; a rerun
-skips the cells already there for the same protocol (source, config, epochs, batch size). ``--budget-minutes M`` starts
+skips the cells already there for the same protocol: the config (epochs, batch size...) and, for fine-tuned runs, the
+source's weights (a digest of them, so scratch runs are shared by every source and a folder rewritten in place counts
+as a new source). ``--budget-minutes M`` starts
 no run after M minutes. Cells run smallest size first, so a budget cut leaves the large sizes short of seeds.
 
 Prints per size and task: test MAE mean ± sample std over the finished seeds for both sides and the relative change
@@ -68,6 +70,25 @@ def train_count(shards: Path, config, fraction: float) -> int:
     ids = read_shards(shards, columns=["id"]).column("id").to_pylist()
     s = config.split
     return int((split_codes(ids, s.val, s.test, s.seed, fraction) == TRAIN).sum())
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def protocols(config, bundle) -> dict[str, str]:
+    """Per side, what a finished run must share with this invocation to count: the config (seed, split and run name
+    aside: they vary per cell) and, for ``finetune``, the source's weights."""
+    setup = digest(
+        json.dumps(config.model_dump(mode="json", exclude={"seed", "split", "run_name"}), sort_keys=True).encode()
+    )
+    weights = digest(b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(bundle.state_dict.items())))
+    return {"scratch": setup, "finetune": digest(f"{setup}:{weights}".encode())}
+
+
+def of_protocols(frame, protocol: dict[str, str]):
+    """The rows of ``frame`` run under ``protocol`` (per side)."""
+    return frame[frame["protocol"] == frame["side"].map(protocol)]
 
 
 def read_results(path: Path):
@@ -139,15 +160,11 @@ def main() -> None:
     base += [f"experiment={EXPERIMENT}"]
     config, notes = align_to_parent(load_config(TrainConfig, args.config, base), bundle)
     print(f"source {uri} (tasks {', '.join(bundle.task_names)}); both sides: {'; '.join(notes) or 'config as is'}")
-    protocol = hashlib.sha256(
-        json.dumps(
-            [uri, config.model_dump(mode="json", exclude={"seed", "split", "run_name"})], sort_keys=True
-        ).encode()
-    ).hexdigest()[:12]
+    protocol = protocols(config, bundle)
     n_all = train_count(shards, config, 1.0)
     tasks = [t.name for t in config.tasks]
     print(
-        f"protocol {protocol}: {config.epochs} epochs, batch {config.batch_size}, no early stopping, split "
+        f"protocols {protocol}: {config.epochs} epochs, batch {config.batch_size}, no early stopping, split "
         f"{1 - config.split.val - config.split.test:.0%}/{config.split.val:.0%}/{config.split.test:.0%} seed "
         f"{config.split.seed} ({n_all} training crystals in all), finetune {config.finetune.model_dump()}"
     )
@@ -155,7 +172,7 @@ def main() -> None:
     done = read_results(args.out)
     finished = set()
     if not done.empty:
-        mine = done[done["protocol"] == protocol]
+        mine = of_protocols(done, protocol)
         finished = set(zip(mine["size"], mine["seed"], mine["side"], strict=True))
     cells = [(size, seed, side) for size in args.sizes for seed in args.seeds for side in SIDES]
     todo = [c for c in cells if c not in finished]
@@ -179,7 +196,7 @@ def main() -> None:
         n_train = train_count(shards, run_config, fraction)
         rows = [
             {
-                "protocol": protocol,
+                "protocol": protocol[side],
                 "size": size,
                 "n_train": n_train,
                 "seed": seed,
@@ -189,7 +206,7 @@ def main() -> None:
                 "best_epoch": int(result.metrics.get("best_epoch", 0)),
                 "wall_s": wall,
                 "run_id": result.run_id,
-                "source": uri,
+                "source": uri if side == "finetune" else "",
             }
             for task in tasks
         ]
@@ -198,7 +215,7 @@ def main() -> None:
         print(f"{side:>8} n={n_train:<5} seed {seed}: {maes} ({wall:.0f} s, run {result.run_id})", flush=True)
 
     frame = read_results(args.out)
-    frame = frame[frame["protocol"] == protocol]
+    frame = of_protocols(frame, protocol)
     print()
     print("\n".join(summary_table(frame, tasks, args.sizes)))
     print(f"wall time {(time.perf_counter() - started) / 60:.1f} min; results: {args.out}")
