@@ -78,12 +78,12 @@ def digest(data: bytes) -> str:
 
 def protocols(config, bundle) -> dict[str, str]:
     """Per side, what a finished run must share with this invocation to count: the config (seed, split and run name
-    aside: they vary per cell) and, for ``finetune``, the source's weights."""
-    setup = digest(
-        json.dumps(config.model_dump(mode="json", exclude={"seed", "split", "run_name"}), sort_keys=True).encode()
-    )
+    aside: they vary per cell; ``finetune:`` aside for scratch runs, which ignore it) and, for ``finetune``, the
+    ``finetune:`` section and the source's weights."""
+    setup = config.model_dump(mode="json", exclude={"seed", "split", "run_name", "finetune"})
+    scratch = digest(json.dumps(setup, sort_keys=True).encode())
     weights = digest(b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(bundle.state_dict.items())))
-    return {"scratch": setup, "finetune": digest(f"{setup}:{weights}".encode())}
+    return {"scratch": scratch, "finetune": digest(f"{scratch}:{config.finetune.model_dump_json()}:{weights}".encode())}
 
 
 def of_protocols(frame, protocol: dict[str, str]):
@@ -111,7 +111,7 @@ def append_results(path: Path, rows: list[dict]) -> None:
 def summary_table(frame, tasks: list[str], sizes: list[str]) -> list[str]:
     """Lines of the per size x task table: MAE mean ± std (seeds) per side and the relative change."""
     lines = [
-        f"{'size':>6} {'n_train':>7}  {'task':<22}{'scratch MAE':>18}{'fine-tuned MAE':>18}{'change':>9}",
+        f"{'size':>6} {'n_train':>7}  {'task':<22}{'scratch MAE':>21}{'fine-tuned MAE':>21}{'change':>9}",
     ]
     for size in sizes:
         cell = frame[frame["size"] == size]
@@ -127,7 +127,7 @@ def summary_table(frame, tasks: list[str], sizes: list[str]) -> list[str]:
             a, b = stats["finetune"][0], stats["scratch"][0]
             change = f"{(a - b) / b * 100:+.1f}%" if stats["finetune"][2] and stats["scratch"][2] else "n/a"
             n_train = int(cell["n_train"].iloc[0])
-            lines.append(f"{size:>6} {n_train:>7}  {task:<22}{text['scratch']:>18}{text['finetune']:>18}{change:>9}")
+            lines.append(f"{size:>6} {n_train:>7}  {task:<22}{text['scratch']:>21}{text['finetune']:>21}{change:>9}")
     lines.append("MAE in log10 GPa on the same test crystals; ± sample std over seeds (n seeds in brackets)")
     return lines
 
