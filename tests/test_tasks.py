@@ -7,7 +7,15 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from mtc.tasks import TaskSpec, as_tasks, check_partition, fit_normalizer, served, task_targets
+from mtc.tasks import (
+    TaskSpec,
+    as_tasks,
+    check_partition,
+    fit_normalizer,
+    invalid_label_counts,
+    served,
+    task_targets,
+)
 
 NAN = float("nan")
 
@@ -82,6 +90,29 @@ def test_per_atom_targets_divide_by_the_atom_count() -> None:
         task_targets(table.drop_columns(["atomic_numbers"]), tasks)
     with pytest.raises(ValidationError, match="per_atom"):
         TaskSpec(name="m", kind="binary", derive="band_gap == 0", per_atom=True)
+
+
+def test_log10_transform_and_labels_outside_its_domain() -> None:
+    """log10 of the label; a label <= 0 is a counted missing label (not a crash), a null stays an uncounted one."""
+    table = pa.table(
+        {"atomic_numbers": pa.array([[8], [11, 17], [8], [8]], pa.list_(pa.int8())), "k": [100.0, 0.0, None, -3.0]}
+    )
+    tasks = as_tasks(
+        [
+            {"name": "k"},
+            {"name": "log_k", "column": "k", "transform": "log10"},
+            {"name": "log_k_atom", "column": "k", "transform": "log10", "per_atom": True},
+        ]
+    )
+    values, mask = task_targets(table, tasks)
+    np.testing.assert_array_equal(mask, [[True, True, True], [True, False, False], [False] * 3, [True, False, False]])
+    np.testing.assert_allclose(values[0], [100.0, 2.0, 2.0])
+    assert values[1, 1] == values[3, 1] == 0.0  # missing targets are 0, as every missing label
+    assert invalid_label_counts(table, tasks) == {"log_k": 2, "log_k_atom": 2}
+    with pytest.raises(ValidationError, match="transform is only allowed for regression"):
+        TaskSpec(name="m", kind="binary", derive="band_gap == 0", transform="log10")
+    with pytest.raises(ValidationError, match="log10"):
+        TaskSpec(name="k", transform="log")
 
 
 def test_auxiliary_tasks_are_not_served() -> None:

@@ -29,6 +29,14 @@ def train(
     train_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Subsample the training split only (data-efficiency runs).")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from this model's trunk (models:/NAME@ALIAS, models:/NAME/VERSION, "
+            "runs:/RUN/mtc_model or a folder with model.pt + model.json). Tasks it has keep their heads, new tasks "
+            "get new ones; see the config's finetune: section (freeze, trunk_lr).",
+        ),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(help="Continue the interrupted run RUN_ID from its last checkpoint, with its own config."),
@@ -60,6 +68,8 @@ def train(
 
     With --ensemble 5 the model predicts each task's mean with a calibrated std and interval (mtc screen,
     mtc predict); the run also logs coverage, miscalibration area and calibration plots per task.
+
+    Fine-tune: mtc train --data shards/elastic --config configs/elastic.yaml --init models:/mp36k-mt3@champion
     """
     with user_errors():
         run_training(
@@ -74,6 +84,7 @@ def train(
             address,
             ensemble,
             bootstrap,
+            init,
         )
 
 
@@ -89,19 +100,23 @@ def run_training(
     address=None,
     ensemble=1,
     bootstrap=False,
+    init=None,
 ):
-    """Resolve the config, train, log the model (registered under ``register`` unless None), print the test table.
+    """Resolve the config, train (from the model ``init`` when given), log the model (registered under ``register``
+    unless None), print the test table.
 
     ``ensemble`` > 1 trains that many members as one model (``mtc.train.ensemble``).
 
     Returns:
         (the TrainResult, ``{"model_uri", "name", "version"}`` of the logged model).
     """
+    from mtc import tracking
     from mtc.cluster import connect
     from mtc.config import TrainConfig, load_config
     from mtc.errors import MtcError
     from mtc.preflight import check_training_paths
-    from mtc.registry.models import publish
+    from mtc.registry.models import load_source, publish
+    from mtc.train.finetune import ParentModel, align_to_parent
     from mtc.train.trainer import config_of_run
     from mtc.train.trainer import train as run_train
     from mtc_cli.epochs import epoch_progress
@@ -117,9 +132,20 @@ def run_training(
         overrides.append(f"scaling.workers={workers}")
     if train_fraction is not None:
         overrides.append(f"split.train_fraction={train_fraction}")
+    if resume and init:
+        raise MtcError("--resume continues a run from its own parent model; leave out --init")
     config = config_of_run(resume, overrides) if resume else load_config(TrainConfig, config_path, overrides)
     console.print(connect(address))
     check_training_paths(data)
+    parent = None
+    if init:
+        tracking.configure()
+        uri, bundle = load_source(init)
+        parent = ParentModel(bundle, uri)
+        config, notes = align_to_parent(config, parent.bundle)
+        console.print(f"starting from [bold]{parent.uri}[/] (tasks {', '.join(parent.bundle.task_names)})")
+        for note in notes:
+            console.print(f"  {note}")
     tasks = ", ".join(t.name for t in config.tasks)
     console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
     if ensemble > 1:
@@ -129,10 +155,15 @@ def run_training(
             console.print(f"member {k + 1}/{ensemble} (seed {member.seed}{', bootstrap' if bootstrap else ''})")
             return epoch_progress(member)
 
-        result = train_ensemble(data, config, ensemble, bootstrap, member_progress)
+        result = train_ensemble(data, config, ensemble, bootstrap, member_progress, parent)
     else:
         with epoch_progress(config) as callbacks:
-            result = run_train(data, config, resume_run_id=resume, ray_callbacks=callbacks)
+            result = run_train(data, config, resume_run_id=resume, ray_callbacks=callbacks, parent=parent)
+    for task, n in result.invalid_labels.items():
+        if n:
+            console.print(
+                f"{task}: {n} label(s) outside the transform's domain (log10 of a value <= 0) trained as missing"
+            )
     published = publish(result.run_id, result.bundle, register)
     print_result(result, config, published)
     return result, published

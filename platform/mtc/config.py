@@ -206,6 +206,36 @@ class ScalingConfig(StrictModel):
     collective_timeout_s: int = Field(600, ge=10)
 
 
+FREEZE = re.compile(r"^(trunk|none|convs:(\d+))$")
+
+
+class FinetuneConfig(StrictModel):
+    """How a model started from another one (``mtc train --init SOURCE``) trains; inert without one, so one config
+    trains both the fine-tuned model and its from-scratch baseline.
+
+    ``freeze``: ``none``, ``trunk`` (embedding and every convolution) or ``convs:k`` (the embedding and the first
+    k convolutions on every task's path). Frozen parameters keep the source's values, their BatchNorms its running
+    statistics. ``trunk_lr`` multiplies ``optim.lr`` for the trunk parameters that still train (heads and loss
+    weights: ``optim.lr``).
+    """
+
+    freeze: str = "none"
+    trunk_lr: float = Field(1.0, gt=0, description="learning rate of the unfrozen trunk, as a multiple of optim.lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if not FREEZE.match(self.freeze):
+            raise ValueError(f"freeze must be trunk, none or convs:k (k a number), got {self.freeze!r}")
+        return self
+
+    def frozen_convs(self, n_conv: int) -> int | None:
+        """Convolutions frozen on each task's path (with the embedding), of ``n_conv``; None: nothing frozen."""
+        match = FREEZE.match(self.freeze)
+        if match.group(1) == "none":
+            return None
+        return n_conv if match.group(1) == "trunk" else int(match.group(2))
+
+
 class TrainConfig(StrictModel):
     """Everything ``mtc train`` needs besides the data: the resolved form is logged to MLflow."""
 
@@ -215,6 +245,7 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(0, ge=0, description="stop after this many epochs without a better val score; 0: off")
@@ -245,6 +276,11 @@ class TrainConfig(StrictModel):
             raise ValueError(f"model.head_layers names unknown tasks {sorted(unknown)}")
         if all(t.auxiliary for t in self.tasks):
             raise ValueError("every task is auxiliary: at least one must be served")
+        frozen = self.finetune.frozen_convs(self.model.n_conv)
+        if frozen is not None and frozen > self.model.n_conv:
+            raise ValueError(
+                f"finetune.freeze {self.finetune.freeze!r}: the model has {self.model.n_conv} convolutions"
+            )
         return self
 
     def label_columns(self) -> list[str]:

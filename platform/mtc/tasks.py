@@ -46,6 +46,8 @@ class TaskSpec(BaseModel):
         loss: ``"mse"`` or ``"l1"`` on normalised targets (regression only; binary uses BCE).
         per_atom: Regression only: the target is the label divided by the crystal's atom count (e.g. volume per
             atom from ``volume``); the label column is then read together with ``atomic_numbers``.
+        transform: Regression only: ``"log10"`` learns log10 of the label (after ``per_atom``); a label that is not
+            positive becomes a missing label (counted by ``invalid_label_counts``), never an error.
         auxiliary: Trained (and its metrics logged) but not served: predictions, the served schema and model
             selection's unit-free score leave it out.
     """
@@ -60,6 +62,7 @@ class TaskSpec(BaseModel):
     loss: Literal["mse", "l1"] = "mse"
     per_atom: bool = False
     auxiliary: bool = False
+    transform: Literal["log10"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -79,9 +82,17 @@ class TaskSpec(BaseModel):
             derive_column = parse_term(self.derive).column
             if derive_column != self.column:
                 raise ValueError(f"task {self.name!r}: derive reads {derive_column!r} but column is {self.column!r}")
-        if self.per_atom and self.kind != "regression":
-            raise ValueError(f"task {self.name!r}: per_atom is only allowed for regression tasks")
+        for option in ("per_atom", "transform"):
+            if getattr(self, option) and self.kind != "regression":
+                raise ValueError(f"task {self.name!r}: {option} is only allowed for regression tasks")
         return self
+
+    def transformed(self, source: np.ndarray) -> np.ndarray:
+        """``source`` (B,) float64 under ``transform``; NaN where the transform is undefined (log10 of x <= 0)."""
+        if self.transform is None:
+            return source
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(source > 0, np.log10(np.where(source > 0, source, 1.0)), np.nan)
 
     def target(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Computes this task's target from its source column.
@@ -95,6 +106,7 @@ class TaskSpec(BaseModel):
         Raises:
             ValueError: for a non-derived binary task whose labels are not 0/1.
         """
+        source = self.transformed(source)
         mask = np.isfinite(source)
         if self.derive is not None:
             _, op, threshold = parse_term(self.derive)
@@ -150,15 +162,31 @@ def task_targets(table: pa.Table, tasks: Sequence[TaskSpec]) -> tuple[np.ndarray
     """
     values = np.zeros((table.num_rows, len(tasks)), dtype=np.float32)
     mask = np.zeros((table.num_rows, len(tasks)), dtype=bool)
-    sources: dict[str, np.ndarray] = {}
-    for k, task in enumerate(tasks):
-        if task.column not in sources:
-            sources[task.column] = _column_as_float(table, task.column)
-        source = sources[task.column]
-        if task.per_atom:
-            source = source / _atom_counts(table)
+    for k, (task, source) in enumerate(zip(tasks, _sources(table, tasks), strict=True)):
         values[:, k], mask[:, k] = task.target(source)
     return values, mask
+
+
+def invalid_label_counts(table: pa.Table, tasks: Sequence[TaskSpec]) -> dict[str, int]:
+    """Per task with a ``transform``: rows whose label exists but is outside the transform's domain (log10 of
+    x <= 0); those rows train as missing labels."""
+    return {
+        task.name: int((np.isfinite(source) & ~np.isfinite(task.transformed(source))).sum())
+        for task, source in zip(tasks, _sources(table, tasks), strict=True)
+        if task.transform is not None
+    }
+
+
+def _sources(table: pa.Table, tasks: Sequence[TaskSpec]) -> list[np.ndarray]:
+    """Each task's float64 (B,) source labels (per atom where asked), NaN where missing; columns read once."""
+    columns: dict[str, np.ndarray] = {}
+    sources = []
+    for task in tasks:
+        if task.column not in columns:
+            columns[task.column] = _column_as_float(table, task.column)
+        source = columns[task.column]
+        sources.append(source / _atom_counts(table) if task.per_atom else source)
+    return sources
 
 
 def _atom_counts(table: pa.Table) -> np.ndarray:

@@ -117,8 +117,9 @@ class ModelBundle:
     @classmethod
     def load(cls, folder: Path) -> ModelBundle:
         folder = Path(folder)
-        if not (folder / META).exists():
-            raise BundleError(f"{folder} holds no saved mtc model ({META} missing)")
+        missing = [name for name in (META, WEIGHTS) if not (folder / name).exists()]
+        if missing:
+            raise BundleError(f"{folder} holds no saved mtc model ({' and '.join(missing)} missing)")
         meta = json.loads((folder / META).read_text())
         version = meta.get("format_version", 1)  # mtc 0.1 wrote format 1 before the field existed
         if version not in (SINGLE_FORMAT, FORMAT_VERSION):

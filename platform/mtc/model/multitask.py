@@ -117,14 +117,14 @@ class MultiTaskCGCNN(nn.Module):
         return torch.stack([head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters that more than one task's output depends on (where task gradients can conflict)."""
+        """Trainable parameters that more than one task's output depends on (where task gradients can conflict)."""
         several = [len(group) > 1 for group in self.groups]
         if self.shared_convs is None:
             modules = [trunk for trunk, shared in zip(self.trunks, several, strict=True) if shared]
         else:
             modules = [self.trunks[0]] if len(self.tasks) > 1 else []
         modules += [branch for branch, shared in zip(self.branches, several, strict=True) if shared]
-        return [p for module in modules for p in module.parameters()]
+        return [p for module in modules for p in module.parameters() if p.requires_grad]
 
     def n_parameters(self) -> int:
         """Trainable parameter count (for comparing widths and sharing layouts at equal size)."""

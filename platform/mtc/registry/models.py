@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
+from mtc.train.finetune import PARENT_TAG
 
 DEFAULT_NAME = "mtc"
 ARTIFACT_PATH = "mtc_model"
@@ -72,21 +73,27 @@ def log_model(run_id: str, bundle: ModelBundle) -> str:
     return info.model_uri
 
 
-def register(model_uri: str, name: str = DEFAULT_NAME) -> str:
-    """Register a logged model as a new version of ``name``; returns the version."""
+def register(model_uri: str, name: str = DEFAULT_NAME, tags: dict[str, str] | None = None) -> str:
+    """Register a logged model as a new version of ``name`` (with version ``tags``); returns the version."""
     import mlflow
 
-    return str(mlflow.register_model(model_uri, name).version)
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
 
 
 def publish(run_id: str, bundle: ModelBundle, name: str | None = DEFAULT_NAME) -> dict:
     """Log a trained run's model as a pyfunc and, given ``name``, register it.
 
+    A run started from another model (tag ``mtc.parent_model``) gives its version the same tag: lineage from
+    registry version to registry version.
+
     Returns:
         ``{"model_uri": ..., "name": ..., "version": ...}`` (name and version None when not registered).
     """
+    import mlflow
+
     model_uri = log_model(run_id, bundle)
-    version = register(model_uri, name) if name else None
+    parent = mlflow.MlflowClient().get_run(run_id).data.tags.get(PARENT_TAG)
+    version = register(model_uri, name, {PARENT_TAG: parent} if parent else None) if name else None
     return {"model_uri": model_uri, "name": name, "version": version}
 
 
@@ -143,6 +150,25 @@ def load_bundle(model_uri: str) -> ModelBundle:
     """The bundle of a logged model (``models:/mtc@champion``, ``models:/mtc/3``, ``runs:/RUN/mtc_model``)."""
     with tempfile.TemporaryDirectory() as folder:
         return bundle_in(download(resolve_uri(model_uri), Path(folder)))
+
+
+def load_source(source: str) -> tuple[str, ModelBundle]:
+    """A model to start from: a logged model's URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+    ``runs:/RUN/mtc_model``) or a bundle folder (``model.pt`` + ``model.json``).
+
+    Returns:
+        (where it came from, concrete: ``models:/NAME/VERSION`` for an alias, the absolute folder; the bundle).
+    """
+    if source.startswith(("models:/", "runs:/")):
+        uri = resolve_uri(source)
+        return uri, load_bundle(uri)
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ModelNotFound(
+            f"{source} is neither a model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/mtc_model) nor "
+            "a folder holding model.pt and model.json"
+        )
+    return str(folder.resolve()), ModelBundle.load(folder)
 
 
 def load_predictor(model_uri: str, device: str = "cpu"):

@@ -13,7 +13,7 @@ from mtc.config import TrainConfig
 from mtc.data.shards import read_manifest, read_shards, shard_paths
 from mtc.data.splits import SPLIT_NAMES, TRAIN, bootstrap_counts, split_codes
 from mtc.errors import MtcError
-from mtc.tasks import fit_normalizer, task_targets
+from mtc.tasks import fit_normalizer, invalid_label_counts, task_targets
 from mtc.train.resources import WorkerPlan
 
 GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
@@ -22,12 +22,14 @@ ARROW_INFLATION = 8  # in-memory Arrow bytes per compressed shard byte (zstd), m
 
 @dataclass(frozen=True)
 class PreparedSplits:
-    """What the driver learns from the labels before training: the normaliser, split sizes, the manifest."""
+    """What the driver learns from the labels before training: the normaliser, split sizes, the manifest, and per
+    task with a ``transform`` the labels outside its domain (trained as missing)."""
 
     mean: list[float]
     std: list[float]
     counts: dict[str, int]
     manifest: dict[str, Any]
+    invalid_labels: dict[str, int]
 
 
 def prepare_splits(shards: Path, config: TrainConfig) -> PreparedSplits:
@@ -61,7 +63,7 @@ def prepare_splits(shards: Path, config: TrainConfig) -> PreparedSplits:
     no_labels = [t.name for k, t in enumerate(config.tasks) if not mask[train_rows, k].any()]
     if no_labels:
         raise MtcError(f"no training crystal has a label for task(s) {', '.join(no_labels)}")
-    return PreparedSplits(mean.tolist(), std.tolist(), counts, manifest)
+    return PreparedSplits(mean.tolist(), std.tolist(), counts, manifest, invalid_label_counts(labels, config.tasks))
 
 
 def split_dataset(shards: Path, config: TrainConfig, split: str):

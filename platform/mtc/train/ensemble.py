@@ -31,6 +31,7 @@ from mtc.model.calibration import Calibration, calibration_metrics, coverage_cur
 from mtc.model.domain import Domain, training_domain
 from mtc.tasks import TaskSpec
 from mtc.train.datasets import prepare_splits, split_dataset
+from mtc.train.finetune import ParentModel
 from mtc.train.loop import MODEL_DIR
 from mtc.train.metrics import flatten_metrics, metric_key, regression_metrics, task_metrics
 from mtc.train.trainer import TrainingError, TrainResult, log_inputs, train
@@ -155,9 +156,16 @@ def predict_split(bundles: list[ModelBundle], shards: Path, config: TrainConfig,
 
 
 def train_ensemble(
-    shards: Path, config: TrainConfig, n_members: int, bootstrap: bool = False, callbacks: MemberCallbacks | None = None
+    shards: Path,
+    config: TrainConfig,
+    n_members: int,
+    bootstrap: bool = False,
+    callbacks: MemberCallbacks | None = None,
+    parent: ParentModel | None = None,
 ) -> TrainResult:
     """Train ``n_members`` >= 2 members under one parent run; returns the parent's result and the ensemble bundle.
+
+    Given ``parent`` (fine-tuning), every member starts from that model, each with its own seed.
 
     ``callbacks(k, member_config)`` may give a context that yields each member's Ray Train callbacks (progress).
     A member that fails ends the parent FAILED; its finished siblings stay as child runs.
@@ -169,9 +177,9 @@ def train_ensemble(
     uri = tracking.configure()
     client = mlflow.MlflowClient(uri)
     tags = {"mtc.shards": str(shards), "mtc.ensemble.members": str(n_members), "mtc.ensemble.bootstrap": str(bootstrap)}
-    parent = client.create_run(tracking.experiment_id(config.experiment), run_name=config.run_name, tags=tags)
-    run_id = parent.info.run_id
-    log_inputs(client, run_id, config, prepared)
+    parent_run = client.create_run(tracking.experiment_id(config.experiment), run_name=config.run_name, tags=tags)
+    run_id = parent_run.info.run_id
+    log_inputs(client, run_id, config, prepared, parent)
     client.log_param(run_id, "ensemble.members", n_members)
     client.log_param(run_id, "ensemble.bootstrap", bootstrap)
     results = []
@@ -179,7 +187,7 @@ def train_ensemble(
         for k in range(n_members):
             member = member_config(config, k, bootstrap)
             with callbacks(k, member) if callbacks else contextlib.nullcontext([]) as ray_callbacks:
-                results.append(train(shards, member, parent_run_id=run_id, ray_callbacks=ray_callbacks or None))
+                results.append(train(shards, member, parent_run_id=run_id, ray_callbacks=ray_callbacks or None, parent=parent))
         bundles = [r.bundle for r in results]
         val, test = (predict_split(bundles, shards, config, split) for split in ("val", "test"))
         calibration = fit_calibration(val, config.tasks)
@@ -194,7 +202,9 @@ def train_ensemble(
             raise
         raise TrainingError(f"ensemble {run_id} failed ({type(err).__name__}: {err})") from err
     client.set_terminated(run_id)
-    return TrainResult(run_id, parent.info.experiment_id, metrics, bundle, results[-1].checkpoint_path)
+    return TrainResult(
+        run_id, parent_run.info.experiment_id, metrics, bundle, results[-1].checkpoint_path, prepared.invalid_labels
+    )
 
 
 def _log_ensemble(client, run_id: str, metrics, bundle: ModelBundle, preds: dict, tasks, calibration) -> None:

@@ -14,6 +14,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
+from mtc.model.transfer import freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
 from mtc.train.checkpoint import TrainState, unwrap
 from mtc.train.evaluate import Evaluation, evaluate
+from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
-from mtc.train.optim import build_optimizer, build_scheduler
+from mtc.train.optim import build_optimizer, build_scheduler, param_groups
 from mtc.train.run_log import RunLogger
 
 MODEL_DIR = "model"
@@ -47,6 +50,8 @@ class WorkerConfig(StrictModel):
     run_id: str
     tracking_uri: str
     threads: int
+    parent: bool = False  # the run starts from the model in its ``parent/`` artifacts (fine-tuning)
+    checkpoint_dir: str | None = None  # in-process runs: rank 0 writes its checkpoints here, not to a temp folder
 
 
 class LossModule(nn.Module):
@@ -86,6 +91,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.threads)
     model, state = build(config)
     resumed = _restore(state)
+    if config.parent and not resumed:
+        _start_from_parent(config, model)
     state.objective = ray.train.torch.prepare_model(state.objective)
     logger = RunLogger(config.tracking_uri, config.run_id) if where.is_zero else None
     if logger and resumed:
@@ -109,8 +116,26 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
         train.tasks, train.loss.strategy, train.loss.weights, config.mean, config.std, train.loss.temperature
     )
     objective = LossModule(model, loss)
-    optimizer = build_optimizer(objective.parameters(), train.optim)
+    params = objective.parameters()
+    if config.parent:
+        frozen = train.finetune.frozen_convs(train.model.n_conv)
+        if frozen is not None:
+            freeze(model, frozen)
+        trunk = {f"model.{name}" for name in trunk_parameter_names(model)}
+        params = param_groups(objective.named_parameters(), trunk, train.optim.lr, train.finetune.trunk_lr)
+    optimizer = build_optimizer(params, train.optim)
     return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, train.epochs))
+
+
+def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> None:
+    """Loads the source model the driver logged under the run's ``parent/`` artifacts (trunk, shared heads)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.MlflowClient(config.tracking_uri).download_artifacts(config.run_id, PARENT_ARTIFACT, folder)
+        source = ModelBundle.load(Path(path))
+    norm = (config.mean, config.std)
+    start_from(model, source.model_config, source.state_dict, (source.mean, source.std), norm)
 
 
 def _restore(state: TrainState) -> bool:
@@ -134,6 +159,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
     for epoch in range(state.epoch + 1, train.epochs + 1):
         started = time.perf_counter()
         state.objective.train()
+        hold_frozen_batchnorm(model)
         done = _train_epoch(state, shard, train, where, torch.Generator().manual_seed(_order_seed(train.seed, epoch)))
         metrics = {
             "epoch": epoch,
@@ -159,7 +185,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
         val_score, stop = _from_rank_zero(metrics.get("val_score", math.nan), stop, where.world)
         _step_scheduler(state.scheduler, val_score)
         state.finished = stop or epoch == train.epochs
-        _report(metrics, state, where)
+        _report(metrics, state, where, config.checkpoint_dir)
         if stop:
             break
 
@@ -254,14 +280,21 @@ def _evaluate(config: WorkerConfig, model: MultiTaskCGCNN, split: str, where: _R
     return evaluate(model, shard, train.tasks, config.mean, config.std, train.batch_size, where.device)
 
 
-def _report(metrics: dict[str, float], state: TrainState, where: _Rank, bundle: ModelBundle | None = None) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (the training state, and the model once finished)."""
+def _report(
+    metrics: dict[str, float],
+    state: TrainState,
+    where: _Rank,
+    checkpoint_dir: str | None,
+    bundle: ModelBundle | None = None,
+) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (the training state, and the model once finished), written
+    to a temporary folder that Ray Train persists, or to ``checkpoint_dir`` (in-process runs: nothing persists it)."""
     import ray.train
 
     if not where.is_zero:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as folder:
+    with nullcontext(checkpoint_dir) if checkpoint_dir else tempfile.TemporaryDirectory() as folder:
         state.save(Path(folder))
         if bundle is not None:
             bundle.save(Path(folder) / MODEL_DIR)
@@ -271,7 +304,7 @@ def _report(metrics: dict[str, float], state: TrainState, where: _Rank, bundle: 
 def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:
     """Rank 0: the best epoch's weights on the test split, logged, and the final checkpoint with the model."""
     if not where.is_zero:
-        _report({}, state, where)
+        _report({}, state, where, config.checkpoint_dir)
         return
     model.load_state_dict(state.best_weights)
     test = _evaluate(config, model, "test", where)
@@ -279,7 +312,7 @@ def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger
     final.update(flatten_metrics("test", test.metrics))
     logger.log_final(final, test, state.history, config.train.tasks)
     bundle = ModelBundle.from_model(model, config.mean, config.std, config.graph_params)
-    _report(final, state, where, bundle)
+    _report(final, state, where, config.checkpoint_dir, bundle)
 
 
 def _batches(shard, config: TrainConfig, device) -> Iterator[CrystalBatch]:

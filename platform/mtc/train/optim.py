@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 
 from mtc.config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], trunk: Collection[str], lr: float, trunk_lr: float
+) -> list[dict]:
+    """Optimizer parameter groups: the trainable parameters at ``lr``, those named in ``trunk`` at ``lr * trunk_lr``.
+
+    Frozen parameters (``requires_grad`` False) are left out; an empty group is left out.
+    """
+    others, trunk_params = [], []
+    for name, param in named:
+        if param.requires_grad:
+            (trunk_params if name in trunk else others).append(param)
+    groups = [{"params": others, "lr": lr}, {"params": trunk_params, "lr": lr * trunk_lr}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser over ``params`` (parameters, or groups with their own ``lr``) at ``cfg.lr``."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam

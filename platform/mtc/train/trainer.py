@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,13 @@ from mtc.config import TrainConfig, dump_yaml
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
 from mtc.train.datasets import PreparedSplits, prepare_splits, split_datasets
+from mtc.train.finetune import (
+    PARENT_ARTIFACT,
+    PARENT_TAG,
+    ParentModel,
+    align_to_parent,
+    check_graph_params,
+)
 from mtc.train.loop import MODEL_DIR, WorkerConfig, build_model, train_loop_per_worker
 from mtc.train.metrics import split_metrics
 from mtc.train.resources import WorkerPlan, check_resources
@@ -24,13 +32,15 @@ class TrainingError(MtcError):
 
 @dataclass
 class TrainResult:
-    """A finished run: its final metrics (``best_epoch``, ``test/<task>/<metric>``) and the model."""
+    """A finished run: its final metrics (``best_epoch``, ``test/<task>/<metric>``) and the model; per task with a
+    ``transform``, the labels outside its domain that trained as missing."""
 
     run_id: str
     experiment_id: str
     metrics: dict[str, float]
     bundle: ModelBundle
     checkpoint_path: str
+    invalid_labels: dict[str, int]
 
 
 def train(
@@ -39,12 +49,19 @@ def train(
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
     ray_callbacks: list | None = None,
+    parent: ParentModel | None = None,
+    in_process: bool = False,
 ) -> TrainResult:
     """Train on the graph shards in ``shards`` with Ray Train, tracked in MLflow (the model as run artifacts).
 
     Everything that can be checked is checked before a worker starts. ``resume_run_id`` continues an
     interrupted run from its last checkpoint (same run, same Ray storage). ``parent_run_id`` nests the run
     under another (a tune); ``ray_callbacks`` go to Ray Train's RunConfig (e.g. Tune's report callback).
+    ``parent`` starts the model from another one (fine-tuning; the config's trunk width and depth become the
+    parent's, see ``mtc.train.finetune.align_to_parent``): the run is tagged ``mtc.parent_model`` and keeps the
+    parent's bundle under its ``parent/`` artifacts, which a resumed run starts from again. ``in_process`` runs the
+    same loop in this process (Ray Train's local mode: one rank, no worker actors, no restarts) for many small runs
+    on a small machine (benchmarks); ``config.scaling`` is then ignored.
     ``mtc.registry.models.publish`` turns the result into a registered model.
     """
     import mlflow
@@ -56,7 +73,11 @@ def train(
     shards = Path(shards).resolve()
     plan = WorkerPlan.of(config.scaling)
     check_resources(plan, ray.cluster_resources())
+    if parent:
+        config = align_to_parent(config, parent.bundle)[0]
     prepared = prepare_splits(shards, config)
+    if parent:
+        check_graph_params(parent.bundle.graph_params, prepared.manifest["params"], str(shards))
     uri = tracking.configure()
     client = mlflow.MlflowClient(uri)
     if resume_run_id:
@@ -64,8 +85,9 @@ def train(
         client.update_run(resume_run_id, status="RUNNING")
     else:
         tags = {"mtc.shards": str(shards), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        tags.update({PARENT_TAG: parent.uri} if parent else {})
         run = client.create_run(tracking.experiment_id(config.experiment), run_name=config.run_name, tags=tags)
-        log_inputs(client, run.info.run_id, config, prepared)
+        log_inputs(client, run.info.run_id, config, prepared, parent)
     run_id = run.info.run_id
 
     worker_config = WorkerConfig(
@@ -76,12 +98,14 @@ def train(
         run_id=run_id,
         tracking_uri=uri,
         threads=plan.torch_threads(ray.cluster_resources().get("CPU", 1)),
+        parent=PARENT_TAG in run.data.tags,
+        checkpoint_dir=tempfile.mkdtemp(prefix="mtc-checkpoint-") if in_process else None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_config.model_dump(mode="json"),
         scaling_config=RayScaling(
-            num_workers=plan.workers,
+            num_workers=0 if in_process else plan.workers,
             use_gpu=plan.use_gpu,
             resources_per_worker=plan.resources_per_worker(),
             placement_strategy=config.scaling.placement.upper(),
@@ -111,8 +135,12 @@ def train(
             f"training failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the run "
             f"{run_id} holds what was logged; `mtc train --resume {run_id}` continues from the last checkpoint"
         ) from err
+    finally:
+        if worker_config.checkpoint_dir:
+            shutil.rmtree(worker_config.checkpoint_dir, ignore_errors=True)
     client.set_terminated(run_id)
-    return TrainResult(run_id, run.info.experiment_id, dict(result.metrics or {}), bundle, result.checkpoint.path)
+    metrics = dict(result.metrics or {})
+    return TrainResult(run_id, run.info.experiment_id, metrics, bundle, result.checkpoint.path, prepared.invalid_labels)
 
 
 def config_of_run(run_id: str, overrides: list[str] | None = None) -> TrainConfig:
@@ -134,12 +162,20 @@ def config_of_run(run_id: str, overrides: list[str] | None = None) -> TrainConfi
         return load_config(TrainConfig, Path(path), overrides or [])
 
 
-def log_inputs(client, run_id: str, config: TrainConfig, prepared: PreparedSplits) -> None:
-    """The resolved config (params and ``config.yaml``), split sizes, parameter count, manifest and normaliser."""
+def log_inputs(
+    client, run_id: str, config: TrainConfig, prepared: PreparedSplits, parent: ParentModel | None = None
+) -> None:
+    """The resolved config (params and ``config.yaml``), split sizes, parameter count, manifest and normaliser;
+    the parent model (fine-tuning) as a param and its bundle under ``parent/``."""
     from mlflow.entities import Param
 
     flat = _flatten(config.model_dump(mode="json"))
     flat.update({f"n_{k}": v for k, v in prepared.counts.items()})
+    flat.update({f"n_invalid_labels.{task}": n for task, n in prepared.invalid_labels.items()})
+    if parent:
+        flat["parent_model"] = parent.uri
+        with tempfile.TemporaryDirectory() as folder:
+            client.log_artifacts(run_id, str(parent.bundle.save(Path(folder))), PARENT_ARTIFACT)
     # model size, so layouts and widths compare at equal parameters (one wide shared trunk vs narrow ones)
     flat["n_parameters"] = build_model(config, prepared.manifest["params"]["radius"]).n_parameters()
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
