@@ -187,7 +187,9 @@ def train_ensemble(
         for k in range(n_members):
             member = member_config(config, k, bootstrap)
             with callbacks(k, member) if callbacks else contextlib.nullcontext([]) as ray_callbacks:
-                results.append(train(shards, member, parent_run_id=run_id, ray_callbacks=ray_callbacks or None, parent=parent))
+                results.append(
+                    train(shards, member, parent_run_id=run_id, ray_callbacks=ray_callbacks or None, parent=parent)
+                )
         bundles = [r.bundle for r in results]
         val, test = (predict_split(bundles, shards, config, split) for split in ("val", "test"))
         calibration = fit_calibration(val, config.tasks)
