@@ -62,8 +62,18 @@ class StackedConv:
         return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
 
 
-class StackedTrunk:
-    """K ``FrozenTrunk`` (stem + branches) as one; element tables stacked to (n_elements, K, F)."""
+def _mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
+    """Args: atom_fea (N, K, F), crystal_index (N,). Returns: (K, B, F); zeros for a crystal without atoms."""
+    n, k, f = atom_fea.shape
+    pooled = mean_pool(atom_fea.view(n, k * f), crystal_index, n_crystals)
+    return pooled.view(n_crystals, k, f).transpose(0, 1)
+
+
+class StackedTrunk(FrozenTrunk):
+    """K ``FrozenTrunk`` (stem + branches) as one; element tables stacked to (n_elements, K, F). Called like a
+    ``FrozenTrunk``, it returns n_branches x (K, B, F)."""
+
+    pool = staticmethod(_mean_pool)  # (N, K, F) atoms -> (K, B, F) crystals
 
     def __init__(self, trunks: Sequence[FrozenTrunk]) -> None:
         self.table = torch.stack([t.table for t in trunks], dim=1)
@@ -72,27 +82,6 @@ class StackedTrunk:
             [StackedConv(convs) for convs in zip(*branch, strict=True)]
             for branch in zip(*(t.branches for t in trunks), strict=True)
         ]
-
-    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor) -> list[torch.Tensor]:
-        """Args: edge_fea (E, G). Returns: n_branches x (K, B, F)."""
-        src, dst = batch.edge_src, batch.edge_dst
-        atom_fea = self.table.index_select(0, batch.atomic_numbers)
-        for conv in self.stem:
-            atom_fea = conv(atom_fea, edge_fea, src, dst)
-        pooled = []
-        for branch in self.branches:
-            branch_fea = atom_fea
-            for conv in branch:
-                branch_fea = conv(branch_fea, edge_fea, src, dst)
-            pooled.append(_mean_pool(branch_fea, batch.crystal_index, batch.n_crystals))
-        return pooled
-
-
-def _mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
-    """Args: atom_fea (N, K, F), crystal_index (N,). Returns: (K, B, F); zeros for a crystal without atoms."""
-    n, k, f = atom_fea.shape
-    pooled = mean_pool(atom_fea.view(n, k * f), crystal_index, n_crystals)
-    return pooled.view(n_crystals, k, f).transpose(0, 1)
 
 
 class StackedHead:

@@ -98,8 +98,10 @@ class FrozenTrunk:
             branch_fea = atom_fea
             for conv in branch:
                 branch_fea = conv(branch_fea, edge_fea, src, dst)
-            pooled.append(mean_pool(branch_fea, batch.crystal_index, batch.n_crystals))
+            pooled.append(self.pool(branch_fea, batch.crystal_index, batch.n_crystals))
         return pooled
+
+    pool = staticmethod(mean_pool)  # (N, F) atoms -> (B, F) crystals
 
 
 class InferenceModel:
