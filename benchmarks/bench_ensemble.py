@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 from bench_data import add_data_option
-from bench_inference import graphs_of, random_model
+from bench_inference import graphs_of, random_model, time_paths
 
 from mtc.data.batching import collate_arrow
 from mtc.model.ensemble import EnsembleInference
@@ -53,22 +52,13 @@ def main() -> None:
         f"{args.k} stacked": EnsembleInference(members, stacked=True),
         f"{args.k} one by one": EnsembleInference(members, stacked=False),
     }
-    seconds = {name: [] for name in paths}
     diff = 0.0
-    for b in batches[:1]:  # warm-up
-        for path in paths.values():
-            path(b)
-    for _ in range(args.repeats):
-        total = dict.fromkeys(paths, 0.0)
-        for b in batches:
-            outputs = {}
-            for name, path in paths.items():
-                t0 = time.perf_counter()
-                outputs[name] = path(b)
-                total[name] += time.perf_counter() - t0
-            diff = max(diff, (outputs[f"{args.k} stacked"] - outputs[f"{args.k} one by one"]).abs().max().item())
-        for name in paths:
-            seconds[name].append(total[name])
+
+    def compare(outputs):
+        nonlocal diff
+        diff = max(diff, (outputs[f"{args.k} stacked"] - outputs[f"{args.k} one by one"]).abs().max().item())
+
+    seconds = time_paths(paths, batches, args.repeats, compare)
 
     rate = {name: graphs.num_rows / min(s) for name, s in seconds.items()}
     print(f"{graphs.num_rows} crystals, batch {args.batch}, {args.threads} thread(s), default sizes, 3 tasks")

@@ -56,6 +56,26 @@ def random_model(shared_convs: int | None) -> MultiTaskCGCNN:
     return model.eval()
 
 
+def time_paths(paths: dict, batches: list, repeats: int, compare) -> dict[str, list[float]]:
+    """Seconds of each forward path over all ``batches``, ``repeats`` times, after a warm-up on the first batch;
+    ``compare(outputs)`` sees each batch's outputs by path name (for the max |delta| between paths)."""
+    for path in paths.values():
+        path(batches[0])
+    seconds = {name: [] for name in paths}
+    for _ in range(repeats):
+        total = dict.fromkeys(paths, 0.0)
+        for b in batches:
+            outputs = {}
+            for name, path in paths.items():
+                t0 = time.perf_counter()
+                outputs[name] = path(b)
+                total[name] += time.perf_counter() - t0
+            compare(outputs)
+        for name in paths:
+            seconds[name].append(total[name])
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -81,24 +101,15 @@ def main() -> None:
     model = random_model(args.shared_convs)
     frozen = InferenceModel(model)
     paths = {"eval": lambda b: model(b), "inference": frozen}
-    seconds = {name: [] for name in paths}
     diff = scale = 0.0
+
+    def compare(outputs):
+        nonlocal diff, scale
+        diff = max(diff, (outputs["eval"] - outputs["inference"]).abs().max().item())
+        scale = max(scale, outputs["eval"].abs().max().item())
+
     with torch.no_grad():
-        for b in batches[:1]:  # warm-up
-            for path in paths.values():
-                path(b)
-        for _ in range(args.repeats):
-            total = dict.fromkeys(paths, 0.0)
-            for b in batches:
-                outputs = {}
-                for name, path in paths.items():
-                    t0 = time.perf_counter()
-                    outputs[name] = path(b)
-                    total[name] += time.perf_counter() - t0
-                diff = max(diff, (outputs["eval"] - outputs["inference"]).abs().max().item())
-                scale = max(scale, outputs["eval"].abs().max().item())
-            for name in paths:
-                seconds[name].append(total[name])
+        seconds = time_paths(paths, batches, args.repeats, compare)
 
     rate = {name: graphs.num_rows / min(s) for name, s in seconds.items()}
     print(f"model: 3 tasks, shared_convs={args.shared_convs}, {model.n_parameters()} parameters, 1 thread")
