@@ -150,7 +150,7 @@ def test_runtime_env_ships_the_code_and_names_the_shared_services() -> None:
 
 def test_every_job_named_anywhere_exists_and_its_arguments_parse() -> None:
     calls = _job_calls()
-    assert {job for _, job, _ in calls} == set(JOBS) == {"featurize", "train", "tune", "screen"}
+    assert {job for _, job, _ in calls} == set(JOBS) == {"featurize", "train", "tune", "screen", "embed"}
     commands = typer.main.get_command(app).commands
     for where, job, args in calls:
         assert (REPO / "jobs" / f"{job}.py").exists(), f"{where} names jobs/{job}.py"
