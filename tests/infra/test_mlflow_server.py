@@ -225,6 +225,7 @@ def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo
     space = yaml.safe_load((REPO / "configs/tune/tiny.yaml").read_text())
     space["references"] = {"formation_energy_per_atom": 0.25, "band_gap": 0.6}  # given: the trials alone run
     space["train"]["epochs"] = 1
+    space["trials"] = 2  # two at once is what the server must survive; more trials only add minutes
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     root = Path(tempfile.mkdtemp(prefix="mtcpt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     cluster = LocalRayCluster(root)
@@ -246,8 +247,8 @@ def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo
     assert parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     trials = sorted(c.data.tags["mtc.tune.trial"] for c in children)
-    assert len(trials) == 4 and len(set(trials)) == 4, trials  # every trial once: none lost, none duplicated
-    assert len({c.info.run_name for c in children}) == 4
+    assert len(trials) == 2 and len(set(trials)) == 2, trials  # every trial once: none lost, none duplicated
+    assert len({c.info.run_name for c in children}) == 2
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), "no two trials ran at once"
     for child in children:
