@@ -36,6 +36,8 @@ def test_export_then_pull_registers_the_same_weights_once(trained, tmp_path):
     assert first["new"] and not again["new"] and again["version"] == first["version"]
     shown = describe_version("tiny-pulled", "prod")
     assert shown["metrics"]["test/band_gap/mae"] == pytest.approx(card["metrics"]["test/band_gap/mae"])
+    with pytest.raises(PretrainedError, match=r"holds no config\.yaml and dataset manifest"):
+        export("models:/tiny-pulled@champion", tmp_path / "again", "again")
     pulled = load_bundle("models:/tiny-pulled@champion")
     for key, value in trained.bundle.state_dict.items():
         assert np.array_equal(pulled.state_dict[key].numpy(), value.numpy()), key

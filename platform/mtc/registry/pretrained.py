@@ -67,9 +67,15 @@ def export(model_uri: str, out: Path, name: str, description: str = "", data_not
     run_id = _run_of(concrete)
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
-        manifest = json.loads(Path(client.download_artifacts(run_id, "dataset/manifest.json", tmp)).read_text())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+            manifest = json.loads(Path(client.download_artifacts(run_id, "dataset/manifest.json", tmp)).read_text())
+    except mlflow.exceptions.MlflowException:
+        raise PretrainedError(
+            f"{model_uri}: its run {run_id} holds no config.yaml and dataset manifest, so there is no card to write; "
+            "export a model trained with `mtc train` (a pulled model is already a folder: share that folder)"
+        ) from None
     params = run.data.params
     card = {
         "name": name,
