@@ -33,6 +33,13 @@ def experiment(
     address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address; default: an embedded local Ray.")
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a spec key, e.g. --set 'seeds=[1, 2]' --set train.epochs=5 (repeatable; not with --resume).",
+        ),
+    ] = None,
 ) -> None:
     """Does sharing pay? Train each task alone and together, over training fractions and seeds, and report.
 
@@ -44,13 +51,22 @@ def experiment(
     only beyond the seeds' spread) and plots. --budget-minutes stops launching trials; --resume NAME continues.
 
     Example: mtc experiment configs/experiments/tiny.yaml --data demo-out/shards --budget-minutes 30
+             mtc experiment configs/experiments/mt3.yaml --data shards/mp36k --set 'seeds=[1, 2]'
     """
     with user_errors():
-        run_experiment(spec, data, name, resume, budget_minutes, max_concurrent, workers_per_trial, address)
+        run_experiment(spec, data, name, resume, budget_minutes, max_concurrent, workers_per_trial, address, set_ or ())
 
 
 def run_experiment(
-    spec_path, data, name=None, resume=None, budget_minutes=None, max_concurrent=1, workers_per_trial=None, address=None
+    spec_path,
+    data,
+    name=None,
+    resume=None,
+    budget_minutes=None,
+    max_concurrent=1,
+    workers_per_trial=None,
+    address=None,
+    overrides=(),
 ):
     """Start or resume the experiment, print the summary and where the report is; returns the outcome."""
     from mtc.cluster import connect
@@ -64,17 +80,17 @@ def run_experiment(
         # (real failures keep theirs in the error file the trial's line names).
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     if resume:
-        if spec_path or name or workers_per_trial is not None:
+        if spec_path or name or workers_per_trial is not None or overrides:
             raise MtcError(
                 "--resume continues an experiment with the spec and name it started with; "
-                "drop SPEC, --name and --workers-per-trial"
+                "drop SPEC, --name, --set and --workers-per-trial"
             )
         console.print(connect(address))
         outcome = resume_experiment(resume, shards=data, budget_minutes=budget_minutes, echo=echo)
     else:
         if data is None or spec_path is None:
             raise MtcError("give SPEC.yaml and --data SHARDS (or --resume NAME)")
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, overrides)
         console.print(connect(address))
         check_training_paths(data)
         outcome = start_experiment(

@@ -110,3 +110,12 @@ def test_shipped_specs_parse_and_stay_the_sizes_their_comments_state():
     sizes = {"tiny": 4, "mt3": 21, "fractions": 48, "pairs": 33}
     for name, trials in sizes.items():
         assert len(load_spec(f"configs/experiments/{name}.yaml").points()) == trials, name
+
+
+def test_set_overrides_the_spec_and_its_train_config(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("train: {tasks: [{name: band_gap}, {name: efermi}], epochs: 4}\nseeds: [0, 1, 2]\n")
+    grid = load_spec(path, ["seeds=[1, 2]", "train.epochs=2"])
+    assert grid.seeds == [1, 2] and grid.base_config().epochs == 2
+    with pytest.raises(ConfigError, match=r"with --set seeds=\[1, 1\].*seeds"):
+        load_spec(path, ["seeds=[1, 1]"])

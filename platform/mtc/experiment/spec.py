@@ -8,7 +8,7 @@ over each seed. Under ``equal_compute`` a setting of k tasks trains k x ``epochs
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from mtc.config import (
     TrainConfig,
     deep_merge,
     describe_validation_error,
+    parse_overrides,
     read_yaml,
     with_base,
 )
@@ -194,13 +195,17 @@ def point_key(point: Mapping[str, Any]) -> tuple:
     return point["setting"], float(point["fraction"]), int(point["epochs"]), int(point["seed"]), axes
 
 
-def load_spec(path: Path) -> ExperimentSpec:
+def load_spec(path: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     """Read an experiment spec; ``base`` is resolved into ``train`` so the result stands alone (and is logged).
+
+    ``overrides`` are ``--set`` pairs over the resolved spec: ``seeds=[1, 2]``, ``train.epochs=5``.
 
     Raises:
         ConfigError: naming the key and value that cannot be used.
     """
-    return parse_spec(with_base(path, read_yaml(path)), source=str(path))
+    data = deep_merge(with_base(path, read_yaml(path)), parse_overrides(overrides))
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return parse_spec(data, source=source)
 
 
 def parse_spec(data: Mapping[str, Any], source: str = "the spec") -> ExperimentSpec:
