@@ -19,6 +19,8 @@ Each invocation appends its figures (with the command and the protocol) to ``--o
 (``bench-out/uncertainty/results.jsonl``); the shards of a subsample are reused by a rerun with the same stride and
 held-out elements.
 
+With ``RAY_ADDRESS`` set, every command joins that Ray cluster (``mtc ... --address``) instead of starting its own.
+
 Run: ``nice -n 10 .venv/bin/python benchmarks/bench_uncertainty.py``
 """
 

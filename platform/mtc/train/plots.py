@@ -104,5 +104,5 @@ def reliability_plot(diagrams: dict, task: str) -> bytes:
     top.set(ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1))
     top.set_title(f"{task}: reliability", fontsize=9)
     top.legend(fontsize=8)
-    bottom.set(xlabel="predicted probability (bin mean)", ylabel="crystals", yscale="log")
+    bottom.set(xlabel="predicted probability", ylabel="crystals per bin")
     return to_png(fig)
