@@ -48,8 +48,12 @@ def test_an_ensemble_trains_as_one_model_and_screens_with_intervals(demo_shards,
             assert 0.8 <= metrics[f"{split}/{task}/coverage_90"] <= 0.98, (split, task)
         assert metrics[f"test/{task}/coverage_68"] < metrics[f"test/{task}/coverage_95"]
         assert math.isfinite(metrics[f"test/{task}/spread_spearman"]) and f"test/{task}/member_mae" in metrics
+    for split in ("val", "test"):  # is_metal: the members' mean probability, its spread and its reliability
+        assert 0 <= metrics[f"{split}/is_metal/ece"] <= 1 and metrics[f"{split}/is_metal/probability_std"] > 0
+        assert metrics[f"{split}/is_metal/brier"] <= metrics[f"{split}/is_metal/member_brier"]
     assert artifacts(parent.info.run_id) >= {
         *(f"plots/{kind}_{task}.png" for task in TASKS for kind in ("calibration", "error_vs_spread")),
+        "plots/reliability_is_metal.png",
         "predictions/test_predictions.parquet",
         "model/model.pt",
         "model/model.json",

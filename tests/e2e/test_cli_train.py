@@ -75,6 +75,7 @@ def test_two_workers_learn_and_log_everything(demo_shards, ray_session):
         baseline_mae = float(np.abs(truth - train_mean).mean())
         assert metrics[f"test/{task}/mae"] < 0.9 * baseline_mae, (task, baseline_mae)
     assert metrics["test/is_metal/auc"] > 0.75
+    assert 0 <= metrics["test/is_metal/ece"] <= 1 and 0 <= metrics["test/is_metal/brier"] <= 1
     losses = [m.value for m in client().get_metric_history(run.info.run_id, "train_loss")]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert artifacts(run.info.run_id) >= {
@@ -86,6 +87,7 @@ def test_two_workers_learn_and_log_everything(demo_shards, ray_session):
         "plots/learning_curves.png",
         "plots/parity_formation_energy_per_atom.png",
         "plots/parity_band_gap.png",
+        "plots/reliability_is_metal.png",
         "predictions/test_predictions.parquet",
     }
     assert run.data.params["scaling.workers"] == "2" and run.data.params["optim.lr"] == "0.005"

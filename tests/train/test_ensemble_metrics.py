@@ -39,6 +39,10 @@ def test_calibrated_on_val_the_intervals_hold_on_test_and_the_mean_beats_a_membe
     assert metrics["test/band_gap/mae"] < metrics["test/band_gap/member_mae"]
     assert metrics["test/band_gap/n"] == test.mask[:, 0].sum()  # missing labels are left out
     assert "test/is_metal/auc" in metrics and "test/is_metal/coverage_90" not in metrics
+    # binary: the mean probability's calibration, and what averaging the members gains over one of them
+    assert 0 <= metrics["test/is_metal/ece"] <= 1
+    assert metrics["test/is_metal/brier"] < metrics["test/is_metal/member_brier"]
+    assert metrics["test/is_metal/probability_std"] == pytest.approx(test.spread[:, 1].mean())
 
 
 def test_members_differ_by_seed_and_resample_only_when_asked() -> None:

@@ -59,7 +59,7 @@ def test_regression_metrics_by_hand() -> None:
 
 def test_binary_metrics() -> None:
     m = binary_metrics(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]))
-    assert m == {"auc": 0.75, "accuracy": 0.5, "n": 4.0}
+    assert m == pytest.approx({"auc": 0.75, "accuracy": 0.5, "ece": 0.375, "brier": 0.1925, "n": 4.0})
 
 
 def test_unit_free_score_counts_regression_and_binary_tasks() -> None:

@@ -29,6 +29,7 @@ from mtc.data.batching import collate_arrow
 from mtc.model.bundle import ModelBundle
 from mtc.model.calibration import Calibration, calibration_metrics, coverage_curve, fit_quantiles
 from mtc.model.domain import Domain, training_domain
+from mtc.model.reliability import brier_score, reliability
 from mtc.tasks import TaskSpec
 from mtc.train.datasets import prepare_splits, split_dataset
 from mtc.train.finetune import ParentModel
@@ -82,13 +83,20 @@ def ensemble_metrics(
     split: str, preds: EnsemblePredictions, tasks: Sequence[TaskSpec], calibration: Calibration
 ) -> dict[str, float]:
     """The ensemble mean's metrics (the keys a single run logs), ``member_mae`` (mean over members) and, per
-    calibrated task, ``calibration_metrics`` on ``split``."""
+    calibrated task, ``calibration_metrics`` on ``split``; per binary task ``member_brier`` (mean over members) and
+    ``probability_std`` (the members' standard deviation of the probability, mean over crystals)."""
     metrics = flatten_metrics(split, task_metrics(preds.mean, preds.target, preds.mask, tasks))
     for k, task in enumerate(tasks):
         rows = preds.mask[:, k]
-        if task.name not in calibration.quantiles or not rows.any():
+        if not rows.any():
             continue
         target = preds.target[rows, k]
+        if task.kind == "binary":
+            member_brier = np.mean([brier_score(m[rows, k], target) for m in preds.members])
+            metrics[metric_key(split, task.name, "member_brier")] = float(member_brier)
+            metrics[metric_key(split, task.name, "probability_std")] = float(preds.spread[rows, k].mean())
+        if task.name not in calibration.quantiles:
+            continue
         member_mae = np.mean([regression_metrics(m[rows, k], target)["mae"] for m in preds.members])
         metrics[metric_key(split, task.name, "member_mae")] = float(member_mae)
         quantiles = calibration.quantiles[task.name]
@@ -210,13 +218,15 @@ def train_ensemble(
 
 
 def _log_ensemble(client, run_id: str, metrics, bundle: ModelBundle, preds: dict, tasks, calibration) -> None:
-    """Metrics, ``predictions/test_predictions.parquet``, ``plots/*.png`` and ``model/`` on the parent run."""
+    """Metrics, ``predictions/test_predictions.parquet``, ``plots/*.png`` (calibration and error-vs-spread per
+    regression task, reliability per binary task: the mean probability on val and test) and ``model/`` on the
+    parent run."""
     import math
 
     import pyarrow.parquet as pq
     from mlflow.entities import Metric
 
-    from mtc.train.plots import calibration_plot, error_vs_spread_plot
+    from mtc.train.plots import calibration_plot, error_vs_spread_plot, reliability_plot
 
     client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items() if math.isfinite(v)])
     with tempfile.TemporaryDirectory() as folder:
@@ -227,6 +237,11 @@ def _log_ensemble(client, run_id: str, metrics, bundle: ModelBundle, preds: dict
         plots.mkdir()
         test = preds["test"]
         for k, task in enumerate(tasks):
+            if task.kind == "binary" and test.mask[:, k].any():
+                diagrams = {
+                    s: reliability(p.mean[p.mask[:, k], k], p.target[p.mask[:, k], k]) for s, p in preds.items()
+                }
+                (plots / f"reliability_{task.name}.png").write_bytes(reliability_plot(diagrams, task.name))
             quantiles = calibration.quantiles.get(task.name)
             if quantiles is None:
                 continue

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
+from mtc.model.reliability import probability_metrics
 from mtc.tasks import TaskSpec, served
 
 
@@ -71,19 +72,24 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def binary_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """ROC-AUC (from probabilities) and accuracy at 0.5 on observed rows.
+    """ROC-AUC (from probabilities), accuracy at 0.5, expected calibration error and Brier score on observed rows.
 
     Args:
         prob: (n,) predicted probabilities of class 1.
         label: (n,) 0/1 labels.
 
     Returns:
-        ``{"auc", "accuracy", "n"}``.
+        ``{"auc", "accuracy", "ece", "brier", "n"}`` (``mtc.model.reliability``).
     """
     prob = np.asarray(prob, dtype=np.float64)
     label = np.asarray(label).astype(bool)
     accuracy = float(((prob >= 0.5) == label).mean()) if label.size else float("nan")
-    return {"auc": roc_auc(prob, label), "accuracy": accuracy, "n": float(label.size)}
+    return {
+        "auc": roc_auc(prob, label),
+        "accuracy": accuracy,
+        **probability_metrics(prob, label),
+        "n": float(label.size),
+    }
 
 
 def task_error(task: TaskSpec, metrics: Mapping[str, float]) -> float:
@@ -120,7 +126,7 @@ def task_metrics(
 ) -> dict[str, dict[str, float]]:
     """Every task's metrics on a split.
 
-    Regression tasks get mae, rmse, r2, spearman, mad, n; binary tasks auc, accuracy, n. A regression
+    Regression tasks get mae, rmse, r2, spearman, mad, n; binary tasks auc, accuracy, ece, brier, n. A regression
     task on ``band_gap`` also gets ``metal_auc``: ROC-AUC of metal (true gap == 0) against score = -predicted gap.
 
     Args:

@@ -87,3 +87,22 @@ def error_vs_spread_plot(error: np.ndarray, std: np.ndarray, task: str, unit: st
     ax.set_title(f"{task}: test, Spearman rho {rho:.2f}, n={len(error)}", fontsize=9)
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def reliability_plot(diagrams: dict, task: str) -> bytes:
+    """A binary task's reliability diagram, one curve per split (``diagrams``: split -> ``Reliability``): observed
+    fraction of positives against mean predicted probability per bin, with y = x, and the crystals per bin below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.4, 5.4), sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="0.5", lw=1, zorder=0)
+    width = 1.0 / max(len(diagrams), 1)
+    for i, (split, r) in enumerate(diagrams.items()):
+        filled = r.counts > 0
+        top.plot(r.confidence[filled], r.frequency[filled], "o-", ms=4, label=f"{split} (ECE {r.ece:.3f})")
+        centers = (r.edges[:-1] + r.edges[1:]) / 2
+        step = r.edges[1] - r.edges[0]
+        bottom.bar(centers + (i - (len(diagrams) - 1) / 2) * width * step, r.counts, width=width * step, label=split)
+    top.set(ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1))
+    top.set_title(f"{task}: reliability", fontsize=9)
+    top.legend(fontsize=8)
+    bottom.set(xlabel="predicted probability", ylabel="crystals per bin")
+    return to_png(fig)

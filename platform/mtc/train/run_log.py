@@ -31,10 +31,12 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=values)
 
     def log_final(self, final: Mapping[str, float], test: Evaluation, history: list[dict], tasks: Sequence[TaskSpec]):
-        """Final metrics at step 0, ``predictions/test_predictions.parquet`` and ``plots/*.png``."""
+        """Final metrics at step 0, ``predictions/test_predictions.parquet`` and ``plots/*.png`` (learning curves,
+        parity per regression task, reliability per binary task)."""
         import pyarrow.parquet as pq
 
-        from mtc.train.plots import learning_curves, parity_plot
+        from mtc.model.reliability import reliability
+        from mtc.train.plots import learning_curves, parity_plot, reliability_plot
 
         self.log_metrics(final, step=0)
         with tempfile.TemporaryDirectory() as folder:
@@ -46,7 +48,11 @@ class RunLogger:
             (plots / "learning_curves.png").write_bytes(learning_curves(history))
             for k, task in enumerate(tasks):
                 rows = test.mask[:, k]
-                if task.kind != "regression" or not rows.any():
+                if not rows.any():
+                    continue
+                if task.kind == "binary":
+                    diagram = reliability(test.pred[rows, k], test.target[rows, k])
+                    (plots / f"reliability_{task.name}.png").write_bytes(reliability_plot({"test": diagram}, task.name))
                     continue
                 mae = final[metric_key("test", task.name, "mae")]
                 png = parity_plot(test.pred[rows, k], test.target[rows, k], task.name, task.unit, mae)
