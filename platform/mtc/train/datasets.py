@@ -87,16 +87,19 @@ def split_datasets(shards: Path, config: TrainConfig) -> dict:
 
 
 def _splits_in_memory(shards: Path, config: TrainConfig) -> dict:
-    """The three splits read here, each shard once, and put in Ray's object store (a block per shard and split):
-    no Ray Data job per split, whose task start-ups cost more than the reading on a few thousand crystals."""
-    import pyarrow.parquet as pq
+    """The three splits read here and put in Ray's object store (a block per shard): no Ray Data job per split,
+    whose task start-ups cost more than the reading on a few thousand crystals."""
     import ray
 
-    tables = [pq.read_table(p, columns=_columns(config)) for p in shard_paths(shards)]
-    return {
-        split: ray.data.from_arrow([_keep_split(t, **_split_kwargs(config, split)) for t in tables])
-        for split in SPLIT_NAMES
-    }
+    return {split: ray.data.from_arrow(read_split(shards, config, split)) for split in SPLIT_NAMES}
+
+
+def read_split(shards: Path, config: TrainConfig, split: str) -> list[pa.Table]:
+    """One split's graph rows read by this process (plain pyarrow, no Ray): a table per shard, in shard order."""
+    import pyarrow.parquet as pq
+
+    kwargs = _split_kwargs(config, split)
+    return [_keep_split(pq.read_table(p, columns=_columns(config)), **kwargs) for p in shard_paths(shards)]
 
 
 def _columns(config: TrainConfig) -> list[str]:
