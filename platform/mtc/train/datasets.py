@@ -76,14 +76,21 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
 
 
 def split_datasets(shards: Path, config: TrainConfig) -> dict:
-    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering)."""
+    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering).
+
+    Splits that fit are read by this process; ``data_cache: memory`` on splits that do not is Ray Data's job (it
+    reads on the cluster and spills what the object store cannot hold).
+    """
     import ray
 
     on_disk = sum(p.stat().st_size for p in shard_paths(shards) if p.exists())
     fits = on_disk * ARROW_INFLATION < 0.3 * ray.available_resources().get("object_store_memory", 0)
-    if config.data_cache == "memory" or (config.data_cache == "auto" and fits):
+    if fits and config.data_cache != "stream":
         return _splits_in_memory(shards, config)
-    return {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
+    datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
+    if config.data_cache == "memory":
+        return {split: ds.materialize() for split, ds in datasets.items()}
+    return datasets
 
 
 def _splits_in_memory(shards: Path, config: TrainConfig) -> dict:
