@@ -169,8 +169,10 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(line.decode() for line in proc.stdout), daemon=True).start()
-    deadline = time.time() + 300
-    while time.time() < deadline and not checkpoint_registered(tmp_path / "ray_results"):
+    deadline = time.time() + 300  # kill once the first checkpoint is registered and its epoch line printed
+    while time.time() < deadline and not (
+        checkpoint_registered(tmp_path / "ray_results") and any(x.startswith("epoch") for x in log)
+    ):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
