@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from mtc import tracking
 from mtc_cli.app import app
+from tests.conftest import checkpoint_registered
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
@@ -94,15 +96,16 @@ def test_two_workers_learn_and_log_everything(demo_shards, ray_session):
 
 
 def _kill_a_worker_after_first_checkpoint(stop: threading.Event, killed: list[int]) -> None:
+    """Once the first checkpoint is registered, SIGKILL a training worker of this test run's own Ray."""
     storage = tracking.mtc_home() / "ray_results"
     while not stop.is_set():
-        if any(storage.glob("mtc-*/checkpoint_*")):
-            time.sleep(4)  # the controller registers the checkpoint just after it is written
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    proc.kill()
-                    killed.append(proc.info["pid"])
-                    return
+        if checkpoint_registered(storage):
+            for proc in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "RayTrainWorker" in " ".join(proc.cmdline()):
+                        proc.kill()
+                        killed.append(proc.pid)
+                        return
         time.sleep(0.2)
 
 
@@ -138,7 +141,7 @@ def test_bad_config_is_a_message(demo_shards, ray_session):
     assert result.exit_code == 2 and "optim.lr" in result.output and "Traceback" not in result.output
 
 
-RESUME_EPOCHS = 10  # enough that a kill a few seconds after the first checkpoint lands mid-training
+RESUME_EPOCHS = 10  # enough that a kill as soon as the first checkpoint is registered lands mid-training
 EPOCH_LINE = (
     r"epoch {epoch}/{total}: train loss [\d.]+, val MAE fepa [\d.]+ bg [\d.]+, AUC im [\d.]+, lr [\d.e-]+, "
     r"[\d,]+ crystals/s(, ETA \w+)?"
@@ -159,6 +162,8 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
         "--set",
         f"epochs={RESUME_EPOCHS}",
         "--set",
+        "split.train_fraction=0.25",  # cheap epochs, not few: the resume must find epochs left to run
+        "--set",
         "experiment=resume-test",
     ]
     proc = subprocess.Popen(  # stdout is a pipe, as in a log: plain progress lines
@@ -166,10 +171,11 @@ def test_interrupted_run_resumes_with_its_own_config(demo_shards, ray_session, t
     )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(line.decode() for line in proc.stdout), daemon=True).start()
-    deadline = time.time() + 300
-    while time.time() < deadline and not any((tmp_path / "ray_results").glob("mtc-*/checkpoint_*")):
-        time.sleep(0.5)
-    time.sleep(4)  # let the controller register the checkpoint
+    deadline = time.time() + 300  # kill once the first checkpoint is registered and its epoch line printed
+    while time.time() < deadline and not (
+        checkpoint_registered(tmp_path / "ray_results") and any(x.startswith("epoch") for x in log)
+    ):
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = client().search_runs([tracking.experiment_id("resume-test")])[0]

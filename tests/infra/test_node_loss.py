@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, checkpoint_registered
 from tests.infra.ray_nodes import LocalRayCluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
@@ -40,11 +40,10 @@ def _worker_in_session(sid: int) -> bool:
 def _kill_node_after_first_checkpoint(
     cluster: LocalRayCluster, node: int, storage: Path, stop: threading.Event, killed: list[float]
 ) -> None:
-    """Once a checkpoint exists and a training worker runs on ``node``, kill that node."""
+    """Once a checkpoint is registered and a training worker runs on ``node``, kill that node."""
     sid = cluster.procs[node].pid
     while not stop.is_set():
-        if any(storage.glob("mtc-*/checkpoint_*")) and _worker_in_session(sid):
-            time.sleep(4)  # the controller registers the checkpoint just after it is written
+        if checkpoint_registered(storage) and _worker_in_session(sid):
             cluster.kill_node(node)
             killed.append(time.monotonic())
             return

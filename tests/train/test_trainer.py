@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mtc.config import ScalingConfig, TrainConfig, load_config
+from mtc.data.shards import shard_paths
 from mtc.errors import MtcError
-from mtc.train.datasets import prepare_splits
+from mtc.train.datasets import prepare_splits, split_dataset, split_datasets
 from mtc.train.resources import ResourceError, WorkerPlan, check_resources
 
 
@@ -57,3 +58,18 @@ def test_unknown_label_and_tiny_data_are_named(demo_shards):
     # 2 GPU workers (not 4) share the training rows: the batch check divides by the real worker count
     config = load_config(TrainConfig, "configs/mt3.yaml", ["batch_size=400", "scaling.workers=4", "scaling.gpus=2"])
     assert prepare_splits(demo_shards, config).counts["train"] // 2 >= 400
+
+
+@pytest.mark.ray
+def test_splits_held_in_memory_are_the_rows_ray_data_streams(demo_shards, ray_session):
+    """The splits the driver reads into the object store (they fit) are row for row the streamed ones."""
+    import pyarrow as pa
+
+    def rows(dataset) -> pa.Table:
+        return pa.concat_tables(ray_session.get(dataset.to_arrow_refs())).sort_by("id")
+
+    config = load_config(TrainConfig, "configs/tiny.yaml", ["split.train_fraction=0.5", "split.bootstrap=1"])
+    held = split_datasets(demo_shards, config)
+    for split, dataset in held.items():
+        assert dataset.num_blocks() == len(shard_paths(demo_shards))  # a block per shard: read here, not by Ray Data
+        assert rows(dataset).equals(rows(split_dataset(demo_shards, config, split))), split

@@ -70,32 +70,60 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
     """A Ray dataset of one split's graph rows, streamed from the shards."""
     import ray
 
-    columns = [*GRAPH_COLUMNS, *config.label_columns()]
-    s = config.split
-    return ray.data.read_parquet([str(p) for p in shard_paths(shards)], columns=columns).map_batches(
-        _keep_split,
-        fn_kwargs={
-            "code": SPLIT_NAMES[split],
-            "val": s.val,
-            "test": s.test,
-            "seed": s.seed,
-            "train_fraction": s.train_fraction,
-            "bootstrap": s.bootstrap if split == "train" else None,
-        },
-        batch_format="pyarrow",
+    return ray.data.read_parquet([str(p) for p in shard_paths(shards)], columns=_columns(config)).map_batches(
+        _keep_split, fn_kwargs=_split_kwargs(config, split), batch_format="pyarrow"
     )
 
 
 def split_datasets(shards: Path, config: TrainConfig) -> dict:
-    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering)."""
+    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering).
+
+    Splits that fit are read by this process; ``data_cache: memory`` on splits that do not is Ray Data's job (it
+    reads on the cluster and spills what the object store cannot hold).
+    """
     import ray
 
-    datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
     on_disk = sum(p.stat().st_size for p in shard_paths(shards) if p.exists())
     fits = on_disk * ARROW_INFLATION < 0.3 * ray.available_resources().get("object_store_memory", 0)
-    if config.data_cache == "memory" or (config.data_cache == "auto" and fits):
-        datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    if fits and config.data_cache != "stream":
+        return _splits_in_memory(shards, config)
+    datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
+    if config.data_cache == "memory":
+        return {split: ds.materialize() for split, ds in datasets.items()}
     return datasets
+
+
+def _splits_in_memory(shards: Path, config: TrainConfig) -> dict:
+    """The three splits read here and put in Ray's object store (a block per shard): no Ray Data job per split,
+    whose task start-ups cost more than the reading on a few thousand crystals."""
+    import ray
+
+    return {split: ray.data.from_arrow(read_split(shards, config, split)) for split in SPLIT_NAMES}
+
+
+def read_split(shards: Path, config: TrainConfig, split: str) -> list[pa.Table]:
+    """One split's graph rows read by this process (plain pyarrow, no Ray): a table per shard, in shard order."""
+    import pyarrow.parquet as pq
+
+    kwargs = _split_kwargs(config, split)
+    return [_keep_split(pq.read_table(p, columns=_columns(config)), **kwargs) for p in shard_paths(shards)]
+
+
+def _columns(config: TrainConfig) -> list[str]:
+    return [*GRAPH_COLUMNS, *config.label_columns()]
+
+
+def _split_kwargs(config: TrainConfig, split: str) -> dict[str, Any]:
+    """``_keep_split``'s arguments for ``split`` (the bootstrap resamples the training split only)."""
+    s = config.split
+    return {
+        "code": SPLIT_NAMES[split],
+        "val": s.val,
+        "test": s.test,
+        "seed": s.seed,
+        "train_fraction": s.train_fraction,
+        "bootstrap": s.bootstrap if split == "train" else None,
+    }
 
 
 def _keep_split(

@@ -31,7 +31,7 @@ from mtc.model.calibration import Calibration, calibration_metrics, coverage_cur
 from mtc.model.domain import Domain, training_domain
 from mtc.model.reliability import brier_score, reliability
 from mtc.tasks import TaskSpec
-from mtc.train.datasets import prepare_splits, split_dataset
+from mtc.train.datasets import prepare_splits, read_split
 from mtc.train.finetune import ParentModel
 from mtc.train.loop import MODEL_DIR
 from mtc.train.metrics import flatten_metrics, metric_key, regression_metrics, task_metrics
@@ -139,17 +139,16 @@ def domain_of(shards: Path, config: TrainConfig, val: EnsemblePredictions, calib
 
 
 def predict_split(bundles: list[ModelBundle], shards: Path, config: TrainConfig, split: str) -> EnsemblePredictions:
-    """Every member's physical predictions on ``split`` (read from the shards through Ray Data), in one pass."""
+    """Every member's physical predictions on ``split`` (read from the shards here), in one pass."""
     from mtc.model.ensemble import EnsembleInference
 
     models = [b.build() for b in bundles]
     forward = EnsembleInference(models)
     mean, std = bundles[0].mean, bundles[0].std
     ids, members, targets, masks = [], [], [], []
-    for table in split_dataset(shards, config, split).iter_batches(
-        batch_size=config.batch_size, batch_format="pyarrow"
-    ):
-        batch = collate_arrow(table, config.tasks)
+    rows = pa.concat_tables(read_split(shards, config, split))
+    for start in range(0, rows.num_rows, config.batch_size):
+        batch = collate_arrow(rows.slice(start, config.batch_size), config.tasks)
         members.append(models[0].to_physical(forward(batch), mean, std).float().numpy())
         targets.append(batch.targets.numpy())
         masks.append(batch.mask.numpy())
