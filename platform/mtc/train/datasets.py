@@ -14,6 +14,7 @@ from mtc.data.shards import read_manifest, read_shards, shard_paths
 from mtc.data.splits import SPLIT_NAMES, TRAIN, bootstrap_counts, split_codes
 from mtc.errors import MtcError
 from mtc.tasks import fit_normalizer, invalid_label_counts, task_targets
+from mtc.train.epoch_data import fits_worker_memory
 from mtc.train.resources import WorkerPlan
 
 GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
@@ -86,16 +87,21 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
     )
 
 
-def split_datasets(shards: Path, config: TrainConfig) -> dict:
-    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering)."""
+def split_datasets(shards: Path, config: TrainConfig) -> tuple[dict, bool]:
+    """The three splits, and whether each worker holds the training and validation splits in its own memory.
+
+    The splits are held in Ray's object store when they fit (every epoch then skips reading and filtering); then
+    also in each worker's memory when they fit ``WORKER_MEMORY_BYTES`` (every epoch then skips Ray Data too).
+    """
     import ray
 
     datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
     on_disk = sum(p.stat().st_size for p in shard_paths(shards) if p.exists())
     fits = on_disk * ARROW_INFLATION < 0.3 * ray.available_resources().get("object_store_memory", 0)
-    if config.data_cache == "memory" or (config.data_cache == "auto" and fits):
-        datasets = {split: ds.materialize() for split, ds in datasets.items()}
-    return datasets
+    if not (config.data_cache == "memory" or (config.data_cache == "auto" and fits)):
+        return datasets, False
+    datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    return datasets, fits_worker_memory(datasets["train"].size_bytes(), datasets["val"].size_bytes())
 
 
 def _keep_split(
