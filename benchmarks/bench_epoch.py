@@ -5,7 +5,10 @@ each): atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1, batch 256, Adam lr 0.01 
 0.8 / 0.1 / 0.1, one process on one thread (``OMP_NUM_THREADS=1``; mtc's one CPU worker gets one torch thread on
 this machine). Each side runs 2 and 6 epochs; per-epoch time = (t6 - t2) / 4, so start-up, graph building
 (CGCNN builds its graphs in its first epoch and caches them; mtc's shards are featurized once, untimed) and the
-final test evaluation cancel.
+final test evaluation cancel. On a crowded machine start-up varies by more than a few epochs cost, so each run's
+output is also stamped line by line: per epoch "between epoch lines" is the mean gap between the last five lines
+each side prints once per epoch in its 6-epoch run (CGCNN after an epoch's first batch, mtc after an epoch's
+report), which start-up cannot touch.
 
 The CGCNN code is not part of mtc: pass its checkout with ``--cgcnn PATH`` (``main.py``, ``cgcnn/``, and
 ``data/sample-regression/atom_init.json``, its element embedding). Its input (a CIF per crystal, ``id_prop.csv``,
@@ -24,19 +27,26 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from bench_data import REPO, add_data_option, first_lines
 
 TARGET = "formation_energy_per_atom"
 EPOCHS = (2, 6)
 SIZES = {"atom_fea_len": 64, "h_fea_len": 128, "n_conv": 3, "n_h": 1}
 BATCH, LR = 256, 0.01
+STEADY = 4  # epochs timed from the 6-epoch runs' printed lines
+# the line each side prints once per epoch: CGCNN after an epoch's first batch, mtc after each epoch's report
+CGCNN_EPOCH = re.compile(r"Epoch: \[\d+\]\[0/")
+MTC_EPOCH = re.compile(r"\s*epoch \d+/\d+:")
 PARTS = ("data_s", "steps_s", "eval_s", "checkpoint_s", "report_s", "log_s")
 
 
@@ -107,33 +117,52 @@ def python_path(repo: Path) -> dict[str, str]:
 RAY_START_FAILED = "timed out during startup"  # Ray's 30 s raylet start-up limit, missed on a crowded machine
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str], attempts: int = 3) -> float:
-    """Wall seconds of ``command``; its output goes to ``cwd/log.txt`` (shown when it fails). A run whose Ray
-    did not start is tried again, up to ``attempts`` times."""
+@dataclass
+class Timing:
+    """A run's wall seconds, and when (seconds after its start) each of its epoch lines was printed."""
+
+    seconds: float
+    epoch_lines: list[float]
+
+    def steady_epoch(self) -> float:
+        """Mean gap between its last ``STEADY + 1`` epoch lines: one epoch, start-up and the first epoch left out."""
+        gaps = np.diff(self.epoch_lines)[-STEADY:]
+        return float(gaps.mean()) if len(gaps) else float("nan")
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str], epoch_line: re.Pattern, attempts: int = 3) -> Timing:
+    """Runs ``command``, its output into ``cwd/log.txt`` (shown when it fails), each line matching ``epoch_line``
+    stamped as it arrives. A run whose Ray did not start is tried again, up to ``attempts`` times."""
     cwd.mkdir(parents=True, exist_ok=True)
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # lines arrive when printed, not when a buffer fills
     for _ in range(attempts):
-        started = time.perf_counter()
-        with (cwd / "log.txt").open("w") as log:
-            done = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        started, stamps, output = time.perf_counter(), [], []
+        with subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            for line in proc.stdout:
+                if epoch_line.match(line):
+                    stamps.append(time.perf_counter() - started)
+                output.append(line)
         seconds = time.perf_counter() - started
-        output = (cwd / "log.txt").read_text()
-        if done.returncode == 0:
-            return seconds
-        if RAY_START_FAILED not in output:
+        (cwd / "log.txt").write_text("".join(output))
+        if proc.returncode == 0:
+            return Timing(seconds, stamps)
+        if not any(RAY_START_FAILED in line for line in output):
             break
         print(f"  Ray did not start in time; again: {' '.join(command[:4])} ...", flush=True)
-    sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{output[-3000:]}")
+    sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{''.join(output)[-3000:]}")
 
 
-def per_epoch(times: dict[int, float]) -> float:
+def per_epoch(times: dict[int, Timing]) -> float:
     """(t6 - t2) / 4: what one more epoch costs, start-up and one-off work cancelled."""
     low, high = EPOCHS
-    return (times[high] - times[low]) / (high - low)
+    return (times[high].seconds - times[low].seconds) / (high - low)
 
 
 def mtc_breakdown(home: Path) -> dict[str, float]:
-    """Mean of each ``time/*`` metric over the epochs of the latest run in ``home``'s MLflow store, epoch 1 left out
-    (it includes the first reading of the splits)."""
+    """Mean of each ``time/*`` metric at steps 3-6 of the latest run in ``home``'s MLflow store (the first epoch reads
+    the splits and always checkpoints; log, checkpoint and report times at step e are epoch e-1's)."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
@@ -141,7 +170,7 @@ def mtc_breakdown(home: Path) -> dict[str, float]:
     run = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
     means = {}
     for part in PARTS:
-        history = [m.value for m in client.get_metric_history(run.info.run_id, f"time/{part}") if m.step > 1]
+        history = [m.value for m in client.get_metric_history(run.info.run_id, f"time/{part}") if m.step > 2]
         means[part] = sum(history) / len(history) if history else float("nan")
     return means
 
@@ -185,30 +214,34 @@ def main() -> None:
         timed(featurize, work / "featurize", {**env, "MTC_HOME": str(work / "featurize"), **python_path(REPO)})
     cgcnn_data = None if args.skip_cgcnn else write_cgcnn_input(rows, atom_init, work / "cgcnn-data")
     sides = {"mtc": REPO, **({"mtc before": args.before.resolve()} if args.before else {})}
-    times: dict[str, dict[int, float]] = {name: {} for name in [*sides, "CGCNN"]}
+    times: dict[str, dict[int, Timing]] = {name: {} for name in [*sides, "CGCNN"]}
     for epochs in EPOCHS:  # the sides alternate, so a change in the machine's load hits all of them
         for name, repo in sides.items():
             home = work / f"{name.replace(' ', '-')}-{epochs}"
             shutil.rmtree(home, ignore_errors=True)
             side_env = {**env, "MTC_HOME": str(home), **python_path(repo)}
-            times[name][epochs] = timed(mtc_command(repo, shards, epochs, args.mtc_set), home, side_env)
-            print(f"{name} train, {epochs} epochs: {times[name][epochs]:.1f} s", flush=True)
+            times[name][epochs] = timed(mtc_command(repo, shards, epochs, args.mtc_set), home, side_env, MTC_EPOCH)
+            print(f"{name} train, {epochs} epochs: {times[name][epochs].seconds:.1f} s", flush=True)
         if cgcnn_data is not None:
             command = cgcnn_command(args.cgcnn, cgcnn_data, epochs)
-            times["CGCNN"][epochs] = timed(command, work / f"cgcnn-{epochs}", env)
-            print(f"CGCNN main.py, {epochs} epochs: {times['CGCNN'][epochs]:.1f} s", flush=True)
+            times["CGCNN"][epochs] = timed(command, work / f"cgcnn-{epochs}", env, CGCNN_EPOCH)
+            print(f"CGCNN main.py, {epochs} epochs: {times['CGCNN'][epochs].seconds:.1f} s", flush=True)
     epoch_s = {name: per_epoch(t) for name, t in times.items() if t}
-    for name, seconds in epoch_s.items():
-        print(f"{name} per epoch: {seconds:.2f} s")
+    steady = {name: t[EPOCHS[1]].steady_epoch() for name, t in times.items() if t}
+    for name in epoch_s:
+        print(
+            f"{name} per epoch: (t6 - t2) / 4 = {epoch_s[name]:.2f} s; between printed epoch lines {steady[name]:.2f} s"
+        )
     parts = mtc_breakdown(work / f"mtc-{EPOCHS[1]}")
     print(
-        "mtc epoch parts, s (mean of epochs 2-6, MLflow time/*): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        "mtc epoch parts, s (mean of steps 3-6, MLflow time/*): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
     )
-    rest = epoch_s["mtc"] - sum(parts.values())
-    print(f"  sum {sum(parts.values()):.2f} s; rest (Ray Train, progress relay, Python) {rest:.2f} s")
+    rest = steady["mtc"] - sum(parts.values())
+    print(f"  sum {sum(parts.values()):.2f} s; rest of an epoch between lines (Ray Train, progress relay) {rest:.2f} s")
     for name in epoch_s:
         if name != "mtc":
-            print(f"per epoch, {name} / mtc: {epoch_s[name] / epoch_s['mtc']:.2f}x")
+            ratios = epoch_s[name] / epoch_s["mtc"], steady[name] / steady["mtc"]
+            print(f"per epoch, {name} / mtc: {ratios[0]:.2f}x ((t6 - t2) / 4), {ratios[1]:.2f}x (between epoch lines)")
     print(f"work folder: {work}")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
