@@ -154,6 +154,11 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], epoch_line: re.Pat
     sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{''.join(output)[-3000:]}")
 
 
+def report(name: str, epochs: int, timing: Timing) -> None:
+    between = f", {timing.steady_epoch():.2f} s between epoch lines" if epochs == EPOCHS[1] else ""
+    print(f"{name}, {epochs} epochs: {timing.seconds:.1f} s{between} (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def per_epoch(times: dict[int, Timing]) -> float:
     """(t6 - t2) / 4: what one more epoch costs, start-up and one-off work cancelled."""
     low, high = EPOCHS
@@ -221,11 +226,11 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
             side_env = {**env, "MTC_HOME": str(home), **python_path(repo)}
             times[name][epochs] = timed(mtc_command(repo, shards, epochs, args.mtc_set), home, side_env, MTC_EPOCH)
-            print(f"{name} train, {epochs} epochs: {times[name][epochs].seconds:.1f} s", flush=True)
+            report(f"{name} train", epochs, times[name][epochs])
         if cgcnn_data is not None:
             command = cgcnn_command(args.cgcnn, cgcnn_data, epochs)
             times["CGCNN"][epochs] = timed(command, work / f"cgcnn-{epochs}", env, CGCNN_EPOCH)
-            print(f"CGCNN main.py, {epochs} epochs: {times['CGCNN'][epochs].seconds:.1f} s", flush=True)
+            report("CGCNN main.py", epochs, times["CGCNN"][epochs])
     epoch_s = {name: per_epoch(t) for name, t in times.items() if t}
     steady = {name: t[EPOCHS[1]].steady_epoch() for name, t in times.items() if t}
     for name in epoch_s:
