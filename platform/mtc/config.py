@@ -250,7 +250,12 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     patience: int = Field(0, ge=0, description="stop after this many epochs without a better val score; 0: off")
     data_cache: Literal["auto", "memory", "stream"] = Field(
-        "auto", description="memory: read the splits once into Ray's object store; stream: re-read shards each epoch"
+        "auto",
+        description="memory: read the splits once into Ray's object store, and into each worker's memory when "
+        "they fit mtc.train.epoch_data.WORKER_MEMORY_BYTES; stream: re-read shards each epoch",
+    )
+    checkpoint_every_s: float = Field(
+        60, ge=0, description="checkpoint (and log epoch metrics) after the first epoch, then at most this often"
     )
     seed: int = 0
     experiment: str = "mtc"

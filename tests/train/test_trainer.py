@@ -69,7 +69,8 @@ def test_splits_held_in_memory_are_the_rows_ray_data_streams(demo_shards, ray_se
         return pa.concat_tables(ray_session.get(dataset.to_arrow_refs())).sort_by("id")
 
     config = load_config(TrainConfig, "configs/tiny.yaml", ["split.train_fraction=0.5", "split.bootstrap=1"])
-    held = split_datasets(demo_shards, config)
+    held, in_worker_memory = split_datasets(demo_shards, config)
+    assert in_worker_memory  # the demo's splits fit a worker too
     for split, dataset in held.items():
         assert dataset.num_blocks() == len(shard_paths(demo_shards))  # a block per shard: read here, not by Ray Data
         assert rows(dataset).equals(rows(split_dataset(demo_shards, config, split))), split

@@ -96,6 +96,23 @@ class TrainState:
             setattr(self, name, saved[name])
 
 
+@dataclass
+class CheckpointClock:
+    """When rank 0 writes the training state: after the first epoch of a session (so a restart soon has one), then
+    once ``every_s`` seconds have passed since the last, and always when training has ended. Short epochs thus
+    skip most checkpoints; a restart repeats at most ``every_s`` seconds of epochs (plus one).
+    """
+
+    every_s: float
+    last: float | None = None  # time.perf_counter() of this session's last checkpoint
+
+    def due(self, finished: bool, now: float) -> bool:
+        return finished or self.last is None or now - self.last >= self.every_s
+
+    def mark(self, now: float) -> None:
+        self.last = now
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

@@ -14,6 +14,7 @@ from mtc.data.shards import read_manifest, read_shards, shard_paths
 from mtc.data.splits import SPLIT_NAMES, TRAIN, bootstrap_counts, split_codes
 from mtc.errors import MtcError
 from mtc.tasks import fit_normalizer, invalid_label_counts, task_targets
+from mtc.train.epoch_data import fits_worker_memory
 from mtc.train.resources import WorkerPlan
 
 GRAPH_COLUMNS = ["id", "atomic_numbers", "edge_src", "edge_dst", "edge_dist"]
@@ -75,22 +76,25 @@ def split_dataset(shards: Path, config: TrainConfig, split: str):
     )
 
 
-def split_datasets(shards: Path, config: TrainConfig) -> dict:
-    """The three splits; held in Ray's object store when they fit (every epoch then skips reading and filtering).
+def split_datasets(shards: Path, config: TrainConfig) -> tuple[dict, bool]:
+    """The three splits, and whether each worker holds the training and validation splits in its own memory.
 
-    Splits that fit are read by this process; ``data_cache: memory`` on splits that do not is Ray Data's job (it
-    reads on the cluster and spills what the object store cannot hold).
+    Splits that fit Ray's object store are read by this process and held there (every epoch then skips reading and
+    filtering), and also in each worker's memory when they fit ``WORKER_MEMORY_BYTES`` (every epoch then skips Ray
+    Data too). ``data_cache: memory`` on splits that do not fit is Ray Data's job (it reads on the cluster and
+    spills what the object store cannot hold).
     """
     import ray
 
     on_disk = sum(p.stat().st_size for p in shard_paths(shards) if p.exists())
     fits = on_disk * ARROW_INFLATION < 0.3 * ray.available_resources().get("object_store_memory", 0)
     if fits and config.data_cache != "stream":
-        return _splits_in_memory(shards, config)
-    datasets = {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}
-    if config.data_cache == "memory":
-        return {split: ds.materialize() for split, ds in datasets.items()}
-    return datasets
+        datasets = _splits_in_memory(shards, config)
+    elif config.data_cache == "memory":
+        datasets = {split: split_dataset(shards, config, split).materialize() for split in SPLIT_NAMES}
+    else:
+        return {split: split_dataset(shards, config, split) for split in SPLIT_NAMES}, False
+    return datasets, fits_worker_memory(datasets["train"].size_bytes(), datasets["val"].size_bytes())
 
 
 def _splits_in_memory(shards: Path, config: TrainConfig) -> dict:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from mtc.data.batching import collate_arrow
+from mtc.data.batching import CrystalBatch
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.tasks import TaskSpec
 from mtc.train.metrics import task_metrics, unit_free_score
@@ -41,13 +41,12 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(
-    model: MultiTaskCGCNN, iterator, tasks: Sequence[TaskSpec], mean, std, batch_size: int, device
+    model: MultiTaskCGCNN, batches: Iterable[CrystalBatch], tasks: Sequence[TaskSpec], mean, std
 ) -> Evaluation:
-    """Run ``model`` (eval mode) over every batch of ``iterator`` (a Ray DataIterator or Dataset)."""
+    """Run ``model`` (eval mode) over every batch of a split (collated, on the model's device)."""
     model.eval()
     ids, preds, targets, masks = [], [], [], []
-    for table in iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        batch = collate_arrow(table, tasks).to(device)
+    for batch in batches:
         preds.append(model.to_physical(model(batch), mean, std).float().cpu().numpy())
         targets.append(batch.targets.cpu().numpy())
         masks.append(batch.mask.cpu().numpy())

@@ -6,6 +6,10 @@ have a batch), so collectives never wait on a rank that has finished. Decisions 
 validation score (the plateau schedule, early stopping) are rank 0's, broadcast, so replicas never diverge.
 What the loss learns between epochs (DWA's weights) comes from task losses averaged over all ranks. With
 ``loss.gradient_surgery: pcgrad`` a step bypasses DDP's gradient hooks and averages the gradients itself.
+
+Batches come from the worker's memory when the splits fit it, else from Ray Data each epoch
+(``mtc.train.epoch_data``). Rank 0 checkpoints, and logs the epochs' metrics, after the first epoch and then at
+most every ``checkpoint_every_s`` (``CheckpointClock``); every epoch logs where its time went (``time/*``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +28,15 @@ import torch.distributed as dist
 from torch import nn
 
 from mtc.config import StrictModel, TrainConfig
-from mtc.data.batching import CrystalBatch, collate_arrow
+from mtc.data.batching import CrystalBatch
 from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
 from mtc.model.transfer import freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
-from mtc.train.checkpoint import TrainState, unwrap
-from mtc.train.evaluate import Evaluation, evaluate
+from mtc.train.checkpoint import CheckpointClock, TrainState, unwrap
+from mtc.train.epoch_data import SplitInMemory, arrow_batches, epoch_order
+from mtc.train.evaluate import evaluate
 from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
 from mtc.train.optim import build_optimizer, build_scheduler, param_groups
@@ -52,6 +57,7 @@ class WorkerConfig(StrictModel):
     threads: int
     parent: bool = False  # the run starts from the model in its ``parent/`` artifacts (fine-tuning)
     checkpoint_dir: str | None = None  # in-process runs: rank 0 writes its checkpoints here, not to a temp folder
+    in_memory: bool = False  # every rank got the whole training split, to hold in memory (``epoch_data``)
 
 
 class LossModule(nn.Module):
@@ -150,17 +156,51 @@ def _restore(state: TrainState) -> bool:
     return True
 
 
-def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:
-    import ray.train
+class _EpochData:
+    """This rank's training batches of an epoch and the validation batches (see ``mtc.train.epoch_data``)."""
 
+    def __init__(self, config: WorkerConfig, where: _Rank):
+        self.config, self.where = config, where
+        self._train: SplitInMemory | None = None
+        self._val: list[CrystalBatch] | None = None
+
+    def train(self, epoch: int) -> Iterator[CrystalBatch]:
+        import ray.train
+
+        train, device = self.config.train, self.where.device
+        shard = ray.train.get_dataset_shard("train")
+        if not self.config.in_memory:
+            yield from _batches(shard, train, device)
+            return
+        if self._train is None:
+            self._train = SplitInMemory.read(shard)
+        order = epoch_order(len(self._train), train.seed, epoch, self.where.rank, self.where.world)
+        yield from arrow_batches(self._train.batches(order, train.batch_size, drop_last=True), train.tasks, device)
+
+    def val(self) -> Iterable[CrystalBatch]:
+        if not self.config.in_memory:
+            return _split_batches(self.config.train, "val", self.where.device)
+        if self._val is None:
+            import ray.train
+
+            train = self.config.train
+            split = SplitInMemory.read(ray.train.get_dataset_shard("val"))
+            self._val = split.collated(train.batch_size, train.tasks, self.where.device)
+        return self._val
+
+
+def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:
     train = config.train
     n_nodes = _count_nodes(where.world)
-    shard = ray.train.get_dataset_shard("train")
+    data = _EpochData(config, where)
+    clock = CheckpointClock(train.checkpoint_every_s)
+    after: dict[str, float] = {}  # the previous epoch's log, checkpoint and report seconds (they follow its metrics)
     for epoch in range(state.epoch + 1, train.epochs + 1):
         started = time.perf_counter()
         state.objective.train()
         hold_frozen_batchnorm(model)
-        done = _train_epoch(state, shard, train, where, torch.Generator().manual_seed(_order_seed(train.seed, epoch)))
+        order = torch.Generator().manual_seed(_order_seed(train.seed, epoch))
+        done = _train_epoch(state, data.train(epoch), train, where, order)
         metrics = {
             "epoch": epoch,
             "train_loss": done.loss,
@@ -170,6 +210,9 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             "workers": where.world,
             "nodes": n_nodes,
             "weight_norm": _weight_norm(model),
+            "time/data_s": done.data_s,
+            "time/steps_s": done.steps_s,
+            **after,
             **_loss_weights(state.objective, train),  # DWA: the weights this epoch trained with
         }
         if train.loss.strategy == "dwa":
@@ -177,38 +220,57 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             unwrap(state.objective).loss.end_epoch(sums / counts)  # the same on every rank
         stop = False
         if where.is_zero:
-            val = _evaluate(config, model, "val", where)
+            evaluating = time.perf_counter()
+            val = evaluate(model, data.val(), train.tasks, config.mean, config.std)
+            metrics["time/eval_s"] = time.perf_counter() - evaluating
             metrics["val_score"] = val.score
             metrics.update(flatten_metrics("val", val.metrics))
             stop = state.observe(epoch, done.loss, val.score, model, train.patience)
-            logger.log_metrics(metrics, step=epoch)
         val_score, stop = _from_rank_zero(metrics.get("val_score", math.nan), stop, where.world)
         _step_scheduler(state.scheduler, val_score)
         state.finished = stop or epoch == train.epochs
-        _report(metrics, state, where, config.checkpoint_dir)
+        save = clock.due(state.finished, time.perf_counter())
+        logging = time.perf_counter()
+        if logger:
+            logger.add_epoch(metrics, step=epoch)
+            if save:
+                logger.flush()  # before the checkpoint: a resumed run never lacks the epochs it skips
+        log_s = time.perf_counter() - logging
+        checkpoint_s, report_s = _report(metrics, state, where, config.checkpoint_dir, checkpoint=save)
+        if save:
+            clock.mark(time.perf_counter())
+        after = {"time/log_s": log_s, "time/checkpoint_s": checkpoint_s, "time/report_s": report_s}
         if stop:
             break
 
 
 @dataclass
 class _Epoch:
-    """One epoch on one rank: mean loss, steps, crystals, and (T,) sums of each task's loss and label counts."""
+    """One epoch on one rank: mean loss, steps, crystals, (T,) sums of each task's loss and label counts, and the
+    seconds spent waiting for batches (``data_s``) and in the steps (``steps_s``)."""
 
     loss: float
     steps: int
     crystals: int
     task_sums: torch.Tensor
     task_counts: torch.Tensor
+    data_s: float
+    steps_s: float
 
 
-def _train_epoch(state: TrainState, shard, config: TrainConfig, where: _Rank, generator: torch.Generator) -> _Epoch:
-    """One pass over this rank's shard; ``generator`` orders the tasks of PCGrad's projections."""
-    batches = _batches(shard, config, where.device)
+def _train_epoch(
+    state: TrainState, batches: Iterator[CrystalBatch], config: TrainConfig, where: _Rank, generator: torch.Generator
+) -> _Epoch:
+    """One pass over this rank's batches; ``generator`` orders the tasks of PCGrad's projections."""
     total, steps, crystals = 0.0, 0, 0
     task_sums = torch.zeros(len(config.tasks), dtype=torch.float64)
     task_counts = torch.zeros(len(config.tasks), dtype=torch.float64)
+    started = time.perf_counter()
+    data_s = 0.0
     while True:
+        waiting = time.perf_counter()
         batch = next(batches, None)
+        data_s += time.perf_counter() - waiting
         if not _all_ranks_have(batch is not None, where.world):
             break
         state.optimizer.zero_grad(set_to_none=True)
@@ -223,9 +285,12 @@ def _train_epoch(state: TrainState, shard, config: TrainConfig, where: _Rank, ge
         task_counts += out.counts.double().cpu()
         steps += 1
         crystals += batch.n_crystals
+    waiting = time.perf_counter()
     for _ in batches:  # finish the epoch's iterator so the next epoch starts cleanly
         pass
-    return _Epoch(total / max(steps, 1), steps, crystals, task_sums, task_counts)
+    data_s += time.perf_counter() - waiting
+    steps_s = time.perf_counter() - started - data_s
+    return _Epoch(total / max(steps, 1), steps, crystals, task_sums, task_counts, data_s, steps_s)
 
 
 def _pcgrad_backward(objective: LossModule, batch: CrystalBatch, generator: torch.Generator, world: int) -> LossOutput:
@@ -272,12 +337,12 @@ def _order_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _evaluate(config: WorkerConfig, model: MultiTaskCGCNN, split: str, where: _Rank) -> Evaluation:
+def _split_batches(train: TrainConfig, split: str, device) -> Iterator[CrystalBatch]:
+    """A whole split from Ray Data, collated batch by batch."""
     import ray.train
 
-    shard = ray.train.get_dataset_shard(split)
-    train = config.train
-    return evaluate(model, shard, train.tasks, config.mean, config.std, train.batch_size, where.device)
+    tables = ray.train.get_dataset_shard(split).iter_batches(batch_size=train.batch_size, batch_format="pyarrow")
+    return arrow_batches(tables, train.tasks, device)
 
 
 def _report(
@@ -286,19 +351,25 @@ def _report(
     where: _Rank,
     checkpoint_dir: str | None,
     bundle: ModelBundle | None = None,
-) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (the training state, and the model once finished), written
-    to a temporary folder that Ray Train persists, or to ``checkpoint_dir`` (in-process runs: nothing persists it)."""
+    checkpoint: bool = True,
+) -> tuple[float, float]:
+    """Every rank reports; with ``checkpoint``, rank 0 attaches the checkpoint (the training state, and the model
+    once finished), written to a temporary folder that Ray Train persists, or to ``checkpoint_dir`` (in-process
+    runs: nothing persists it). Returns the seconds spent writing the checkpoint and in ``ray.train.report``."""
     import ray.train
 
-    if not where.is_zero:
+    if not (where.is_zero and checkpoint):
+        reporting = time.perf_counter()
         ray.train.report(metrics)
-        return
+        return 0.0, time.perf_counter() - reporting
     with nullcontext(checkpoint_dir) if checkpoint_dir else tempfile.TemporaryDirectory() as folder:
+        saving = time.perf_counter()
         state.save(Path(folder))
         if bundle is not None:
             bundle.save(Path(folder) / MODEL_DIR)
+        reporting = time.perf_counter()
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        return reporting - saving, time.perf_counter() - reporting
 
 
 def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:
@@ -307,7 +378,9 @@ def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger
         _report({}, state, where, config.checkpoint_dir)
         return
     model.load_state_dict(state.best_weights)
-    test = _evaluate(config, model, "test", where)
+    test = evaluate(
+        model, _split_batches(config.train, "test", where.device), config.train.tasks, config.mean, config.std
+    )
     final = {"best_epoch": state.best_epoch, "best_val_score": state.best_score}
     final.update(flatten_metrics("test", test.metrics))
     logger.log_final(final, test, state.history, config.train.tasks)
@@ -316,13 +389,14 @@ def _finish(config: WorkerConfig, model, state: TrainState, where: _Rank, logger
 
 
 def _batches(shard, config: TrainConfig, device) -> Iterator[CrystalBatch]:
-    for table in shard.iter_batches(
+    """A Ray Data shard's batches of one epoch, shuffled in a local buffer, the last partial batch dropped."""
+    tables = shard.iter_batches(
         batch_size=config.batch_size,
         batch_format="pyarrow",
         drop_last=True,
         local_shuffle_buffer_size=max(config.batch_size * 8, 2048),
-    ):
-        yield collate_arrow(table, config.tasks).to(device)
+    )
+    return arrow_batches(tables, config.tasks, device)
 
 
 def _count_nodes(world: int) -> int:

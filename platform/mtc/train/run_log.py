@@ -14,21 +14,40 @@ from mtc.train.metrics import metric_key
 
 
 class RunLogger:
-    """Metrics per epoch, then the test predictions, parity plots and learning curves of the finished run."""
+    """Metrics per epoch, then the test predictions, parity plots and learning curves of the finished run.
+
+    Epoch metrics wait in ``pending`` until ``flush`` (the loop flushes with each checkpoint, so what MLflow holds
+    matches what a resumed run starts from): one store call per checkpoint, not per epoch.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str):
         import mlflow
 
         self.client = mlflow.MlflowClient(tracking_uri)
         self.run_id = run_id
+        self.pending: list[tuple[Mapping[str, float], int]] = []
+
+    def add_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        """Keep an epoch's metrics for the next ``flush``."""
+        self.pending.append((dict(metrics), step))
+
+    def flush(self) -> None:
+        """Log every pending epoch's metrics in one call."""
+        if self.pending:
+            self._log([(k, v, step) for metrics, step in self.pending for k, v in metrics.items()])
+            self.pending = []
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` now."""
+        self._log([(k, v, step) for k, v in metrics.items()])
+
+    def _log(self, values: list[tuple[str, float, int]]) -> None:
         """Finite values only (MLflow's own batching splits large batches)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        values = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=values)
+        metrics = [Metric(k, float(v), now, step) for k, v, step in values if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_final(self, final: Mapping[str, float], test: Evaluation, history: list[dict], tasks: Sequence[TaskSpec]):
         """Final metrics at step 0, ``predictions/test_predictions.parquet`` and ``plots/*.png`` (learning curves,

@@ -90,6 +90,7 @@ def train(
         log_inputs(client, run.info.run_id, config, prepared, parent)
     run_id = run.info.run_id
 
+    datasets, in_memory = split_datasets(shards, config)
     worker_config = WorkerConfig(
         train=config,
         mean=prepared.mean,
@@ -100,6 +101,7 @@ def train(
         threads=plan.torch_threads(ray.cluster_resources().get("CPU", 1)),
         parent=PARENT_TAG in run.data.tags,
         checkpoint_dir=tempfile.mkdtemp(prefix="mtc-checkpoint-") if in_process else None,
+        in_memory=in_memory,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -120,8 +122,9 @@ def train(
             failure_config=FailureConfig(max_failures=config.scaling.max_failures),
             callbacks=ray_callbacks,
         ),
-        datasets=split_datasets(shards, config),
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        # in memory, every rank reads the whole training split and takes its own crystals each epoch
+        dataset_config=DataConfig(datasets_to_split=[] if in_memory else ["train"]),
     )
     try:
         result = trainer.fit()

@@ -1,0 +1,70 @@
+"""Where an epoch's batches come from: a split a worker holds in its own memory, or Ray Data each epoch.
+
+When the training and validation splits fit ``WORKER_MEMORY_BYTES``, every rank reads the whole training split
+once (not a Ray Data shard) and holds its rows as one Arrow table; each epoch then draws its batches from a
+permutation seeded by (seed, epoch), the same on every rank, of which rank r takes every world-th crystal
+(``torch.utils.data.DistributedSampler``'s scheme): the ranks' crystals are disjoint, together they are the
+whole split but for fewer than ``world`` crystals, and the order is new each epoch and the same after a resume.
+Rank 0 collates the validation batches once and evaluates them every epoch without collating again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mtc.data.batching import CrystalBatch, collate_arrow
+from mtc.tasks import TaskSpec
+
+# Arrow bytes of the training plus validation split that each worker may hold (all of mp36k: 137 MiB).
+WORKER_MEMORY_BYTES = 2 * 2**30
+
+
+def fits_worker_memory(train_bytes: int, val_bytes: int) -> bool:
+    """True when a worker can hold the training and validation splits (in-memory Arrow bytes)."""
+    return train_bytes + val_bytes <= WORKER_MEMORY_BYTES
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """This rank's crystal indices for ``epoch``, in training order: (n // world,) int64.
+
+    One permutation of range(n) per (seed, epoch), identical on every rank; rank r takes positions r, r + world,
+    ... of its first n // world * world entries, so every rank gets as many crystals as the others.
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[: n // world * world][rank::world]
+
+
+def arrow_batches(tables, tasks: Sequence[TaskSpec], device) -> Iterator[CrystalBatch]:
+    """Collated ``tables`` (Arrow batches of shard rows), on ``device``."""
+    for table in tables:
+        yield collate_arrow(table, tasks).to(device)
+
+
+@dataclass
+class SplitInMemory:
+    """One split's rows in one Arrow table (the shard schema)."""
+
+    table: pa.Table
+
+    @classmethod
+    def read(cls, iterator) -> SplitInMemory:
+        """Every row of a Ray Data iterator (or Dataset), read once."""
+        tables = list(iterator.iter_batches(batch_size=None, batch_format="pyarrow"))
+        return cls(pa.concat_tables(tables).combine_chunks() if tables else pa.table({}))
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def batches(self, order: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[pa.Table]:
+        """The rows in ``order``, ``batch_size`` at a time (a last partial batch unless ``drop_last``)."""
+        end = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, end, batch_size):
+            yield self.table.take(order[start : start + batch_size])
+
+    def collated(self, batch_size: int, tasks: Sequence[TaskSpec], device) -> list[CrystalBatch]:
+        """Every row in table order, collated once (for evaluation)."""
+        return list(arrow_batches(self.batches(np.arange(len(self)), batch_size, False), tasks, device))

@@ -1,0 +1,72 @@
+"""An epoch's batches from memory, when checkpoints fall, and buffered epoch metrics: without Ray."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mtc.data.batching import collate_arrow
+from mtc.tasks import as_tasks
+from mtc.train.checkpoint import CheckpointClock
+from mtc.train.epoch_data import SplitInMemory, epoch_order
+from mtc.train.run_log import RunLogger
+from tests.model.conftest import demo_rows, graph_table
+
+TASKS = as_tasks([{"name": "formation_energy_per_atom"}])
+
+
+@pytest.mark.parametrize(("n", "world"), [(103, 1), (103, 2), (100, 3)])
+def test_each_epoch_gives_the_ranks_disjoint_equal_shares_of_a_new_permutation(n, world):
+    shares = [epoch_order(n, seed=0, epoch=4, rank=r, world=world) for r in range(world)]
+    taken = np.concatenate(shares)
+    assert {len(s) for s in shares} == {n // world}
+    assert len(np.unique(taken)) == len(taken) and n - len(taken) < world and taken.max() < n
+    assert np.array_equal(shares[0], epoch_order(n, seed=0, epoch=4, rank=0, world=world))  # again after a resume
+    next_epoch = epoch_order(n, seed=0, epoch=5, rank=0, world=world)
+    assert not np.array_equal(shares[0], next_epoch) and not np.array_equal(shares[0], np.sort(shares[0]))
+    assert not np.array_equal(shares[0], epoch_order(n, seed=1, epoch=4, rank=0, world=world))
+
+
+def test_batches_from_memory_are_the_rows_in_the_given_order():
+    rows = demo_rows(10)
+    split = SplitInMemory(graph_table(rows))
+    order = np.array([7, 2, 9, 0, 4, 1, 3])
+    full = list(split.batches(order, batch_size=3, drop_last=True))
+    assert [t.column("id").to_pylist() for t in full] == [[rows[i]["id"] for i in order[k : k + 3]] for k in (0, 3)]
+    assert [t.num_rows for t in split.batches(order, 3, drop_last=False)] == [3, 3, 1]
+    collated = split.collated(batch_size=4, tasks=TASKS, device="cpu")
+    assert [b.n_crystals for b in collated] == [4, 4, 2]
+    whole = collate_arrow(split.table, TASKS)
+    assert [i for b in collated for i in b.ids] == whole.ids
+    assert np.array_equal(np.concatenate([b.edge_dist.numpy() for b in collated]), whole.edge_dist.numpy())
+    assert SplitInMemory(pa.table({})).collated(4, TASKS, "cpu") == []
+
+
+def test_checkpoints_fall_after_the_first_epoch_then_every_interval_and_at_the_end():
+    clock = CheckpointClock(every_s=60)
+    assert clock.due(finished=False, now=5.0)  # the first epoch of a session
+    clock.mark(5.0)
+    assert not clock.due(finished=False, now=64.0)
+    assert clock.due(finished=True, now=6.0)
+    assert clock.due(finished=False, now=65.0)
+    every_epoch = CheckpointClock(every_s=0)
+    every_epoch.mark(1.0)
+    assert every_epoch.due(finished=False, now=1.0)
+
+
+def test_epoch_metrics_reach_mlflow_at_the_flush(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no database to create (seconds)
+    uri = (tmp_path / "mlruns").as_uri()
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("epochs")).info.run_id
+    logger = RunLogger(uri, run_id)
+    logger.add_epoch({"train_loss": 0.5, "val_score": float("nan")}, step=1)
+    logger.add_epoch({"train_loss": 0.4, "val_score": 0.9}, step=2)
+    assert client.get_metric_history(run_id, "train_loss") == []
+    logger.flush()
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")] == [(1, 0.5), (2, 0.4)]
+    assert [m.step for m in client.get_metric_history(run_id, "val_score")] == [2]  # not finite: left out
+    logger.flush()  # nothing pending: nothing logged twice
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
