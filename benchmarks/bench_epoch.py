@@ -216,7 +216,8 @@ def main() -> None:
     shards = work / "shards"
     if not (shards / "manifest.json").exists():
         featurize = [sys.executable, "-m", "mtc_cli", "featurize", str(jsonl), "--out", str(shards), "--label", TARGET]
-        timed(featurize, work / "featurize", {**env, "MTC_HOME": str(work / "featurize"), **python_path(REPO)})
+        featurize_env = {**env, "MTC_HOME": str(work / "featurize"), **python_path(REPO)}
+        timed(featurize, work / "featurize", featurize_env, MTC_EPOCH)
     cgcnn_data = None if args.skip_cgcnn else write_cgcnn_input(rows, atom_init, work / "cgcnn-data")
     sides = {"mtc": REPO, **({"mtc before": args.before.resolve()} if args.before else {})}
     times: dict[str, dict[int, Timing]] = {name: {} for name in [*sides, "CGCNN"]}

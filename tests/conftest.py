@@ -25,14 +25,6 @@ def demo_records() -> list[dict]:
     return _read_demo()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_train_polling():
-    """Ray Train's controller takes one report per worker each time it polls (default every 2 s; a worker blocks
-    on its next report until then): on tiny runs that, not training, sets the pace. Every Ray started by the
-    tests (this process's, `mtc` subprocesses', test clusters') polls every 0.25 s instead."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-
-
 def checkpoint_registered(storage: Path) -> bool:
     """Whether Ray Train has registered a checkpoint of a run stored under ``storage``: its controller writes this
     snapshot right after it registers one, and a restarted or resumed run starts from what the snapshot names."""
