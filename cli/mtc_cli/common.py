@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtc.errors import MtcError
@@ -25,7 +26,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MtcError as err:
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)  # "[2, 3]" is text
         raise typer.Exit(2) from None
 
 
