@@ -3,8 +3,9 @@ tuned configuration against the same task trained alone with the same budget (th
 
     .venv/bin/python benchmarks/bench_tune.py [--n 3000] [--epochs 3] [--trials 6] [--data PATH]
 
-Tasks: formation energy, band gap, Fermi energy (configs/mt3.yaml's model); the space: every grouping of the
-three tasks, fixed weights on the simplex or uncertainty weighting, learning rate 1e-3..1e-2.
+Tasks: formation energy, band gap, Fermi energy (configs/mt3_onetrunk.yaml's model, one trunk per group); the
+space: every grouping of the three tasks, fixed weights on the simplex or uncertainty weighting, learning rate
+1e-3..1e-2.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TASKS = ["formation_energy_per_atom", "band_gap", "efermi"]
 
 def space_yaml(epochs: int, trials: int) -> dict:
     return {
-        "base": str(REPO / "configs/mt3.yaml"),
+        "base": str(REPO / "configs/mt3_onetrunk.yaml"),
         "train": {"epochs": epochs, "patience": 0, "experiment": "bench-tune"},
         "trials": trials,
         "search": "optuna",
