@@ -96,3 +96,27 @@ def test_plots_per_basis_are_pngs():
         "error_vs_fraction_equal_steps.png",
     ]
     assert all(png.startswith(b"\x89PNG") for png in plots.values())
+
+
+def test_data_efficiency_compares_every_smaller_fraction_with_each_task_alone_on_the_largest():
+    spec = make_spec()
+    # fraction 0.5: alone FE 0.13/0.14/0.15 (+27 % vs its own full data); all FE 0.10/0.11/0.12 (= alone at 1.0)
+    half = {"alone": {FE: [0.13, 0.14, 0.15], BG: [0.70, 0.80, 0.90]}, "all": {FE: [0.10, 0.11, 0.12], BG: ALONE[BG]}}
+    found = []
+    for k, point in enumerate(spec.points()):
+        joint = point["setting"] == "all"
+        table = (half["all"] if joint else half["alone"]) if point["fraction"] == 0.5 else (JOINT if joint else ALONE)
+        tasks = [FE, BG] if joint else [point["setting"]]
+        found.append(record(point, {t: table[t][point["seed"]] for t in tasks}, k=k))
+    report = build_report(spec, found, "synthetic")
+    cells = report.cells.set_index(["setting", "basis", "fraction"])
+    alone_half = cells.loc[(FE, "equal_steps", 0.5)]
+    assert alone_half[f"{FE} rel change vs full data"] == pytest.approx(0.03 / 0.11)
+    assert alone_half[f"{FE} significant vs full data"] is True
+    joint_half = cells.loc[("all", "equal_steps", 0.5)]
+    assert joint_half[f"{FE} rel change vs full data"] == pytest.approx(0.0, abs=1e-12)
+    assert joint_half[f"{FE} significant vs full data"] is False
+    assert joint_half[f"{FE} rel change"] == pytest.approx(-0.03 / 0.14)  # vs alone on the same half
+    assert math.isnan(cells.loc[("all", "equal_steps", 1.0)][f"{FE} rel change vs full data"])
+    assert "## data efficiency" in report.summary
+    assert "| all | equal steps | 0.5 | 3 | +0.0% | +0.0% |" in report.summary

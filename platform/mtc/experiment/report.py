@@ -3,7 +3,9 @@
 Pure pandas on trial records, so it is tested without Ray. A task's error is its test MAE (1 - ROC-AUC for a
 binary task); std is the sample standard deviation over the cell's finished seeds. A setting's change against
 the task alone (same fraction, basis and axes values) counts as significant only when the means differ by more
-than the two cells' spreads together: |mean_a - mean_b| > std_a + std_b.
+than the two cells' spreads together: |mean_a - mean_b| > std_a + std_b. With several training fractions, every
+cell below the largest is also compared with each task alone on the largest fraction (data efficiency: does a
+multitask model on half the data match a single-task model on all of it?).
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def cells_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.Data
     """One row per cell: mean, std and count over its finished seeds, and each task's change vs alone.
 
     ``<task> rel change`` is (mean - alone mean) / alone mean, ``<task> significant`` the rule of this module;
-    both are empty for a single-task cell and where the task alone was not run.
+    both are empty for a single-task cell and where the task alone was not run. ``<task> vs full data`` and
+    ``<task> significant vs full data`` compare a cell below the largest fraction with the task alone on the
+    largest (the task alone included); they are empty on the largest fraction.
     """
     tasks = spec.base_config().tasks
     settings = {s.name: s for s in spec.all_settings()}
@@ -123,22 +127,35 @@ def cells_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.Data
         rows.append(row)
     table = pd.DataFrame(rows)
     _add_changes(table, settings, tasks, list(spec.axes))
+    if len(spec.fractions) > 1:
+        _add_changes(table, settings, tasks, list(spec.axes), full_data=max(spec.fractions))
     return table
 
 
-def _add_changes(table: pd.DataFrame, settings: Mapping[str, Setting], tasks: Sequence[TaskSpec], axes: list[str]):
+def _add_changes(
+    table: pd.DataFrame,
+    settings: Mapping[str, Setting],
+    tasks: Sequence[TaskSpec],
+    axes: list[str],
+    full_data: float | None = None,
+) -> None:
+    """Each task's change vs the task alone at the same fraction, or (``full_data``: the largest fraction) vs the
+    task alone on that fraction, for the cells below it."""
     keys = ["basis", "fraction", *axes]
+    suffix = "" if full_data is None else " vs full data"
     for task in tasks:
         mean, std = f"{task.name} {error_name(task)} mean", f"{task.name} {error_name(task)} std"
-        change, significant = f"{task.name} rel change", f"{task.name} significant"
+        change, significant = f"{task.name} rel change{suffix}", f"{task.name} significant{suffix}"
         table[change], table[significant] = math.nan, None
         if mean not in table or task.name not in settings or not settings[task.name].is_single_task:
             continue
         alone = table[table["setting"] == task.name].set_index(keys)[[mean, std]]
         for i, row in table.iterrows():
-            if row["setting"] == task.name or pd.isna(row[mean]):
+            itself = row["setting"] == task.name if full_data is None else row["fraction"] == full_data
+            if itself or pd.isna(row[mean]):
                 continue
-            reference = alone.loc[tuple(row[k] for k in keys)] if len(keys) > 1 else alone.loc[row[keys[0]]]
+            at = {**row[keys].to_dict(), **({} if full_data is None else {"fraction": full_data})}
+            reference = alone.loc[tuple(at[k] for k in keys)]
             if pd.isna(reference[mean]):
                 continue
             delta = row[mean] - reference[mean]
@@ -168,7 +185,35 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
             else:
                 rows.append(label + [_change(row, t) for t in tasks])
         lines += [f"## {basis.replace('_', ' ')}", "", *_markdown_table(header, rows), ""]
+    if len(spec.fractions) > 1:
+        lines += _data_efficiency(spec, cells, tasks)
     return "\n".join(lines)
+
+
+def _data_efficiency(spec: ExperimentSpec, cells: pd.DataFrame, tasks: Sequence[TaskSpec]) -> list[str]:
+    """Every cell below the largest fraction against each task alone on the largest."""
+    full = max(spec.fractions)
+    lines = [
+        "## data efficiency",
+        "",
+        f"Each cell below fraction {full:g}: each task's relative change of test error vs that task alone on fraction "
+        f"{full:g} (same basis and axes; negative: less data did better); significant (*) by the same rule.",
+        "",
+    ]
+    header = ["setting", "basis", "fraction", *spec.axes, "seeds", *(f"{t.name} ({error_name(t)})" for t in tasks)]
+    part = cells[cells["fraction"] < full]
+    rows = [
+        [
+            row["setting"],
+            row["basis"].replace("_", " "),
+            str(row["fraction"]),
+            *(str(row[k]) for k in spec.axes),
+            str(row["seeds"]),
+            *(_change(row, t, " vs full data") for t in tasks),
+        ]
+        for _, row in part.iterrows()
+    ]
+    return [*lines, *_markdown_table(header, rows), ""]
 
 
 def _mean_std(row: Mapping[str, Any], task: TaskSpec) -> str:
@@ -176,11 +221,11 @@ def _mean_std(row: Mapping[str, Any], task: TaskSpec) -> str:
     return f"{mean:.4g} ± {std:.2g}" if _finite(mean) and _finite(std) else f"{mean:.4g}" if _finite(mean) else "–"
 
 
-def _change(row: Mapping[str, Any], task: TaskSpec) -> str:
-    value = row.get(f"{task.name} rel change")
+def _change(row: Mapping[str, Any], task: TaskSpec, suffix: str = "") -> str:
+    value = row.get(f"{task.name} rel change{suffix}")
     if not _finite(value):
         return "–"
-    return f"{value:+.1%}" + (" *" if row.get(f"{task.name} significant") is True else "")
+    return f"{value:+.1%}" + (" *" if row.get(f"{task.name} significant{suffix}") is True else "")
 
 
 def _finite(value: Any) -> bool:
