@@ -19,8 +19,8 @@ BatchAtoms = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Atoms per forward pass (default 8,192): batches packed to this much work, a larger crystal alone, so "
-        "memory stays bounded whatever the cell sizes.",
+        help="Atoms per forward pass (default 4,096): batches packed to this much work, a larger crystal alone, so "
+        "memory stays bounded whatever the cell sizes; raise it on a GPU.",
     ),
 ]
 BatchSize = Annotated[

@@ -63,6 +63,3 @@ class Batching:
         if self.atoms is None:
             return pack(np.ones(len(atoms), dtype=np.int64), self.crystals)
         return pack(atoms, self.atoms)
-
-    def describe(self) -> str:
-        return f"≤ {self.atoms:,} atoms per batch" if self.atoms is not None else f"{self.crystals} crystals per batch"
