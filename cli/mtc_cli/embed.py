@@ -43,14 +43,13 @@ def embed(
     from mtc.preflight import check_shared_paths
     from mtc.screen.embed import embed as run_embed
 
+    forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
         console.print(connect(address))
         check_shared_paths({"DB": db, "--out": out})
         with progress("embed") as update:
-            summary = run_embed(
-                db, model, out, task, batching(batch_atoms, batch_size), workers=workers, on_progress=update
-            )
+            summary = run_embed(db, model, out, task, forward, workers=workers, on_progress=update)
         reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected_by_reason.items())
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} embedded, "

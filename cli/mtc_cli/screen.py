@@ -88,6 +88,7 @@ def screen(
     from mtc.preflight import check_shared_paths
     from mtc.screen.score import screen as run_screen
 
+    forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
         console.print(connect(address))
@@ -97,7 +98,7 @@ def screen(
                 db,
                 model,
                 out,
-                batching=batching(batch_atoms, batch_size),
+                batching=forward,
                 workers=workers,
                 where=where,
                 sort=sort,
@@ -152,11 +153,12 @@ def predict(
     from mtc.predict.inputs import read_structure_files
     from mtc.registry.models import load_predictor
 
+    forward = batching(batch_atoms, batch_size)
     with user_errors():
         tracking.configure()
         predictor = load_predictor(model).with_interval(interval)
         records, unreadable = read_structure_files(files)
-        predictions, rejected = predictor.predict_records(records, batching(batch_atoms, batch_size))
+        predictions, rejected = predictor.predict_records(records, forward)
         rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected
         print_predictions(with_spread(predictions), model, {t.name: t.unit for t in predictor.tasks})
         for row in rejected.to_pylist():
