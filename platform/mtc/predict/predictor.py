@@ -40,7 +40,8 @@ EMBEDDING_SCHEMA = pa.schema([("id", pa.string()), (EMBEDDING, pa.list_(pa.float
 DEFAULT_INTERVAL = 0.9
 # Atoms per forward pass by default (``benchmarks/bench_inference.py --work``): about the mean of batches of 256
 # mp36k crystals (3,400 atoms; one of them 9,238), so as many calls, while a batch's memory stays near 120 MiB
-# whatever the cells (256 supercells of 400-1,000 atoms: 480 MiB and more in one count batch). Raise it on a GPU.
+# whatever the cells (48 supercells of 400-1,000 atoms among 48 small cells: 478 MiB in one count batch). Raise
+# it on a GPU.
 DEFAULT_BATCHING = Batching(atoms=4096)
 FEATURIZE_ROWS = 64  # records featurized per call: the cut waits for at most this many rows
 
