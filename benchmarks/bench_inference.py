@@ -1,10 +1,17 @@
 """Forward-pass throughput: ``model.eval()`` against the frozen ``InferenceModel``, same batches, same run.
 
     .venv/bin/python benchmarks/bench_inference.py [--n 2000] [--batch 256] [--repeats 3] [--shared-convs K]
+    .venv/bin/python benchmarks/bench_inference.py --work [--budgets 2048 4096 8192 16384] [--supercells 64]
 
 The first n crystals are featurized in process with mtc's featurizer (untimed) and collated into batches;
 a 3-task model of default sizes (random weights, random BatchNorm statistics) is timed on one thread.
 The two paths alternate batch by batch; crystals/s come from the best of ``repeats`` passes over all batches.
+
+``--work``: count batches of ``--batch`` crystals against batches packed to each of ``--budgets`` atoms
+(``mtc.data.packing``), through the frozen forward the screen uses (collate + forward), on two databases: the n
+crystals, and ``--supercells`` supercells (mp36k crystals repeated to 400-1,000 atoms, mixed with as many small
+crystals). Each pass runs in a forked child: its peak RSS above the parent's is the batches' own memory; the
+settings alternate pass by pass, crystals/s from the best of ``repeats``.
 """
 
 from __future__ import annotations
@@ -12,9 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
+from itertools import pairwise
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -24,6 +35,7 @@ from torch import nn
 from mtc.config import FeaturizeConfig
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
+from mtc.data.packing import Batching, atom_counts
 from mtc.model.inference import InferenceModel
 from mtc.model.multitask import MultiTaskCGCNN
 
@@ -34,11 +46,17 @@ TASKS = [
 ]
 
 
+KEYS = ("id", "lattice", "species", "frac_coords")
+
+
 def graphs_of(path, n: int) -> pa.Table:
     """The first n crystals of a JSONL file featurized as graph rows (rejected rows dropped)."""
-    rows = [json.loads(line) for line in first_lines(path, n)]
-    keys = ("id", "lattice", "species", "frac_coords")
-    records = pa.Table.from_pylist([{**{k: r[k] for k in keys}, "source": "bench"} for r in rows])
+    return featurized([json.loads(line) for line in first_lines(path, n)])
+
+
+def featurized(rows: list[dict]) -> pa.Table:
+    """Rows of the mp36k layout featurized as graph rows (rejected rows dropped)."""
+    records = pa.Table.from_pylist([{**{k: r[k] for k in KEYS}, "source": "bench"} for r in rows])
     graphs = featurize_table(records, FeaturizeConfig(), [])
     return graphs.filter(pc.is_null(graphs.column("reason")))
 
@@ -76,17 +94,98 @@ def time_paths(paths: dict, batches: list, repeats: int, compare) -> dict[str, l
     return seconds
 
 
+def supercell_graphs(path, n: int) -> pa.Table:
+    """``n`` supercells of 400-1,000 atoms made from the first mp36k crystals, each followed by a small crystal."""
+    from pymatgen.core import Structure
+
+    rows = []
+    for line in first_lines(path, 4 * n):
+        r = json.loads(line)
+        size = len(r["species"])
+        m = next((m for m in range(2, 11) if 400 <= size * m**3 <= 1000), None)
+        if m is None or len(rows) >= 2 * n:
+            continue
+        cell = Structure(r["lattice"], r["species"], r["frac_coords"]).make_supercell([m, m, m])
+        big = {"id": f"{r['id']}-x{m}", "lattice": cell.lattice.matrix.tolist(), "frac_coords": cell.frac_coords}
+        rows += [{**big, "species": [e.symbol for e in cell.species]}, {k: r[k] for k in KEYS}]
+    for r in rows:
+        r["frac_coords"] = np.asarray(r["frac_coords"]).tolist()
+    return featurized(rows)
+
+
+def forward_pass(model, graphs: pa.Table, batching: Batching) -> tuple[float, float]:
+    """(seconds, peak RSS MiB above the start) of collate + frozen forward over ``graphs`` cut by ``batching``, in a
+    forked child (its peak RSS is its own)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one pass, then report and leave without running the parent's atexit handlers
+        os.close(read)
+        start_rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        cuts = batching.cuts(atom_counts(graphs))
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for first, end in pairwise(cuts):
+                model(collate_arrow(graphs.slice(first, end - first)))
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        os.write(write, json.dumps([seconds, peak - start_rss]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seconds, peak = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return seconds, peak
+
+
+def compare_batching(args) -> None:
+    """Count batches against batches packed by atoms: crystals/s and peak memory, on small and large cells."""
+    started = time.perf_counter()
+    databases = {f"first {args.n} of mp36k": graphs_of(args.data, args.n)}
+    if args.supercells:
+        big = supercell_graphs(args.data, args.supercells)
+        databases[f"{big.num_rows // 2} supercells (400-1,000 atoms) + as many small"] = big
+    print(f"featurized in {time.perf_counter() - started:.1f} s")
+    model = InferenceModel(random_model(args.shared_convs))
+    settings = {f"count {args.batch}": Batching(crystals=args.batch)}
+    settings.update({f"atoms {b}": Batching(atoms=b) for b in args.budgets})
+    for name, graphs in databases.items():
+        atoms = atom_counts(graphs)
+        print(f"\n=== {name}: {graphs.num_rows} crystals, {atoms.sum()} atoms (max {atoms.max()}) ===")
+        with torch.inference_mode():  # warm-up here: lazy initialisations would count in every child's peak
+            model(collate_arrow(graphs.slice(0, args.batch)))
+        runs = {s: [] for s in settings}
+        for _ in range(args.repeats):
+            for setting, batching in settings.items():
+                runs[setting].append(forward_pass(model, graphs, batching))
+        base = graphs.num_rows / min(t for t, _ in runs[f"count {args.batch}"])
+        for setting, batching in settings.items():
+            cuts = batching.cuts(atoms)
+            largest = max(atoms[a:b].sum() for a, b in pairwise(cuts))
+            rate = graphs.num_rows / min(t for t, _ in runs[setting])
+            print(
+                f"{setting:>12}: {rate:7.0f} crystals/s ({rate / base:.2f}x count), {len(cuts) - 1:4d} batches, "
+                f"largest {largest:6d} atoms, peak RSS +{max(m for _, m in runs[setting]):6.0f} MiB"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shared-convs", type=int, default=None)
+    parser.add_argument("--work", action="store_true", help="count batches vs batches packed by atoms")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
+    parser.add_argument("--supercells", type=int, default=64)
     add_data_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()}")
+    if args.work:
+        compare_batching(args)
+        print(f"load average at end {os.getloadavg()}")
+        return
 
     started = time.perf_counter()
     graphs = graphs_of(args.data, args.n)

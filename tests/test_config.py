@@ -40,11 +40,18 @@ def test_the_new_options_parse() -> None:
         ("loss.gradient_surgery=cagrad", "gradient_surgery"),
         ("loss.temperature=0", "temperature"),
         ("loss.dwa_epochs=3", "dwa_epochs"),
+        ("batch_atoms=0", "batch_atoms"),
     ],
 )
 def test_mistakes_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, TINY, [override])
+
+
+def test_batch_atoms_needs_the_splits_in_memory() -> None:
+    assert load_config(TrainConfig, TINY, ["batch_atoms=4096"]).batch_atoms == 4096
+    with pytest.raises(ConfigError, match="batch_atoms packs the splits held in worker memory"):
+        load_config(TrainConfig, TINY, ["batch_atoms=4096", "data_cache=stream"])
 
 
 def test_fixed_weights_only_with_the_fixed_strategy_and_some_task_served() -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from mtc_cli.common import console, progress, user_errors
-from mtc_cli.screen import DB_HELP, MODEL_HELP, write_table
+from mtc_cli.screen import DB_HELP, MODEL_HELP, BatchAtoms, BatchSize, batching, write_table
 
 
 def embed(
@@ -26,7 +26,8 @@ def embed(
             "concatenated in group order (a model with one shared trunk has one group)."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Structures per forward pass.")] = 256,
+    batch_atoms: BatchAtoms = None,
+    batch_size: BatchSize = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Actors (default: one per CPU, or per GPU).")] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
 ) -> None:
@@ -42,12 +43,13 @@ def embed(
     from mtc.preflight import check_shared_paths
     from mtc.screen.embed import embed as run_embed
 
+    forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
         console.print(connect(address))
         check_shared_paths({"DB": db, "--out": out})
         with progress("embed") as update:
-            summary = run_embed(db, model, out, task, batch_size=batch_size, workers=workers, on_progress=update)
+            summary = run_embed(db, model, out, task, forward, workers=workers, on_progress=update)
         reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected_by_reason.items())
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} embedded, "

@@ -15,6 +15,32 @@ DB_HELP = (
     "Parquet file or folder of structures ('id' + cif | structure | lattice/species/frac_coords), "
     "or extended XYZ (.xyz, .extxyz), POSCAR/CONTCAR (file or folder), an ASE database (.db)."
 )
+BatchAtoms = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Atoms per forward pass (default 4,096): batches packed to this much work, a larger crystal alone, so "
+        "memory stays bounded whatever the cell sizes; raise it on a GPU.",
+    ),
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(min=1, help="Structures per forward pass instead (count batches, as before --batch-atoms)."),
+]
+
+
+def batching(batch_atoms: int | None, batch_size: int | None):
+    """The forward batches asked for: --batch-size N (count), --batch-atoms N, or by default DEFAULT_BATCHING."""
+    from mtc.data.packing import Batching
+    from mtc.predict.predictor import DEFAULT_BATCHING
+
+    if batch_atoms is not None and batch_size is not None:
+        raise typer.BadParameter("give --batch-atoms or --batch-size, not both", param_hint="--batch-size")
+    if batch_size is not None:
+        return Batching(crystals=batch_size)
+    return DEFAULT_BATCHING if batch_atoms is None else Batching(atoms=batch_atoms)
+
+
 INTERVAL_HELP = (
     "Ensembles (mtc train --ensemble K): the central interval that <task>_lo and <task>_hi bound, e.g. 0.9 = 5-95 %."
 )
@@ -41,7 +67,8 @@ def screen(
     ] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     top: Annotated[int | None, typer.Option(min=1, help="Keep the first K rows of the selection.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Structures per forward pass.")] = 256,
+    batch_atoms: BatchAtoms = None,
+    batch_size: BatchSize = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")
     ] = None,
@@ -61,6 +88,7 @@ def screen(
     from mtc.preflight import check_shared_paths
     from mtc.screen.score import screen as run_screen
 
+    forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
         console.print(connect(address))
@@ -70,7 +98,7 @@ def screen(
                 db,
                 model,
                 out,
-                batch_size=batch_size,
+                batching=forward,
                 workers=workers,
                 where=where,
                 sort=sort,
@@ -110,6 +138,8 @@ def predict(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "models:/mtc@champion",
     out: Annotated[Path | None, typer.Option(help="Also write the table (.csv or .parquet).")] = None,
     interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
+    batch_atoms: BatchAtoms = None,
+    batch_size: BatchSize = None,
 ) -> None:
     """Predict every task for a few structure files and print a table.
 
@@ -123,11 +153,12 @@ def predict(
     from mtc.predict.inputs import read_structure_files
     from mtc.registry.models import load_predictor
 
+    forward = batching(batch_atoms, batch_size)
     with user_errors():
         tracking.configure()
         predictor = load_predictor(model).with_interval(interval)
         records, unreadable = read_structure_files(files)
-        predictions, rejected = predictor.predict_records(records)
+        predictions, rejected = predictor.predict_records(records, forward)
         rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected
         print_predictions(with_spread(predictions), model, {t.name: t.unit for t in predictor.tasks})
         for row in rejected.to_pylist():

@@ -248,6 +248,12 @@ class TrainConfig(StrictModel):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
+    batch_atoms: int | None = Field(
+        None,
+        ge=1,
+        description="pack training and validation batches to at most this many atoms (a larger crystal alone) "
+        "instead of batch_size crystals; needs the splits in worker memory (data_cache auto or memory)",
+    )
     patience: int = Field(0, ge=0, description="stop after this many epochs without a better val score; 0: off")
     data_cache: Literal["auto", "memory", "stream"] = Field(
         "auto",
@@ -266,6 +272,8 @@ class TrainConfig(StrictModel):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names repeat: {names}")
+        if self.batch_atoms is not None and self.data_cache == "stream":
+            raise ValueError("batch_atoms packs the splits held in worker memory: use data_cache auto or memory")
         if self.split.val + self.split.test >= 1:
             raise ValueError("split.val + split.test must leave rows for training")
         if self.model.groups is not None:

@@ -176,6 +176,8 @@ def test_predict_files(champion, demo_records, tmp_path):
     assert result.exit_code == 0, result.output
     assert demo_records[0]["id"] in result.output and "junk.cif" in result.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 3
+    both = runner.invoke(app, ["predict", *paths, "--batch-atoms", "512", "--batch-size", "8"])
+    assert both.exit_code == 2 and "not both" in both.output, both.output
     shown = runner.invoke(app, ["models", "show", "mtc-test", "champion"], env={"COLUMNS": "80"})
     assert shown.exit_code == 0, shown.output
     for output in (result.output, shown.output):  # 80 columns: short names with a legend, nothing cut

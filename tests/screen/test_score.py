@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from pymatgen.core import Structure
 
+from mtc.data.packing import Batching
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
 from mtc.screen.score import PREDICTIONS, ScreenError, screen
@@ -37,7 +38,7 @@ def test_rejected_only_units_finish_and_a_changed_database_is_refused(demo_recor
     into the same folder used to keep stale predictions when the database changed under the same name."""
     db = write_db(tmp_path / "db", demo_records[3000:3006], [BAD, {**BAD, "id": None}])
     for attempt in range(2):  # the rerun reads the same parts back
-        summary = screen(db, model, tmp_path / "out", batch_size=1, unit_rows=2, workers=1)
+        summary = screen(db, model, tmp_path / "out", batching=Batching(crystals=1), unit_rows=2, workers=1)
         assert (summary.n_input, summary.n_scored, summary.n_rejected) == (8, 6, 2), attempt
     assert summary.rejected_by_reason == {"unknown_element": 1, "missing_id": 1}
     parts = [pq.read_table(p) for p in sorted((tmp_path / "out" / PREDICTIONS).glob("part-*.parquet"))]
@@ -46,7 +47,7 @@ def test_rejected_only_units_finish_and_a_changed_database_is_refused(demo_recor
     # #10.7: other structures under the same file name must not inherit the old predictions
     write_db(db, demo_records[3100:3106], [BAD, {**BAD, "id": None}])
     with pytest.raises(ScreenError, match="the database content changed"):
-        screen(db, model, tmp_path / "out", batch_size=1, unit_rows=2, workers=1)
+        screen(db, model, tmp_path / "out", batching=Batching(crystals=1), unit_rows=2, workers=1)
 
 
 def test_where_and_sort_are_checked_before_any_scoring(demo_records, model, tmp_path, ray_session):
@@ -111,7 +112,7 @@ def test_extended_xyz_screens_every_frame_once_and_resumes(demo_records, model, 
     src = tmp_path / "frames.extxyz"
     write(src, frames, format="extxyz")
     for attempt in range(2):
-        summary = screen(src, model, tmp_path / "out", batch_size=2, unit_rows=2, workers=1)
+        summary = screen(src, model, tmp_path / "out", batching=Batching(crystals=2), unit_rows=2, workers=1)
         assert (summary.n_input, summary.n_scored, summary.n_rejected) == (7, 5, 2), attempt
     assert summary.n_resumed_units == 3
     predictions = pq.read_table(tmp_path / "out" / PREDICTIONS)

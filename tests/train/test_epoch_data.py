@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from mtc.data.batching import collate_arrow
+from mtc.data.packing import Batching, atom_counts
 from mtc.tasks import as_tasks
 from mtc.train.checkpoint import CheckpointClock
 from mtc.train.epoch_data import SplitInMemory, epoch_order
@@ -36,12 +37,34 @@ def test_batches_from_memory_are_the_rows_in_the_given_order():
     full = list(split.batches(order, batch_size=3, drop_last=True))
     assert [t.column("id").to_pylist() for t in full] == [[rows[i]["id"] for i in order[k : k + 3]] for k in (0, 3)]
     assert [t.num_rows for t in split.batches(order, 3, drop_last=False)] == [3, 3, 1]
-    collated = split.collated(batch_size=4, tasks=TASKS, device="cpu")
+    collated = split.collated(Batching(crystals=4), tasks=TASKS, device="cpu")
     assert [b.n_crystals for b in collated] == [4, 4, 2]
     whole = collate_arrow(split.table, TASKS)
     assert [i for b in collated for i in b.ids] == whole.ids
     assert np.array_equal(np.concatenate([b.edge_dist.numpy() for b in collated]), whole.edge_dist.numpy())
-    assert SplitInMemory(pa.table({})).collated(4, TASKS, "cpu") == []
+    assert SplitInMemory(pa.table({})).collated(Batching(crystals=4), TASKS, "cpu") == []
+    packed = split.collated(Batching(atoms=40), tasks=TASKS, device="cpu")
+    assert [i for b in packed for i in b.ids] == whole.ids
+    assert all(b.atomic_numbers.numel() <= 40 or b.n_crystals == 1 for b in packed)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_packed_epochs_give_every_rank_the_same_number_of_steps(world):
+    """A rank with one step more than the others would hang in an all-reduce they never join."""
+    split = SplitInMemory(graph_table(demo_rows(60)))
+    batching = Batching(atoms=48)
+    for epoch in (1, 2):
+        shares = [list(split.epoch_batches(0, epoch, r, world, batching)) for r in range(world)]
+        assert len({len(s) for s in shares}) == 1 and len(shares[0]) > 1
+        for rank, share in enumerate(shares):
+            order = epoch_order(len(split), 0, epoch, rank, world)
+            ids = [i for t in share for i in t.column("id").to_pylist()]
+            assert ids == split.table.column("id").take(order[: len(ids)]).to_pylist()  # the share's prefix, in order
+            assert all(atom_counts(t).sum() <= 48 or t.num_rows == 1 for t in share)
+        taken = [i for s in shares for t in s for i in t.column("id").to_pylist()]
+        assert len(set(taken)) == len(taken)  # disjoint across ranks
+    by_count = list(split.epoch_batches(0, 1, 0, world, Batching(crystals=7)))
+    assert {t.num_rows for t in by_count} == {7} and len(by_count) == 60 // world // 7
 
 
 def test_checkpoints_fall_after_the_first_epoch_then_every_interval_and_at_the_end():

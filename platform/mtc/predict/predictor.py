@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ import torch
 from mtc.config import FeaturizeConfig
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
+from mtc.data.packing import Batching, atom_counts
 from mtc.data.shards import REJECTED_SCHEMA
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
@@ -36,6 +38,12 @@ from mtc.tasks import TaskSpec, served
 EMBEDDING = "embedding"
 EMBEDDING_SCHEMA = pa.schema([("id", pa.string()), (EMBEDDING, pa.list_(pa.float32()))])
 DEFAULT_INTERVAL = 0.9
+# Atoms per forward pass by default (``benchmarks/bench_inference.py --work``): about the mean of batches of 256
+# mp36k crystals (3,400 atoms; one of them 9,238), so as many calls, while a batch's memory stays near 120 MiB
+# whatever the cells (48 supercells of 400-1,000 atoms among 48 small cells: 478 MiB in one count batch). Raise
+# it on a GPU.
+DEFAULT_BATCHING = Batching(atoms=4096)
+FEATURIZE_ROWS = 64  # records featurized per call: the cut waits for at most this many rows
 
 
 class EmbeddingError(MtcError):
@@ -210,17 +218,34 @@ class StructurePredictor:
         std = (self.calibration.std_factor(task) * spread).astype(np.float32)
         return [pa.array(std), pa.array(value - half), pa.array(value + half)]
 
-    def _score(self, records: pa.Table, batch_size: int, score_graphs: Callable[[pa.Table], pa.Table]):
-        """Yields (featurized slice with ``reason``, rejected mask, ``score_graphs`` of its good rows)."""
+    def _score(self, records: pa.Table, batching: Batching, score_graphs: Callable[[pa.Table], pa.Table]):
+        """Yields (featurized rows with ``reason``, rejected mask, ``score_graphs`` of its good rows) per batch.
+
+        Records are featurized ``FEATURIZE_ROWS`` at a time and cut by ``batching`` on their exact atom counts (a
+        rejected row counts 0 atoms, 1 crystal); every batch but the last is final (``pack`` is prefix-stable) and
+        is scored at once, so no more than a batch and a featurized slice are held. Graph rows cost ~12 bytes per
+        edge, the forward pass ≥ 4 · atom_fea_len per edge: featurizing ahead of the cut costs no memory to speak of.
+        """
         if "source" not in records.column_names:
             records = records.append_column("source", pa.array(["input"] * records.num_rows, pa.string()))
-        for start in range(0, records.num_rows, batch_size):
-            graphs = featurize_table(records.slice(start, batch_size), self.featurize_config, [])
-            bad = pc.is_valid(graphs.column("reason"))
-            yield graphs, bad, score_graphs(graphs.filter(pc.invert(bad)))
+        pending = None
+        for start in range(0, records.num_rows, FEATURIZE_ROWS):
+            graphs = featurize_table(records.slice(start, FEATURIZE_ROWS), self.featurize_config, [])
+            pending = graphs if pending is None else pa.concat_tables([pending, graphs])
+            cuts = batching.cuts(atom_counts(pending))
+            for first, end in pairwise(cuts[:-1]):
+                yield self._scored(pending.slice(first, end - first), score_graphs)
+            pending = pending.slice(cuts[-2])
+        if pending is not None and pending.num_rows:
+            yield self._scored(pending, score_graphs)
+
+    @staticmethod
+    def _scored(graphs: pa.Table, score_graphs: Callable[[pa.Table], pa.Table]):
+        bad = pc.is_valid(graphs.column("reason"))
+        return graphs, bad, score_graphs(graphs.filter(pc.invert(bad)))
 
     def score_records(
-        self, records: pa.Table, batch_size: int, score_graphs: Callable[[pa.Table], pa.Table], schema: pa.Schema
+        self, records: pa.Table, batching: Batching, score_graphs: Callable[[pa.Table], pa.Table], schema: pa.Schema
     ) -> tuple[pa.Table, pa.Table]:
         """Featurize records (``id``, ``source`` and a structure payload) and apply ``score_graphs`` to the good ones.
 
@@ -228,23 +253,23 @@ class StructurePredictor:
             (the scores, of ``schema``; rejected rows of ``REJECTED_SCHEMA``); every input row is in one.
         """
         parts, rejected = [schema.empty_table()], [REJECTED_SCHEMA.empty_table()]
-        for graphs, bad, scored in self._score(records, batch_size, score_graphs):
+        for graphs, bad, scored in self._score(records, batching, score_graphs):
             rejected.append(graphs.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
             parts.append(scored)
         return pa.concat_tables(parts), pa.concat_tables(rejected)
 
-    def predict_records(self, records: pa.Table, batch_size: int = 256) -> tuple[pa.Table, pa.Table]:
+    def predict_records(self, records: pa.Table, batching: Batching = DEFAULT_BATCHING) -> tuple[pa.Table, pa.Table]:
         """(predictions of ``self.schema``, rejected rows) of records, as ``score_records``."""
-        return self.score_records(records, batch_size, self.predict_graphs, self.schema)
+        return self.score_records(records, batching, self.predict_graphs, self.schema)
 
     def embed_records(
-        self, records: pa.Table, batch_size: int = 256, task: str | None = None
+        self, records: pa.Table, batching: Batching = DEFAULT_BATCHING, task: str | None = None
     ) -> tuple[pa.Table, pa.Table]:
         """(embeddings of ``EMBEDDING_SCHEMA``, rejected rows) of records, as ``score_records``."""
         self.embedding_groups(task)  # an unknown task fails here, also when every row is rejected
-        return self.score_records(records, batch_size, partial(self.embed_graphs, task=task), EMBEDDING_SCHEMA)
+        return self.score_records(records, batching, partial(self.embed_graphs, task=task), EMBEDDING_SCHEMA)
 
-    def embed(self, structures: Sequence, task: str | None = None, batch_size: int = 256) -> np.ndarray:
+    def embed(self, structures: Sequence, task: str | None = None, batching: Batching = DEFAULT_BATCHING) -> np.ndarray:
         """Embeddings of pymatgen ``Structure`` objects, in order.
 
         Args:
@@ -258,7 +283,7 @@ class StructurePredictor:
             EmbeddingError: naming the first structure the model cannot read, and why.
         """
         rows = [structure_record(str(i), f"structure {i}", s) for i, s in enumerate(structures)]
-        embedded, rejected = self.embed_records(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), batch_size, task)
+        embedded, rejected = self.embed_records(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), batching, task)
         if rejected.num_rows:
             first = rejected.to_pylist()[0]
             raise EmbeddingError(f"structure {first['id']} cannot be embedded: {first['reason']}: {first['detail']}")
@@ -269,13 +294,13 @@ class StructurePredictor:
         """``self.schema`` plus ``error`` (null, or ``reason: detail`` of a rejected row)."""
         return self.schema.append(pa.field("error", pa.string()))
 
-    def predict_rows(self, records: pa.Table, batch_size: int = 256) -> pa.Table:
+    def predict_rows(self, records: pa.Table, batching: Batching = DEFAULT_BATCHING) -> pa.Table:
         """One output row per input row, in input order: ``self.schema`` (null where rejected) plus ``error``.
 
         Ids are data here, not keys: repeated or missing ids keep their own rows.
         """
         parts = []
-        for graphs, bad, predictions in self._score(records, batch_size, self.predict_graphs):
+        for graphs, bad, predictions in self._score(records, batching, self.predict_graphs):
             good = np.flatnonzero(~bad.to_numpy(zero_copy_only=False))
             # row i of the slice takes prediction j where good[j] == i; rejected rows take a null
             where = np.full(graphs.num_rows, -1, dtype=np.int64)

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mtc.predict.predictor import EMBEDDING, StructurePredictor
+from mtc.data.packing import Batching
+from mtc.predict.predictor import DEFAULT_BATCHING, EMBEDDING, StructurePredictor
 from mtc.screen.nearest import nearest
 from mtc.screen.output import EMBEDDINGS, Output
 from mtc.screen.score import MODEL_DIR, ScreenError, ScreenSummary, score_database
@@ -35,7 +36,7 @@ def embed(
     model_uri: str,
     out: Path,
     task: str | None = None,
-    batch_size: int = 256,
+    batching: Batching = DEFAULT_BATCHING,
     unit_rows: int = 1024,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -46,7 +47,7 @@ def embed(
         task: Embed only the task group whose head predicts ``task``; default: every group, concatenated.
     """
     output = Output(EMBEDDINGS, STATE, task)
-    return score_database(db, model_uri, out, output, batch_size, unit_rows, workers, on_progress)[0]
+    return score_database(db, model_uri, out, output, batching, unit_rows, workers, on_progress)[0]
 
 
 def read_state(folder: Path) -> dict:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mtc.data.packing import Batching
 from mtc.predict.inputs import STRUCTURE_COLUMNS
 from mtc.predict.predictor import DEFAULT_INTERVAL, EMBEDDING, EMBEDDING_SCHEMA, StructurePredictor
 
@@ -41,15 +42,15 @@ class Output:
             return pa.schema([*EMBEDDING_SCHEMA, *self.keys])
         return predictor.schema
 
-    def score(self, predictor: StructurePredictor, records: pa.Table, batch_size: int) -> tuple[pa.Table, pa.Table]:
+    def score(self, predictor: StructurePredictor, records: pa.Table, batching: Batching) -> tuple[pa.Table, pa.Table]:
         """(the unit's output, its rejected rows); ``records`` holds the ``keys`` columns."""
         if self.folder == EMBEDDINGS:
-            embedded, rejected = predictor.embed_records(records, batch_size, self.task)
+            embedded, rejected = predictor.embed_records(records, batching, self.task)
             rows = pc.index_in(embedded.column("id"), value_set=records.column("id").combine_chunks())
             for field in self.keys:
                 embedded = embedded.append_column(field, records.column(field.name).take(rows).cast(field.type))
             return embedded, rejected
-        return predictor.predict_records(records, batch_size)
+        return predictor.predict_records(records, batching)
 
 
 def key_columns(files: list[Path]) -> pa.Schema:

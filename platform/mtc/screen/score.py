@@ -28,10 +28,11 @@ import pyarrow.parquet as pq
 from mtc.atomic import write_json_atomic, write_parquet_atomic
 from mtc.cluster import ray_version
 from mtc.data.frames import frame_files, frames_kind
+from mtc.data.packing import Batching
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.predict.predictor import DEFAULT_INTERVAL, StructurePredictor, check_interval
+from mtc.predict.predictor import DEFAULT_BATCHING, DEFAULT_INTERVAL, StructurePredictor, check_interval
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
@@ -105,7 +106,7 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
 class ScreenActor:
     """Loads the model's weights once (none of its stored code), then scores whole units and writes their parts."""
 
-    def __init__(self, model_dir: str, out: str, batch_size: int, output: Output):
+    def __init__(self, model_dir: str, out: str, batching: Batching, output: Output):
         import torch
 
         self.predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval)
@@ -114,7 +115,7 @@ class ScreenActor:
         else:
             torch.set_num_threads(1)  # one CPU per actor: more threads only fight the other actors
         self.out = Path(out)
-        self.batch_size = batch_size
+        self.batching = batching
         self.output = output
         self._cached: tuple[tuple[str, int], pa.Table] | None = None
 
@@ -122,7 +123,7 @@ class ScreenActor:
         done = {"unit": [], "scored": [], "rejected": []}
         for i in range(len(units["unit"])):
             unit = {k: units[k][i] for k in units}
-            scored, rejected = self.output.score(self.predictor, self._records(unit), self.batch_size)
+            scored, rejected = self.output.score(self.predictor, self._records(unit), self.batching)
             write_parquet_atomic(rejected, self.out / REJECTED / f"part-{unit['unit']}.parquet")
             write_parquet_atomic(scored, self.out / self.output.folder / f"part-{unit['unit']}.parquet")
             done["unit"].append(unit["unit"])
@@ -198,7 +199,7 @@ def screen(
     db: Path,
     model_uri: str,
     out: Path,
-    batch_size: int = 256,
+    batching: Batching = DEFAULT_BATCHING,
     unit_rows: int = 1024,
     workers: int | None = None,
     where: str | None = None,
@@ -218,7 +219,7 @@ def screen(
         model_uri,
         out,
         replace(SCREEN, interval=check_interval(interval)),
-        batch_size,
+        batching,
         unit_rows,
         workers,
         on_progress,
@@ -235,7 +236,7 @@ def score_database(
     model_uri: str,
     out: Path,
     output: Output,
-    batch_size: int = 256,
+    batching: Batching = DEFAULT_BATCHING,
     unit_rows: int = 1024,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -285,7 +286,7 @@ def score_database(
                 fn_constructor_kwargs={
                     "model_dir": str(out / MODEL_DIR),
                     "out": str(out),
-                    "batch_size": batch_size,
+                    "batching": batching,
                     "output": output,
                 },
                 batch_size=1,

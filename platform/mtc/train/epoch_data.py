@@ -6,17 +6,25 @@ permutation seeded by (seed, epoch), the same on every rank, of which rank r tak
 (``torch.utils.data.DistributedSampler``'s scheme): the ranks' crystals are disjoint, together they are the
 whole split but for fewer than ``world`` crystals, and the order is new each epoch and the same after a resume.
 Rank 0 collates the validation batches once and evaluates them every epoch without collating again.
+
+With ``batch_atoms`` (``TrainConfig``) each rank packs its share, in that order, into batches of at most that many
+atoms (``mtc.data.packing``). Shares of equal length pack into different numbers of batches, and a rank with an
+extra step would wait forever in an all-reduce the others never join: every rank packs every rank's share (each
+holds the whole split, the permutation is the same everywhere), drops each share's last, unfilled batch, and all
+take the smallest count. The crystals left out differ from epoch to epoch, as ``drop_last`` does with counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 
 from mtc.data.batching import CrystalBatch, collate_arrow
+from mtc.data.packing import Batching, atom_counts
 from mtc.tasks import TaskSpec
 
 # Arrow bytes of the training plus validation split that each worker may hold (all of mp36k: 137 MiB).
@@ -49,6 +57,10 @@ class SplitInMemory:
     """One split's rows in one Arrow table (the shard schema)."""
 
     table: pa.Table
+    atoms: np.ndarray = field(init=False)  # (n,) int64 atoms per crystal
+
+    def __post_init__(self):
+        self.atoms = atom_counts(self.table) if self.table.num_columns else np.zeros(0, np.int64)
 
     @classmethod
     def read(cls, iterator) -> SplitInMemory:
@@ -65,6 +77,24 @@ class SplitInMemory:
         for start in range(0, end, batch_size):
             yield self.table.take(order[start : start + batch_size])
 
-    def collated(self, batch_size: int, tasks: Sequence[TaskSpec], device) -> list[CrystalBatch]:
-        """Every row in table order, collated once (for evaluation)."""
-        return list(arrow_batches(self.batches(np.arange(len(self)), batch_size, False), tasks, device))
+    def epoch_batches(self, seed: int, epoch: int, rank: int, world: int, batching: Batching) -> Iterator[pa.Table]:
+        """This rank's training batches of ``epoch``, as many as every other rank's (see the module docstring)."""
+        order = epoch_order(len(self), seed, epoch, rank, world)
+        if batching.atoms is None:
+            yield from self.batches(order, batching.crystals, drop_last=True)
+            return
+        cuts = batching.cuts(self.atoms[order])
+        steps = min(self._filled(batching, seed, epoch, r, world) for r in range(world))
+        for first, end in pairwise(cuts[: steps + 1]):
+            yield self.table.take(order[first:end])
+
+    def _filled(self, batching: Batching, seed: int, epoch: int, rank: int, world: int) -> int:
+        """Batches of ``rank``'s share but its last, unfilled one (kept when it is the only one)."""
+        n_batches = len(batching.cuts(self.atoms[epoch_order(len(self), seed, epoch, rank, world)])) - 1
+        return max(n_batches - 1, min(n_batches, 1))
+
+    def collated(self, batching: Batching, tasks: Sequence[TaskSpec], device) -> list[CrystalBatch]:
+        """Every row in table order, cut by ``batching`` and collated once (for evaluation)."""
+        cuts = batching.cuts(self.atoms)
+        tables = (self.table.slice(first, end - first) for first, end in pairwise(cuts))
+        return list(arrow_batches(tables, tasks, device))

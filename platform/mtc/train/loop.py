@@ -29,13 +29,14 @@ from torch import nn
 
 from mtc.config import StrictModel, TrainConfig
 from mtc.data.batching import CrystalBatch
+from mtc.data.packing import Batching
 from mtc.model.bundle import ModelBundle
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
 from mtc.model.transfer import freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
 from mtc.train.checkpoint import CheckpointClock, TrainState, unwrap
-from mtc.train.epoch_data import SplitInMemory, arrow_batches, epoch_order
+from mtc.train.epoch_data import SplitInMemory, arrow_batches
 from mtc.train.evaluate import evaluate
 from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
@@ -174,8 +175,9 @@ class _EpochData:
             return
         if self._train is None:
             self._train = SplitInMemory.read(shard)
-        order = epoch_order(len(self._train), train.seed, epoch, self.where.rank, self.where.world)
-        yield from arrow_batches(self._train.batches(order, train.batch_size, drop_last=True), train.tasks, device)
+        where = self.where
+        tables = self._train.epoch_batches(train.seed, epoch, where.rank, where.world, _batching(train))
+        yield from arrow_batches(tables, train.tasks, device)
 
     def val(self) -> Iterable[CrystalBatch]:
         if not self.config.in_memory:
@@ -185,8 +187,13 @@ class _EpochData:
 
             train = self.config.train
             split = SplitInMemory.read(ray.train.get_dataset_shard("val"))
-            self._val = split.collated(train.batch_size, train.tasks, self.where.device)
+            self._val = split.collated(_batching(train), train.tasks, self.where.device)
         return self._val
+
+
+def _batching(train: TrainConfig) -> Batching:
+    """The in-memory path's batches: ``batch_atoms`` atoms when set, else ``batch_size`` crystals."""
+    return Batching(atoms=train.batch_atoms, crystals=train.batch_size)
 
 
 def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, logger: RunLogger | None) -> None:

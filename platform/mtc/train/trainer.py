@@ -91,6 +91,12 @@ def train(
     run_id = run.info.run_id
 
     datasets, in_memory = split_datasets(shards, config)
+    if config.batch_atoms is not None and not in_memory:
+        client.set_terminated(run_id, status="FAILED")
+        raise TrainingError(
+            "batch_atoms packs splits held in worker memory, and these do not fit (mtc.train.epoch_data."
+            "WORKER_MEMORY_BYTES): drop batch_atoms to train with batch_size crystals per batch"
+        )
     worker_config = WorkerConfig(
         train=config,
         mean=prepared.mean,
