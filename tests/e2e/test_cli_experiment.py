@@ -69,7 +69,7 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     assert joint_cells["band_gap rel change"].notna().all()  # against band gap alone, the same seeds
     assert cells["metal auc mean"].between(0, 1).all()
     assert joint_cells["formation_energy_per_atom spearman mean"].between(-1, 1).all()
-    trials = pd.read_csv(folder / "trials.csv")
+    trials = pd.read_csv(folder / "trials.csv", dtype={"trial": str, "run_id": str})
     assert len(trials) == 4 and (trials["status"] == "finished").all()
     assert set(trials["run_id"]) == {c.info.run_id for c in children}
     assert "significant (*) only when |Δ mean| > std_a + std_b" in (folder / "summary.md").read_text()

@@ -253,5 +253,6 @@ def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), "no two trials ran at once"
     for child in children:
         assert child.info.status in {"FINISHED", "KILLED"} and "tune/objective" in child.data.metrics
-    ranked = pd.read_csv(client.download_artifacts(parent.info.run_id, "report/trials.csv", str(tmp_path)))
+    trials_csv = client.download_artifacts(parent.info.run_id, "report/trials.csv", str(tmp_path))
+    ranked = pd.read_csv(trials_csv, dtype={"trial": str, "run_id": str})  # an id like "6e126695" is no number
     assert sorted(ranked["trial"]) == trials and sorted(ranked["run_id"]) == sorted(c.info.run_id for c in children)
