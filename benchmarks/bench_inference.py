@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_inference.py [--n 2000] [--batch 256] [--repeats 3] [--shared-convs K]
     .venv/bin/python benchmarks/bench_inference.py --work [--budgets 2048 4096 8192 16384] [--supercells 64]
+    .venv/bin/python benchmarks/bench_inference.py --precision [--n 36737]
 
 The first n crystals are featurized in process with mtc's featurizer (untimed) and collated into batches;
 a 3-task model of default sizes (random weights, random BatchNorm statistics) is timed on one thread.
@@ -12,6 +13,11 @@ The two paths alternate batch by batch; crystals/s come from the best of ``repea
 crystals, and ``--supercells`` supercells (mp36k crystals repeated to 400-1,000 atoms, mixed with as many small
 crystals). Each pass runs in a forked child: its peak RSS above the parent's is the batches' own memory; the
 settings alternate pass by pass, crystals/s from the best of ``repeats``.
+
+``--precision``: the shipped model (``mp36k-mt3``) in float32 against its convolutions in bfloat16
+(``mtc screen --precision bfloat16``), on the crystals of its own test split among the first n of mp36k (all of them
+with ``--n 36737``): test MAE per task of each, the largest and mean |delta| between them, and crystals/s of the
+frozen forward, batches packed to 4,096 atoms, the two alternating batch by batch.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ import torch
 from bench_data import add_data_option, first_lines
 from torch import nn
 
-from mtc.config import FeaturizeConfig
+from mtc.config import FeaturizeConfig, TrainConfig, load_config
 from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.data.packing import Batching, atom_counts
+from mtc.data.splits import TEST, split_codes
+from mtc.model.bundle import ModelBundle
 from mtc.model.inference import InferenceModel
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.registry.pretrained import model_folder
 
 TASKS = [
     {"name": "formation_energy_per_atom"},
@@ -47,6 +56,7 @@ TASKS = [
 
 
 KEYS = ("id", "lattice", "species", "frac_coords")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def graphs_of(path, n: int) -> pa.Table:
@@ -168,6 +178,46 @@ def compare_batching(args) -> None:
             )
 
 
+def compare_precision(args) -> None:
+    """The shipped model in float32 against bfloat16 convolutions: test MAE of each, |delta|, crystals/s."""
+    bundle = ModelBundle.load(model_folder("mp36k-mt3"))
+    split = load_config(TrainConfig, ROOT / "configs" / "mt3.yaml").split  # what its model card says it used
+    rows = [json.loads(line) for line in first_lines(args.data, args.n)]
+    codes = split_codes([r["id"] for r in rows], split.val, split.test, split.seed)
+    rows = [r for r, code in zip(rows, codes, strict=True) if code == TEST]
+    started = time.perf_counter()
+    graphs = featurized(rows)
+    seconds = time.perf_counter() - started
+    print(f"{graphs.num_rows} test crystals of the first {args.n} (featurized in {seconds:.1f} s)")
+    cuts = Batching(atoms=4096).cuts(atom_counts(graphs))
+    batches = [collate_arrow(graphs.slice(a, b - a)) for a, b in pairwise(cuts)]
+    model = bundle.build().eval()
+    paths = {"float32": InferenceModel(model), "bfloat16": InferenceModel(model, torch.bfloat16)}
+    outputs = {name: [] for name in paths}
+
+    def keep(out):
+        for name, o in out.items():
+            outputs[name].append(model.to_physical(o, bundle.mean, bundle.std))
+
+    seconds = time_paths(paths, batches, args.repeats, keep)
+    labels = {r["id"]: r for r in rows}
+    ids = graphs.column("id").to_pylist()
+    n_per_pass = len(batches)
+    for k, task in enumerate(bundle.task_names):
+        truth = np.array([labels[i][task] for i in ids], dtype=np.float64)
+        got = {name: torch.cat(o[:n_per_pass])[:, k].double().numpy() for name, o in outputs.items()}
+        mae = {name: np.nanmean(np.abs(g - truth)) for name, g in got.items()}
+        delta = np.abs(got["bfloat16"] - got["float32"])
+        print(
+            f"{task:>26}: test MAE float32 {mae['float32']:.4f}, bfloat16 {mae['bfloat16']:.4f} "
+            f"({mae['bfloat16'] / mae['float32'] - 1:+.2%}); |delta| mean {delta.mean():.4f}, max {delta.max():.4f}"
+        )
+    rate = {name: graphs.num_rows / min(s) for name, s in seconds.items()}
+    for name in paths:
+        print(f"{name:>9}: {rate[name]:8.0f} crystals/s  (passes: {', '.join(f'{s:.2f}' for s in seconds[name])} s)")
+    print(f"ratio bfloat16 / float32: {rate['bfloat16'] / rate['float32']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -177,13 +227,14 @@ def main() -> None:
     parser.add_argument("--work", action="store_true", help="count batches vs batches packed by atoms")
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--supercells", type=int, default=64)
+    parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 on the shipped model")
     add_data_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()}")
-    if args.work:
-        compare_batching(args)
+    if args.work or args.precision:
+        (compare_batching if args.work else compare_precision)(args)
         print(f"load average at end {os.getloadavg()}")
         return
 

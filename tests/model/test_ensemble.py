@@ -38,3 +38,16 @@ def test_stacked_members_match_members_one_by_one(demo_table: pa.Table, layout: 
         assert got.shape == expected.shape == (3, 24, 3)
         assert (got - expected).abs().max() <= 1e-4, stacked
     assert (expected[0] - expected[1]).abs().max() > 1e-2  # the members differ: the test can tell them apart
+
+
+def test_bfloat16_ensemble_is_its_members_in_bfloat16(demo_table: pa.Table) -> None:
+    models = members(2, shared_convs=1)
+    batch = collate_arrow(demo_table, TASKS)
+    expected = torch.stack([InferenceModel(m, torch.bfloat16)(batch) for m in models])
+    for stacked in (True, False):
+        got = EnsembleInference(models, stacked=stacked, dtype=torch.bfloat16)(batch)
+        assert got.dtype == torch.float32
+        if stacked:  # the same bfloat16 operations grouped differently: near, not the same
+            assert ((got - expected).abs().max(dim=1).values < expected.std(dim=1)).all()
+        else:
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)

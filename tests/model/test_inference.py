@@ -71,3 +71,19 @@ def test_frozen_crystal_vectors_match_eval(demo_table: pa.Table, layout: dict) -
         assert frozen.shape == plain.shape == (24, 32)
         # float32 round-off: the perturbed BatchNorms give vectors up to ~1,600, so the bound is relative
         assert (frozen - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
+@pytest.mark.parametrize("layout", [LAYOUTS["one shared trunk"], LAYOUTS["stem + branches"]], ids=["trunk", "branches"])
+def test_bfloat16_convolutions_stay_near_float32_and_return_float32(demo_table: pa.Table, layout: dict) -> None:
+    model = perturbed_model(**layout)
+    batch = collate_arrow(demo_table, TASKS)
+    exact, low = InferenceModel(model), InferenceModel(model, torch.bfloat16)
+    assert low.trunks[0].stem[0].atom_weight.dtype == torch.bfloat16 and low.trunks[0].table.dtype == torch.bfloat16
+    got, expected = low(batch), exact(batch)
+    assert got.dtype == torch.float32 and [f.dtype for f in low.group_features(batch)] == [torch.float32] * len(
+        model.groups
+    )
+    # not exact (the convolutions did run in bfloat16), not garbage; an untrained model's features are poorly
+    # conditioned, so how near is bounded on a trained model (tests/predict/test_precision.py)
+    error = (got - expected).abs().max(dim=0).values
+    assert (error > 0).all() and (error < expected.std(dim=0)).all(), (error, expected.std(dim=0))

@@ -77,6 +77,7 @@ class StackedTrunk(FrozenTrunk):
 
     def __init__(self, trunks: Sequence[FrozenTrunk]) -> None:
         self.table = torch.stack([t.table for t in trunks], dim=1)
+        self.pooled_dtype = trunks[0].pooled_dtype
         self.stem = [StackedConv(convs) for convs in zip(*(t.stem for t in trunks), strict=True)]
         self.branches = [
             [StackedConv(convs) for convs in zip(*branch, strict=True)]
@@ -115,11 +116,15 @@ class EnsembleInference:
     Args:
         members: K >= 1 models built from the same config (same layout, widths and tasks), on one device.
         stacked: One batched pass (True) or the members one by one (False); None: stacked on CUDA.
+        dtype: The convolutions' precision (see ``InferenceModel``).
     """
 
     @torch.no_grad()
-    def __init__(self, members: Sequence[MultiTaskCGCNN], stacked: bool | None = None) -> None:
-        self.members = [InferenceModel(m) for m in members]
+    def __init__(
+        self, members: Sequence[MultiTaskCGCNN], stacked: bool | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        self.members = [InferenceModel(m, dtype) for m in members]
+        self.dtype = self.members[0].dtype
         self.n_members = len(self.members)
         self.expansion = self.members[0].expansion
         self.trunk_of_task = self.members[0].trunk_of_task
@@ -131,7 +136,7 @@ class EnsembleInference:
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns raw outputs (K, B, T): member k's row is ``members[k].eval()(batch)``."""
-        edge_fea = self.expansion(batch.edge_dist)
+        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
         if not self.stacked:
             return torch.stack(
                 [_outputs(f.trunks, f.heads, self.trunk_of_task, batch, edge_fea, 1) for f in self.members]

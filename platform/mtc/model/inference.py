@@ -10,6 +10,11 @@ Same outputs as ``model.eval()(batch)`` to float32 round-off, with less work per
   accumulates its edge term ``W_c u`` straight into the gathered atom terms (``addmm_``). One matmul of all
   the convolutions' concatenated edge weights, sliced per convolution, measured ~1.8x slower on that step
   (an (E, n_conv * 2F) temporary out of cache, then one more pass over it per convolution).
+
+``dtype=torch.bfloat16`` runs the convolutions (weights, atom features, the edge expansion) in bfloat16; the
+folding is done in the model's precision first, and pooling and the heads stay in it (a crystal's mean over many
+atoms, and the last layers, keep their precision). An option, not the default: it moves predictions by a few
+percent of the test MAE (``benchmarks/bench_inference.py --precision``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class FoldedConv:
         scale, shift: (F,), bn2.
     """
 
-    def __init__(self, conv: ConvLayer) -> None:
+    def __init__(self, conv: ConvLayer, dtype: torch.dtype | None = None) -> None:
         f = conv.atom_fea_len
         scale1, shift1 = bn_scale_shift(conv.bn1)
         weight = conv.fc_full.weight * scale1.unsqueeze(1)
@@ -57,6 +62,9 @@ class FoldedConv:
         self.atom_bias = torch.cat([conv.fc_full.bias * scale1 + shift1, torch.zeros_like(shift1)])
         self.edge_weight = weight[:, 2 * f :].t().contiguous()
         self.scale, self.shift = bn_scale_shift(conv.bn2)
+        if dtype is not None:  # folded in the model's precision, then cast
+            for name in ("atom_weight", "atom_bias", "edge_weight", "scale", "shift"):
+                setattr(self, name, getattr(self, name).to(dtype))
 
     def __call__(
         self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor
@@ -80,12 +88,15 @@ class FrozenTrunk:
     Args:
         trunk: The stem.
         branches: Convolution lists applied to the stem output, one per task group; ``[[]]`` pools the stem.
+        dtype: The convolutions' precision (default: the trunk's); pooled features come back in the trunk's.
     """
 
-    def __init__(self, trunk: CGCNNTrunk, branches: list[list[ConvLayer]]) -> None:
-        self.table = trunk.embedding(trunk.element_table)  # (n_elements, F)
-        self.stem = [FoldedConv(c) for c in trunk.convs]
-        self.branches = [[FoldedConv(c) for c in branch] for branch in branches]
+    def __init__(self, trunk: CGCNNTrunk, branches: list[list[ConvLayer]], dtype: torch.dtype | None = None) -> None:
+        table = trunk.embedding(trunk.element_table)  # (n_elements, F)
+        self.pooled_dtype = table.dtype
+        self.table = table.to(dtype or table.dtype)
+        self.stem = [FoldedConv(c, dtype) for c in trunk.convs]
+        self.branches = [[FoldedConv(c, dtype) for c in branch] for branch in branches]
 
     def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor) -> list[torch.Tensor]:
         """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
@@ -98,7 +109,7 @@ class FrozenTrunk:
             branch_fea = atom_fea
             for conv in branch:
                 branch_fea = conv(branch_fea, edge_fea, src, dst)
-            pooled.append(self.pool(branch_fea, batch.crystal_index, batch.n_crystals))
+            pooled.append(self.pool(branch_fea.to(self.pooled_dtype), batch.crystal_index, batch.n_crystals))
         return pooled
 
     pool = staticmethod(mean_pool)  # (N, F) atoms -> (B, F) crystals
@@ -112,14 +123,16 @@ class InferenceModel:
 
     Args:
         model: Any sharing layout; its device and dtype are kept.
+        dtype: The convolutions' precision, e.g. ``torch.bfloat16`` (default: the model's); outputs are the model's.
     """
 
     @torch.no_grad()
-    def __init__(self, model: MultiTaskCGCNN) -> None:
+    def __init__(self, model: MultiTaskCGCNN, dtype: torch.dtype | None = None) -> None:
         if model.shared_convs is None:
-            self.trunks = [FrozenTrunk(trunk, [[]]) for trunk in model.trunks]
+            self.trunks = [FrozenTrunk(trunk, [[]], dtype) for trunk in model.trunks]
         else:
-            self.trunks = [FrozenTrunk(model.trunks[0], [list(branch) for branch in model.branches])]
+            self.trunks = [FrozenTrunk(model.trunks[0], [list(branch) for branch in model.branches], dtype)]
+        self.dtype = self.trunks[0].table.dtype
         # every trunk is built with the same dmin / dmax / step: one expansion serves them all
         self.expansion = copy.deepcopy(model.trunks[0].expansion)
         self.heads = copy.deepcopy(model.heads).eval()
@@ -131,7 +144,7 @@ class InferenceModel:
 
         Returns: n_groups x (B, F).
         """
-        edge_fea = self.expansion(batch.edge_dist)
+        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
         return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea)]
 
     @torch.inference_mode()

@@ -44,6 +44,7 @@ DEFAULT_INTERVAL = 0.9
 # it on a GPU.
 DEFAULT_BATCHING = Batching(atoms=4096)
 FEATURIZE_ROWS = 64  # records featurized per call: the cut waits for at most this many rows
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # the frozen convolutions' dtype (None: the model's)
 
 
 class EmbeddingError(MtcError):
@@ -96,6 +97,7 @@ class StructurePredictor:
         device: Where to run it.
         frozen: Forward with the frozen ``InferenceModel`` (default), or with ``model.eval()`` itself.
         interval: The central interval of ``<task>_lo`` / ``<task>_hi`` (ensembles only), in [0.01, 0.99].
+        precision: ``float32`` or ``bfloat16``: the frozen forward's convolutions (see ``mtc.model.inference``).
     """
 
     def __init__(
@@ -104,12 +106,18 @@ class StructurePredictor:
         device: str | torch.device = "cpu",
         frozen: bool = True,
         interval: float = DEFAULT_INTERVAL,
+        precision: str = "float32",
     ):
+        if precision not in PRECISIONS:
+            raise MtcError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+        if precision != "float32" and not frozen:
+            raise MtcError(f"--precision {precision} needs the frozen forward (frozen=True)")
         self.bundle = bundle
         self.device = torch.device(device)
         self.members = bundle.build_members(self.device)
         self.model = self.members[0]
         self.frozen = frozen
+        self.dtype = PRECISIONS[precision]
         self.interval = check_interval(interval)
         self.calibration = Calibration.from_dict(bundle.calibration) if bundle.calibration else Calibration({})
         self.domain = Domain.from_dict(bundle.domain) if bundle.domain else None
@@ -122,16 +130,16 @@ class StructurePredictor:
     def _forward(self):
         """Batch -> raw outputs: (B, T) for one model, (K, B, T) for an ensemble."""
         if len(self.members) == 1:
-            return InferenceModel(self.model) if self.frozen else self.model
+            return InferenceModel(self.model, self.dtype) if self.frozen else self.model
         if self.frozen:
-            return EnsembleInference(self.members)
+            return EnsembleInference(self.members, dtype=self.dtype)
         return lambda batch: torch.stack([member(batch) for member in self.members])
 
     def _embedder(self):
         """What embeds: the model's own forward; for an ensemble its first member (the members' spaces differ)."""
         if len(self.members) == 1:
             return self.forward
-        return InferenceModel(self.model) if self.frozen else self.model
+        return InferenceModel(self.model, self.dtype) if self.frozen else self.model
 
     def with_interval(self, interval: float) -> StructurePredictor:
         """The same loaded model (shared, not copied) with another central interval for ``<task>_lo`` / ``_hi``."""
