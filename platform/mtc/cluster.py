@@ -36,20 +36,19 @@ def ray_running() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-def choose_engine(engine: str, job: str, n_rows: int, address: str | None = None) -> str:
-    """Where a job of ``n_rows`` input rows runs: ``"ray"`` or ``"local"`` (this process, no Ray).
+def choose_engine(engine: str, job: str, n_rows: int, address: str | None, running: bool) -> str:
+    """Where a ``job`` (a key of ``LOCAL_ROWS``) of ``n_rows`` input rows runs: ``"ray"`` or ``"local"`` (this
+    process, no Ray).
 
-    ``auto`` runs locally only when nothing asks for Ray: no cluster (``address`` or ``$RAY_ADDRESS``), no Ray
-    already running in this process (a notebook that joined a cluster means it), and fewer rows than
-    ``LOCAL_ROWS[job]``.
+    ``auto`` runs locally only when nothing asks for Ray: no cluster ``address`` (the caller's, or
+    ``$RAY_ADDRESS``), no Ray ``running`` in this process already (a notebook that joined a cluster means it), and
+    fewer rows than ``LOCAL_ROWS[job]``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    if cluster_address(address) or ray_running() or n_rows >= LOCAL_ROWS[job]:
-        return "ray"
-    return "local"
+    return "ray" if address or running or n_rows >= LOCAL_ROWS[job] else "local"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class Engine:
     def start(self, job: str, n_rows: int) -> str:
         """Choose for a ``job`` of ``n_rows`` input rows, connecting to Ray if it wins; returns ``"ray"`` or
         ``"local"``."""
-        engine = choose_engine(self.kind, job, n_rows, self.address)
+        engine = choose_engine(self.kind, job, n_rows, cluster_address(self.address), ray_running())
         if engine == "ray":
             description = connect(self.address)
         elif self.kind == "local":

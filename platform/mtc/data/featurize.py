@@ -175,8 +175,6 @@ def featurize(
     check_out_apart(src, out)
     params = config.graph_params()
     inputs_hash = hash_files(scanned.files)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)
     if (out / MANIFEST).exists():
         previous = read_manifest(out)
         if (previous["inputs_hash"], previous["params"], previous["label_columns"]) == (
@@ -188,8 +186,11 @@ def featurize(
             check_rejection_rate(summary, config.max_reject_rate)
             return summary
 
+    local = engine.start("featurize", scanned.n_rows) == "local"  # on Ray: checks the paths before any write
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     tables = scanned.tables or _read_parquet_records(scanned)
-    if engine.start("featurize", scanned.n_rows) == "local":
+    if local:
         blocks = [b for t in tables for b in _slices(t, rows_per_block(scanned.n_rows, 1, config.batch_size))]
         batches = (featurize_table(block, config, scanned.label_columns) for block in blocks)
     else:
