@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import re
 import resource
@@ -174,7 +175,9 @@ def run(
         log.write_bytes(done.stdout)
         if RAY_START_FAILED not in done.stdout.decode():
             break
-        print(f"  Ray did not start within its 30 s on this load; again: {shlex.join(command[2:6])} ...", flush=True)
+        print(f"  Ray did not start within its 30 s on this load: {shlex.join(command[2:6])} ...", flush=True)
+    else:
+        return {"wall": math.nan, "cpu": math.nan, "stamps": {}, "failed": "Ray did not start in 30 s"}
     if done.returncode:
         sys.exit(f"{shlex.join(command)} failed ({done.returncode}):\n{done.stdout.decode()[-3000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -197,13 +200,13 @@ def parts(stamps: dict[str, float]) -> dict[str, float]:
 
 
 def import_profile(command: list[str], env: dict[str, str], top: int = 6) -> tuple[float, list[tuple[str, float]]]:
-    """``-X importtime`` of ``command``: (seconds of all imports, the ``top`` packages by cumulative seconds)."""
+    """``-X importtime`` of ``command``: (seconds of all imports, the ``top`` packages by their modules' seconds)."""
     done = subprocess.run([sys.executable, "-X", "importtime", *command], env=env, capture_output=True, text=True)
     packages: dict[str, float] = defaultdict(float)
     for line in done.stderr.splitlines():
-        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
-        if match and not match.group(3):  # a top-level import: its cumulative time holds its own imports
-            packages[match.group(4).split(".")[0]] += int(match.group(2)) / 1e6
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)", line)
+        if match:
+            packages[match.group(2).split(".")[0]] += int(match.group(1)) / 1e6
     ranked = sorted(packages.items(), key=lambda kv: -kv[1])
     return sum(packages.values()), ranked[:top]
 
@@ -316,7 +319,9 @@ def _ranked(top: list[tuple[str, float]]) -> str:
 def report(args, jobs, variants, runs, cgcnn: float) -> None:
     names = list(variants)
     sizes = {"featurize": args.n_featurize, **{f"screen {n}": n for n in args.n_screen}}
-    best = {key: min(done, key=lambda d: d["wall"]) for key, done in runs.items()}
+    best = {
+        key: min(done, key=lambda d: d["wall"] if d["wall"] == d["wall"] else math.inf) for key, done in runs.items()
+    }
     print(f"\nend to end, the best of {args.repeats} run(s) (wall seconds, structures/s, CPU seconds):")
     ratios = "".join(f"{names[0] + '/' + n:>12s}" for n in names[1:])
     print(f"{'job':16s}" + "".join(f"{n:>30s}" for n in names) + ratios)
@@ -346,9 +351,9 @@ def report(args, jobs, variants, runs, cgcnn: float) -> None:
     )
     for job in jobs:
         print(f"\nparts of the best run of {job} (wall seconds, from the probe's stamps):")
-        split = {n: parts(best[job, n]["stamps"]) for n in names}
+        split = {n: parts(best[job, n]["stamps"]) if best[job, n]["stamps"] else defaultdict(float) for n in names}
         print(f"  {'part':40s}" + "".join(f"{n:>9s}" for n in names))
-        for part in split[names[0]]:
+        for part in [*PARTS, "other driver work"]:
             print(f"  {part:40s}" + "".join(f"{split[n][part]:9.2f}" for n in names))
         print(f"  {'wall':40s}" + "".join(f"{best[job, n]['wall']:9.2f}" for n in names))
     stamps = {f"{j}/{n}": d["stamps"] for (j, n), d in best.items()}
