@@ -20,9 +20,11 @@ _RAY_ENV_DEFAULTS = {
 
 
 ENGINES = ("auto", "ray", "local")
-# Rows below which ``auto`` runs a job in this process: starting Ray and its workers costs seconds, which small
-# inputs never earn back (measured: benchmarks/bench_fixed_costs.py, README "Fixed costs").
-LOCAL_ROWS = {"featurize": 20_000, "screen": 4_000}
+# Rows below which ``auto`` runs a job in this process. Starting Ray (its daemons, then workers that import torch)
+# costs seconds of CPU before the first row (benchmarks/bench_fixed_costs.py, README "Fixed costs"), while one
+# process featurizes about 3,000 structures/s: on 2 cores Ray Data is no faster than one process even warm (1.14x at
+# 10,000), and on many cores a job of these sizes loses at most the few seconds Ray would have saved.
+LOCAL_ROWS = {"featurize": 25_000, "screen": 5_000}
 
 
 def cluster_address(address: str | None = None) -> str | None:
