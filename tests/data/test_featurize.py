@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mtc.cluster import Engine
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import RejectionLimitError, featurize, featurize_table
 from mtc.data.shards import REJECTED, read_manifest, read_shards
@@ -39,6 +40,12 @@ def test_real_crystals_round_trip_and_rerun_reuses(tmp_path, demo_records, ray_s
             assert row["edge_src"] == expected[row["id"]]["edge_src"]
             assert row["edge_dist"] == expected[row["id"]]["edge_dist"]
             assert row["band_gap"] == expected[row["id"]]["band_gap"]
+
+    # #12: in this process, without Ray, the same shards (Ray Data's batches arrive in no fixed order)
+    labels = ["formation_energy_per_atom", "band_gap"]
+    local = featurize(src, tmp_path / "local", config, labels, engine=Engine("local"))
+    assert {**local.manifest, "created": None} == {**summary.manifest, "created": None}
+    assert read_shards(tmp_path / "local").sort_by("id").equals(shards.sort_by("id"))
 
     mtime = (tmp_path / "shards" / "part-00000.parquet").stat().st_mtime_ns
     again = featurize(src, tmp_path / "shards", config, labels=["formation_energy_per_atom", "band_gap"])

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from pymatgen.core import Structure
 
+from mtc.cluster import Engine
 from mtc.data.packing import Batching
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
@@ -48,6 +49,31 @@ def test_rejected_only_units_finish_and_a_changed_database_is_refused(demo_recor
     write_db(db, demo_records[3100:3106], [BAD, {**BAD, "id": None}])
     with pytest.raises(ScreenError, match="the database content changed"):
         screen(db, model, tmp_path / "out", batching=Batching(crystals=1), unit_rows=2, workers=1)
+
+
+def test_local_engine_writes_the_folder_ray_writes_and_each_resumes_the_other(
+    demo_records, model, tmp_path, ray_session
+):
+    """#12: a small database is scored in this process, without Ray: the same parts, bit for bit, and a folder
+    either engine started is finished by the other."""
+    db = write_db(tmp_path / "db", demo_records[3000:3300], [BAD])
+    for kind in ("ray", "local"):
+        summary = screen(db, model, tmp_path / kind, unit_rows=64, engine=Engine(kind))
+        assert (summary.n_scored, summary.n_rejected) == (300, 1), kind
+    for folder in (PREDICTIONS, "rejected"):
+        parts = {kind: sorted((tmp_path / kind / folder).glob("part-*.parquet")) for kind in ("ray", "local")}
+        assert [p.name for p in parts["ray"]] == [p.name for p in parts["local"]] and len(parts["ray"]) == 5
+        for ray_part, local_part in zip(parts["ray"], parts["local"], strict=True):
+            assert pq.read_table(ray_part).equals(pq.read_table(local_part)), local_part.name
+    assert (tmp_path / "ray" / "screen.json").read_text() == (tmp_path / "local" / "screen.json").read_text()
+
+    reference = pq.read_table(tmp_path / "ray" / PREDICTIONS)
+    for started, finish in (("local", "ray"), ("ray", "local")):
+        for part in sorted((tmp_path / started / PREDICTIONS).glob("part-*.parquet"))[1:3]:
+            part.unlink()
+        resumed = screen(db, model, tmp_path / started, unit_rows=64, engine=Engine(finish))
+        assert resumed.n_resumed_units == 3 and resumed.n_scored == 300, finish
+        assert pq.read_table(tmp_path / started / PREDICTIONS).equals(reference), finish
 
 
 def test_where_and_sort_are_checked_before_any_scoring(demo_records, model, tmp_path, ray_session):
