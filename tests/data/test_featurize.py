@@ -70,6 +70,14 @@ def test_bad_corpus_rejected_good_rows_kept(tmp_path, demo_records, ray_session,
     assert summary.n_written == len(good) and summary.n_rejected == len(got)
     assert sorted(read_shards(tmp_path / "shards").column("id").to_pylist()) == sorted(r["id"] for r in good)
 
+    # #12: in this process, without Ray, the same bad rows with the same reasons and details, and the same shards
+    local = featurize(src, tmp_path / "local", config, labels=LABELS, engine=Engine("local"))
+    assert (local.n_written, local.rejected_by_reason) == (summary.n_written, summary.rejected_by_reason)
+    order = [("source", "ascending"), ("id", "ascending")]  # Ray Data's batches arrive in no fixed order
+    bad = {d: pq.read_table(tmp_path / d / REJECTED).sort_by(order) for d in ("shards", "local")}
+    assert bad["local"].equals(bad["shards"]) and bad["local"].num_rows == len(got)
+    assert read_shards(tmp_path / "local").sort_by("id").equals(read_shards(tmp_path / "shards").sort_by("id"))
+
 
 def test_out_inside_the_input_is_refused_and_the_input_kept(tmp_path, demo_records, ray_session):
     db = tmp_path / "db"
