@@ -81,7 +81,7 @@ def test_local_engine_writes_the_folder_ray_writes_and_each_resumes_the_other(
     db = write_db(tmp_path / "db", demo_records[3000:3300], [BAD])
     packed = Batching(atoms=300)
     for kind in ("ray", "local"):
-        summary = screen(db, model, tmp_path / kind, packed, unit_rows=64, engine=Engine(kind))
+        summary = screen(db, model, tmp_path / kind, packed, unit_rows=64, workers=1, engine=Engine(kind))
         assert (summary.n_scored, summary.n_rejected, summary.rejected_by_reason) == (300, 1, {"unknown_element": 1})
     for folder in (PREDICTIONS, "rejected"):
         parts = {kind: sorted((tmp_path / kind / folder).glob("part-*.parquet")) for kind in ("ray", "local")}
@@ -94,7 +94,7 @@ def test_local_engine_writes_the_folder_ray_writes_and_each_resumes_the_other(
     for started, finish in (("local", "ray"), ("ray", "local")):
         for part in sorted((tmp_path / started / PREDICTIONS).glob("part-*.parquet"))[1:3]:
             part.unlink()
-        resumed = screen(db, model, tmp_path / started, packed, unit_rows=64, engine=Engine(finish))
+        resumed = screen(db, model, tmp_path / started, packed, unit_rows=64, workers=1, engine=Engine(finish))
         assert resumed.n_resumed_units == 3 and resumed.n_scored == 300, finish
         assert_same_parts(pq.read_table(tmp_path / started / PREDICTIONS), reference, f"finished by {finish}")
 
