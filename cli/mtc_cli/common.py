@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from mtc.cluster import LOCAL_ROWS, Engine
 from mtc.errors import MtcError
 
 console = Console(highlight=False)
@@ -114,3 +117,33 @@ def legend(short: Mapping[str, str], units: Mapping[str, str] | None = None) -> 
 def echo(line: str) -> None:
     """One plain progress line (module level: Tune pickles the callbacks that call it by reference)."""
     console.print(line, markup=False, soft_wrap=True)
+
+
+class EngineKind(str, enum.Enum):
+    """``--engine``: where a featurize or screen runs (``mtc.cluster.Engine``)."""
+
+    auto = "auto"
+    ray = "ray"
+    local = "local"
+
+
+def engine_help(job: str) -> str:
+    return (
+        "Where the work runs: ray (Ray Data on the cluster at --address, else a Ray started here), local (this "
+        "process, no Ray: no start-up cost, one core for the graphs) or auto: local when there is no --address / "
+        f"RAY_ADDRESS and the input holds under {LOCAL_ROWS[job]:,} structures, else ray. Both write the same output."
+    )
+
+
+def engine(kind: EngineKind, address: str | None, paths: Mapping[str, Path]) -> Engine:
+    """The engine a command asked for: it prints where the work runs and, on Ray, checks that every node sees
+    ``paths`` (option name -> path) before any work."""
+
+    def started(where: str, description: str) -> None:
+        console.print(description)
+        if where == "ray":
+            from mtc.preflight import check_shared_paths
+
+            check_shared_paths(paths)
+
+    return Engine(kind.value, address, started)

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtc_cli.common import console, progress, user_errors
+from mtc_cli.common import EngineKind, console, engine_help, progress, user_errors
+from mtc_cli.common import engine as engine_of
 from mtc_cli.screen import DB_HELP, MODEL_HELP, BatchAtoms, BatchSize, batching, write_table
 
 
@@ -30,8 +31,10 @@ def embed(
     batch_size: BatchSize = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Actors (default: one per CPU, or per GPU).")] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
+    engine: Annotated[EngineKind, typer.Option(help=engine_help("screen"))] = EngineKind.auto,
 ) -> None:
-    """Write the crystal embedding (the pooled vector the model's heads read) of every structure, through Ray Data.
+    """Write the crystal embedding (the pooled vector the model's heads read) of every structure, through Ray Data
+    (a small database: in this process).
 
     Every input id ends up exactly once: in OUT/embeddings (id, embedding: list<float32>) or in OUT/rejected (with
     the reason). An interrupted run continues where it stopped when run again. Then: mtc similar OUT ID.
@@ -39,17 +42,14 @@ def embed(
     Example: mtc embed db.parquet -o emb --model models:/mtc@champion
     """
     from mtc import tracking
-    from mtc.cluster import connect
-    from mtc.preflight import check_shared_paths
     from mtc.screen.embed import embed as run_embed
 
     forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
-        console.print(connect(address))
-        check_shared_paths({"DB": db, "--out": out})
+        where = engine_of(engine, address, {"DB": db, "--out": out})
         with progress("embed") as update:
-            summary = run_embed(db, model, out, task, forward, workers=workers, on_progress=update)
+            summary = run_embed(db, model, out, task, forward, workers=workers, on_progress=update, engine=where)
         reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected_by_reason.items())
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} embedded, "

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtc_cli.common import console, progress, user_errors
+from mtc_cli.common import EngineKind, console, engine_help, progress, user_errors
+from mtc_cli.common import engine as engine_of
 
 
 def featurize(
@@ -39,8 +40,9 @@ def featurize(
         str | None,
         typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address; default: an embedded local Ray."),
     ] = None,
+    engine: Annotated[EngineKind, typer.Option(help=engine_help("featurize"))] = EngineKind.auto,
 ) -> None:
-    """Turn structures with labels into Parquet graph shards with Ray Data.
+    """Turn structures with labels into Parquet graph shards with Ray Data (a small input: in this process).
 
     Each atom is joined to its MAX_NEIGHBORS nearest periodic neighbours within RADIUS. Structures
     that cannot be used go to OUT/rejected.parquet with a reason; the rest are never lost. Running
@@ -49,19 +51,16 @@ def featurize(
     Examples: mtc featurize data/demo/mp_demo.jsonl.gz --out shards/demo;
     mtc featurize relax.extxyz --out shards/relax --label energy
     """
-    from mtc.cluster import connect
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import featurize as run_featurize
-    from mtc.preflight import check_shared_paths
 
     with user_errors():
         config = FeaturizeConfig(
             radius=radius, max_neighbors=max_neighbors, max_atoms=max_atoms, max_reject_rate=max_reject_rate
         )
-        console.print(connect(address))
-        check_shared_paths({"SRC": src, "--out": out})  # workers read the input on every node
+        where = engine_of(engine, address, {"SRC": src, "--out": out})  # workers read the input on every node
         with progress("featurize") as update:
-            summary = run_featurize(src, out, config, labels=label, workers=workers, on_progress=update)
+            summary = run_featurize(src, out, config, labels=label, workers=workers, on_progress=update, engine=where)
         print_summary(summary)
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import console, progress, user_errors
+from mtc_cli.common import EngineKind, console, engine_help, progress, user_errors
+from mtc_cli.common import engine as engine_of
 from mtc_cli.tables import print_predictions, with_spread
 
 MODEL_HELP = "Model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/mtc_model."
@@ -74,8 +75,9 @@ def screen(
     ] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
     interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
+    engine: Annotated[EngineKind, typer.Option(help=engine_help("screen"))] = EngineKind.auto,
 ) -> None:
-    """Score a structure database with a registered model through Ray Data.
+    """Score a structure database with a registered model through Ray Data (a small one: in this process).
 
     Every input id ends up exactly once: in OUT/predictions (one column per task) or in OUT/rejected
     (with the reason). A screen that was interrupted continues where it stopped when run again.
@@ -84,15 +86,11 @@ def screen(
     Example: mtc screen db.parquet -o screened --where "band_gap > 1" --sort formation_energy_per_atom --top 20
     """
     from mtc import tracking
-    from mtc.cluster import connect
-    from mtc.preflight import check_shared_paths
     from mtc.screen.score import screen as run_screen
 
     forward = batching(batch_atoms, batch_size)  # a usage error before Ray starts
     with user_errors():
         tracking.configure()
-        console.print(connect(address))
-        check_shared_paths({"DB": db, "--out": out})
         with progress("screen") as update:
             summary = run_screen(
                 db,
@@ -106,6 +104,7 @@ def screen(
                 top=top,
                 on_progress=update,
                 interval=interval,
+                engine=engine_of(engine, address, {"DB": db, "--out": out}),
             )
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "

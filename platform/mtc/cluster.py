@@ -1,10 +1,14 @@
-"""Connecting to Ray: a running cluster (``--address`` / ``RAY_ADDRESS``) or an embedded local one."""
+"""Connecting to Ray: a running cluster (``--address`` / ``RAY_ADDRESS``) or an embedded local one; and whether a
+small job is better run without Ray at all (``choose_engine``)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 # Quiet, offline-friendly defaults; a user's own environment wins.
 _RAY_ENV_DEFAULTS = {
@@ -17,6 +21,65 @@ _RAY_ENV_DEFAULTS = {
     # Ray Train propagates it from the driver to the controller, on a cluster too.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
+
+
+ENGINES = ("auto", "ray", "local")
+# Rows below which ``auto`` runs a job in this process. Starting Ray (its daemons, then workers that import torch)
+# costs seconds of CPU before the first row (benchmarks/bench_fixed_costs.py, README "Fixed costs"), while one
+# process featurizes about 3,000 structures/s: on 2 cores Ray Data is no faster than one process even warm (1.14x at
+# 10,000), and on many cores a job of these sizes loses at most the few seconds Ray would have saved.
+LOCAL_ROWS = {"featurize": 25_000, "screen": 5_000}
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else ``$RAY_ADDRESS``; None for none."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ray_running() -> bool:
+    """Whether this process has started or joined Ray already (known without importing Ray)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def choose_engine(engine: str, job: str, n_rows: int, address: str | None, running: bool) -> str:
+    """Where a ``job`` (a key of ``LOCAL_ROWS``) of ``n_rows`` input rows runs: ``"ray"`` or ``"local"`` (this
+    process, no Ray).
+
+    ``auto`` runs locally only when nothing asks for Ray: no cluster ``address`` (the caller's, or
+    ``$RAY_ADDRESS``), no Ray ``running`` in this process already (a notebook that joined a cluster means it), and
+    fewer rows than ``LOCAL_ROWS[job]``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    return "ray" if address or running or n_rows >= LOCAL_ROWS[job] else "local"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where a job runs: ``kind`` ``ray`` (the cluster at ``address`` or ``$RAY_ADDRESS``, else Ray started here),
+    ``local`` (this process, no Ray) or ``auto`` (``choose_engine``). ``on_start(engine, description)`` hears the
+    choice once it is made (the CLI prints it, and on Ray checks that every node sees its paths)."""
+
+    kind: str = "auto"
+    address: str | None = None
+    on_start: Callable[[str, str], None] | None = None
+
+    def start(self, job: str, n_rows: int) -> str:
+        """Choose for a ``job`` of ``n_rows`` input rows, connecting to Ray if it wins; returns ``"ray"`` or
+        ``"local"``."""
+        engine = choose_engine(self.kind, job, n_rows, cluster_address(self.address), ray_running())
+        if engine == "ray":
+            description = connect(self.address)
+        elif self.kind == "local":
+            description = "local: this process, no Ray (--engine local)"
+        else:
+            description = f"local: this process, no Ray (auto: under {LOCAL_ROWS[job]:,} rows; --engine ray for Ray)"
+        if self.on_start:
+            self.on_start(engine, description)
+        return engine
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mtc.cluster import Engine
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import RejectionLimitError, featurize, featurize_table
 from mtc.data.shards import REJECTED, read_manifest, read_shards
@@ -40,6 +41,12 @@ def test_real_crystals_round_trip_and_rerun_reuses(tmp_path, demo_records, ray_s
             assert row["edge_dist"] == expected[row["id"]]["edge_dist"]
             assert row["band_gap"] == expected[row["id"]]["band_gap"]
 
+    # #12: in this process, without Ray, the same shards (Ray Data's batches arrive in no fixed order)
+    labels = ["formation_energy_per_atom", "band_gap"]
+    local = featurize(src, tmp_path / "local", config, labels, engine=Engine("local"))
+    assert {**local.manifest, "created": None} == {**summary.manifest, "created": None}
+    assert read_shards(tmp_path / "local").sort_by("id").equals(shards.sort_by("id"))
+
     mtime = (tmp_path / "shards" / "part-00000.parquet").stat().st_mtime_ns
     again = featurize(src, tmp_path / "shards", config, labels=["formation_energy_per_atom", "band_gap"])
     assert again.reused and again.n_written == 600
@@ -62,6 +69,14 @@ def test_bad_corpus_rejected_good_rows_kept(tmp_path, demo_records, ray_session,
     assert got == {key: reason for i, key, reason in expected() if i == name}
     assert summary.n_written == len(good) and summary.n_rejected == len(got)
     assert sorted(read_shards(tmp_path / "shards").column("id").to_pylist()) == sorted(r["id"] for r in good)
+
+    # #12: in this process, without Ray, the same bad rows with the same reasons and details, and the same shards
+    local = featurize(src, tmp_path / "local", config, labels=LABELS, engine=Engine("local"))
+    assert (local.n_written, local.rejected_by_reason) == (summary.n_written, summary.rejected_by_reason)
+    order = [("source", "ascending"), ("id", "ascending")]  # Ray Data's batches arrive in no fixed order
+    bad = {d: pq.read_table(tmp_path / d / REJECTED).sort_by(order) for d in ("shards", "local")}
+    assert bad["local"].equals(bad["shards"]) and bad["local"].num_rows == len(got)
+    assert read_shards(tmp_path / "local").sort_by("id").equals(read_shards(tmp_path / "shards").sort_by("id"))
 
 
 def test_out_inside_the_input_is_refused_and_the_input_kept(tmp_path, demo_records, ray_session):

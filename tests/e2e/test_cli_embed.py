@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mtc.registry.models import load_predictor, promote
 from mtc_cli.app import app
+from tests.screen.test_score import assert_same_parts
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
@@ -51,10 +52,12 @@ def test_embed_every_row_once_resume_then_similar(demo_records, trained, tmp_pat
     unit = sorted((out / "embeddings").glob("part-*.parquet"))[1].name
     (out / "embeddings" / unit).unlink()
     (out / "rejected" / unit).unlink()
-    result = runner.invoke(app, command)
+    # #12: finished in this process (--engine local), with the same forward batches as the Ray actors
+    result = runner.invoke(app, [*command, "--engine", "local"])
     assert result.exit_code == 0, result.output
+    assert "local: this process, no Ray (--engine local)" in result.output
     assert "resumed: 3 finished part(s)" in result.output
-    assert pq.read_table(out / "embeddings").sort_by("id").equals(embedded)
+    assert_same_parts(pq.read_table(out / "embeddings").sort_by("id"), embedded, "embeddings")
     refused = runner.invoke(app, [*command, "--task", "band_gap"])
     assert refused.exit_code == 2 and "the embedded task (--task) changed" in refused.output
     unknown = runner.invoke(app, [*command[:-4], "--out", str(tmp_path / "other"), "--task", "gap"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -25,6 +28,12 @@ def test_featurize_real_data_then_reuse(tmp_path, demo_records, ray_session):
     assert read_shards(tmp_path / "shards").column_names[-2:] == ["band_gap", "efermi"]
     second = runner.invoke(app, args)
     assert second.exit_code == 0 and "reused" in second.output
+
+    # #12: as a user runs it, a fresh process: 300 rows are featurized without starting Ray, into the same shards
+    args[3] = str(tmp_path / "here")
+    here = subprocess.run([sys.executable, "-m", "mtc_cli", *args], capture_output=True, text=True, timeout=120)
+    assert here.returncode == 0 and "local: this process, no Ray (auto" in here.stdout, here.stdout + here.stderr
+    assert read_shards(tmp_path / "here").sort_by("id").equals(read_shards(tmp_path / "shards").sort_by("id"))
 
 
 def test_bad_rows_counted_by_reason(tmp_path, demo_records, ray_session):

@@ -131,6 +131,8 @@ def test_killed_screen_resumes_to_the_same_output(database, champion, tmp_path, 
             str(out),
             "--workers",
             "1",
+            "--engine",
+            "ray",  # 2,003 rows: auto would score them in this process
         ],
         env=env,
         stdout=subprocess.DEVNULL,

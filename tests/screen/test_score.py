@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pymatgen.core import Structure
 
+from mtc.cluster import Engine
 from mtc.data.packing import Batching
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
@@ -48,6 +51,52 @@ def test_rejected_only_units_finish_and_a_changed_database_is_refused(demo_recor
     write_db(db, demo_records[3100:3106], [BAD, {**BAD, "id": None}])
     with pytest.raises(ScreenError, match="the database content changed"):
         screen(db, model, tmp_path / "out", batching=Batching(crystals=1), unit_rows=2, workers=1)
+
+
+def assert_same_parts(got: pa.Table, want: pa.Table, where: str) -> None:
+    """The same schema and rows in the same order; float (and list<float>) columns equal to float32 round-off."""
+    assert got.schema == want.schema and got.num_rows == want.num_rows, where
+    for name, column in zip(got.column_names, got.columns, strict=True):
+        other, listed = want.column(name), pa.types.is_list(column.type)
+        if pa.types.is_floating(column.type.value_type if listed else column.type):
+            if listed:
+                assert pc.list_value_length(column).equals(pc.list_value_length(other)), f"{where}: {name}"
+                column, other = pc.list_flatten(column), pc.list_flatten(other)
+            np.testing.assert_allclose(
+                column.to_numpy(zero_copy_only=False),
+                other.to_numpy(zero_copy_only=False),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{where}: {name}",
+            )
+        else:
+            assert column.equals(other), f"{where}: {name}"
+
+
+def test_local_engine_writes_the_folder_ray_writes_and_each_resumes_the_other(
+    demo_records, model, tmp_path, ray_session
+):
+    """#12: a small database is scored in this process, without Ray, with the same forward batches (here several
+    packed by atoms per unit): the same parts, and a folder either engine started is finished by the other."""
+    db = write_db(tmp_path / "db", demo_records[3000:3300], [BAD])
+    packed = Batching(atoms=300)
+    for kind in ("ray", "local"):
+        summary = screen(db, model, tmp_path / kind, packed, unit_rows=64, workers=1, engine=Engine(kind))
+        assert (summary.n_scored, summary.n_rejected, summary.rejected_by_reason) == (300, 1, {"unknown_element": 1})
+    for folder in (PREDICTIONS, "rejected"):
+        parts = {kind: sorted((tmp_path / kind / folder).glob("part-*.parquet")) for kind in ("ray", "local")}
+        assert [p.name for p in parts["ray"]] == [p.name for p in parts["local"]] and len(parts["ray"]) == 5
+        for ray_part, local_part in zip(parts["ray"], parts["local"], strict=True):
+            assert_same_parts(pq.read_table(local_part), pq.read_table(ray_part), f"{folder}/{local_part.name}")
+    assert (tmp_path / "ray" / "screen.json").read_text() == (tmp_path / "local" / "screen.json").read_text()
+
+    reference = pq.read_table(tmp_path / "ray" / PREDICTIONS)
+    for started, finish in (("local", "ray"), ("ray", "local")):
+        for part in sorted((tmp_path / started / PREDICTIONS).glob("part-*.parquet"))[1:3]:
+            part.unlink()
+        resumed = screen(db, model, tmp_path / started, packed, unit_rows=64, workers=1, engine=Engine(finish))
+        assert resumed.n_resumed_units == 3 and resumed.n_scored == 300, finish
+        assert_same_parts(pq.read_table(tmp_path / started / PREDICTIONS), reference, f"finished by {finish}")
 
 
 def test_where_and_sort_are_checked_before_any_scoring(demo_records, model, tmp_path, ray_session):

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mtc.cluster import Engine
 from mtc.config import FeaturizeConfig
 from mtc.data.graph import build_graph, min_interatomic_distance
 from mtc.data.records import Rejection, StructureLimits, crystal_from_record, parse_label, record_id
@@ -156,8 +157,10 @@ def featurize(
     labels: Sequence[str] | None = None,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    engine: Engine = Engine(),
 ) -> FeaturizeSummary:
-    """Featurize ``src`` into graph shards in ``out`` with Ray Data (Ray must be initialised).
+    """Featurize ``src`` into graph shards in ``out``: with Ray Data, or in this process for a small input, as
+    ``engine`` chooses (``mtc.cluster.Engine``; both write the same shards).
 
     Re-running with the same inputs and parameters reuses the shards. Raises InputError for input
     that cannot be read as a whole (before any work), RejectionLimitError when every row, or more
@@ -166,16 +169,12 @@ def featurize(
     Args:
         on_progress: called with (rows done, rows in total) as batches finish.
     """
-    import ray
-
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     scanned = scan_source(src, labels, chunk_rows=4096)
     check_out_apart(src, out)
     params = config.graph_params()
     inputs_hash = hash_files(scanned.files)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)
     if (out / MANIFEST).exists():
         previous = read_manifest(out)
         if (previous["inputs_hash"], previous["params"], previous["label_columns"]) == (
@@ -187,30 +186,22 @@ def featurize(
             check_rejection_rate(summary, config.max_reject_rate)
             return summary
 
-    n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    block_rows = rows_per_block(scanned.n_rows, n_workers, config.batch_size)
+    local = engine.start("featurize", scanned.n_rows) == "local"  # on Ray: checks the paths before any write
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     tables = scanned.tables or _read_parquet_records(scanned)
-    blocks = [block for table in tables for block in _slices(table, block_rows)]
-    ds = ray.data.from_arrow(blocks)
-    # One stateless operator: Ray Data's per-operator reservation would hold back half the CPUs for outputs
-    # (measured: 1.4x slower on 2 CPUs); this dataset's own context leaves every other pipeline as it is.
-    ds.context.op_resource_reservation_enabled = False
-    # Stateless work: plain tasks start faster than an actor pool and use every CPU Ray Data has.
-    ds = ds.map_batches(
-        featurize_table,
-        fn_kwargs={"config": config, "label_columns": scanned.label_columns},
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=min(n_workers, len(blocks))),
-    )
+    if local:
+        blocks = [b for t in tables for b in _slices(t, rows_per_block(scanned.n_rows, 1, config.batch_size))]
+        batches = (featurize_table(block, config, scanned.label_columns) for block in blocks)
+    else:
+        batches = _featurize_on_ray(tables, scanned, config, workers)
 
     writer = ShardWriter(out, scanned.label_columns, rows_per_shard=config.rows_per_shard)
     reasons: Counter[str] = Counter(r["reason"] for r in scanned.early_rejections)
     writer.reject(pa.Table.from_pylist(scanned.early_rejections, schema=REJECTED_SCHEMA))
     done = len(scanned.early_rejections)
     try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in batches:
             bad = pc.is_valid(batch.column("reason"))
             writer.write(batch.filter(pc.invert(bad)))
             rejected = batch.filter(bad)
@@ -245,6 +236,31 @@ def featurize(
     )
     check_rejection_rate(summary, config.max_reject_rate)
     return summary
+
+
+def _featurize_on_ray(
+    tables: list[pa.Table], scanned: ScannedSource, config: FeaturizeConfig, workers: int | None
+) -> Iterator[pa.Table]:
+    """Featurized batches (``featurized_schema``) from Ray Data tasks on every CPU Ray has, in no fixed order."""
+    import ray
+
+    n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    block_rows = rows_per_block(scanned.n_rows, n_workers, config.batch_size)
+    blocks = [block for table in tables for block in _slices(table, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    # One stateless operator: Ray Data's per-operator reservation would hold back half the CPUs for outputs
+    # (measured: 1.4x slower on 2 CPUs); this dataset's own context leaves every other pipeline as it is.
+    ds.context.op_resource_reservation_enabled = False
+    # Stateless work: plain tasks start faster than an actor pool and use every CPU Ray Data has.
+    ds = ds.map_batches(
+        featurize_table,
+        fn_kwargs={"config": config, "label_columns": scanned.label_columns},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=min(n_workers, len(blocks))),
+    )
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def rows_per_block(n_rows: int, n_workers: int, batch_size: int) -> int:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mtc.cluster import Engine
 from mtc.data.packing import Batching
 from mtc.predict.predictor import DEFAULT_BATCHING, EMBEDDING, StructurePredictor
 from mtc.screen.nearest import nearest
@@ -40,14 +41,16 @@ def embed(
     unit_rows: int = 1024,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    engine: Engine = Engine(),
 ) -> ScreenSummary:
     """Embed every structure of ``db`` into ``out`` (resuming an interrupted run of the same inputs).
 
     Args:
         task: Embed only the task group whose head predicts ``task``; default: every group, concatenated.
+        engine: Ray's actors, or this process for a small database (``mtc.cluster.Engine``).
     """
     output = Output(EMBEDDINGS, STATE, task)
-    return score_database(db, model_uri, out, output, batching, unit_rows, workers, on_progress)[0]
+    return score_database(db, model_uri, out, output, batching, unit_rows, workers, on_progress, engine=engine)[0]
 
 
 def read_state(folder: Path) -> dict:

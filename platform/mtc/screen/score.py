@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
-from mtc.cluster import ray_version
+from mtc.cluster import Engine, ray_version
 from mtc.data.frames import frame_files, frames_kind
 from mtc.data.packing import Batching
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
@@ -34,7 +34,7 @@ from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
 from mtc.predict.predictor import DEFAULT_BATCHING, DEFAULT_INTERVAL, StructurePredictor, check_interval
 from mtc.registry.models import bundle_in, download, resolve_uri
-from mtc.screen.frames import frames_database, scan_frames
+from mtc.screen.frames import RECORDS, frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
 from mtc.screen.rank import check_selection, select
 
@@ -103,17 +103,11 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
     return units, len(ids)
 
 
-class ScreenActor:
-    """Loads the model's weights once (none of its stored code), then scores whole units and writes their parts."""
+class UnitScorer:
+    """Scores whole units with a loaded predictor and writes their parts: in a Ray actor, or in this process."""
 
-    def __init__(self, model_dir: str, out: str, batching: Batching, output: Output):
-        import torch
-
-        self.predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval)
-        if torch.cuda.is_available():
-            self.predictor.to("cuda")
-        else:
-            torch.set_num_threads(1)  # one CPU per actor: more threads only fight the other actors
+    def __init__(self, predictor: StructurePredictor, out: str, batching: Batching, output: Output):
+        self.predictor = predictor
         self.out = Path(out)
         self.batching = batching
         self.output = output
@@ -150,6 +144,15 @@ class ScreenActor:
         return rows.append_column("source", pa.array(sources, pa.string()))
 
 
+class ScreenActor(UnitScorer):
+    """A Ray Data actor: loads the model's weights once (none of its stored code), then scores the units it gets."""
+
+    def __init__(self, model_dir: str, out: str, batching: Batching, output: Output):
+        predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval)
+        # one CPU per actor: more threads only fight the other actors
+        super().__init__(on_device(predictor, cpu_threads=1), out, batching, output)
+
+
 def _read_parts(folder: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([schema.empty_table(), *(pq.read_table(p) for p in sorted(folder.glob("part-*.parquet")))])
 
@@ -180,11 +183,6 @@ def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, o
     write_json_atomic(out / output.state, state)
 
 
-# No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store (Ray Data's
-# always do, ray-project/ray#53727) and warns about it on every screen; a lost actor fails the screen instead, and
-# a rerun scores only the units left. Ray Data takes the option through ``ray_remote_args``, removed in Ray 2.64.
-_NO_RESTARTS = {"max_restarts": 0} if ray_version() < (2, 64) else {}
-
 _STATE_KEYS = {
     "db": "the database files",
     "db_hash": "the database content",
@@ -208,11 +206,13 @@ def screen(
     top: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     interval: float = DEFAULT_INTERVAL,
+    engine: Engine = Engine(),
 ) -> ScreenSummary:
     """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
 
     The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored. An ensemble's
-    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``.
+    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``. ``engine`` says where the scoring runs: Ray's
+    actors, or this process for a small database (``mtc.cluster.Engine``); both write the same folder.
     """
     summary, schema = score_database(
         db,
@@ -224,6 +224,7 @@ def screen(
         workers,
         on_progress,
         check=lambda schema: check_selection(where, sort, schema),
+        engine=engine,
     )
     if where or sort or top:
         summary.selected = select(_read_parts(summary.out / PREDICTIONS, schema), where, sort, desc, top)
@@ -241,25 +242,28 @@ def score_database(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     check: Callable[[pa.Schema], None] | None = None,
+    engine: Engine = Engine(),
 ) -> tuple[ScreenSummary, pa.Schema]:
     """Write ``output`` for every structure of ``db`` into ``out``, resuming an interrupted pass of the same inputs.
 
     The database and the model (and ``check``, given the output schema) are checked before any structure is scored.
+    The units run on Ray's actors or in this process, as ``engine`` chooses for the database's size.
 
     Returns:
         (the summary, without a selection; the schema of the output parts).
     """
-    import ray
-
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     db = Path(db).expanduser().resolve()
     frames = frames_kind(db) is not None and not any(db.glob("*.parquet"))  # as featurize: Parquet first
     if frames:  # read before any work; converted once the output folder is known to hold this pass
         files, scanned = frame_files(db), scan_frames(db, out)
+        n_rows = scanned.n_rows if scanned else pq.read_metadata(out / RECORDS).num_rows
     else:
         files = database_files(db)
         units, n_input = plan_units(files, unit_rows)
+        n_rows = n_input
+    where = engine.start("screen", n_rows)
     resolved = resolve_uri(model_uri)
     _open_output(out, files, resolved, unit_rows, output)
     if frames:
@@ -268,45 +272,24 @@ def score_database(
         n_input += n_rejected_on_reading
     if output.folder == EMBEDDINGS:
         output = replace(output, keys=key_columns([records] if frames else files))
-    schema = output.schema(StructurePredictor(bundle_in(out / MODEL_DIR)))
+    predictor = StructurePredictor(bundle_in(out / MODEL_DIR), interval=output.interval)
+    schema = output.schema(predictor)
     if check:
         check(schema)
 
     pending = [u for u in units if not (out / output.folder / f"part-{u['unit']}.parquet").exists()]
     n_resumed = len(units) - len(pending)
     if pending:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # max_restarts goes through "ray_remote_args"
-            ds = ds.map_batches(
-                ScreenActor,
-                fn_constructor_kwargs={
-                    "model_dir": str(out / MODEL_DIR),
-                    "out": str(out),
-                    "batching": batching,
-                    "output": output,
-                },
-                batch_size=1,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=n_workers),
-                num_cpus=0 if gpus else 1,
-                num_gpus=1 if gpus else 0,
-                **_NO_RESTARTS,
-            )
+        if where == "local":
+            scorer = UnitScorer(on_device(predictor), str(out), batching, output)
+            finished = (scorer({k: [u[k]] for k in u}) for u in pending)
+        else:
+            finished = _score_on_ray(pending, out, batching, output, workers)
         done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
-        try:
-            for row in ds.iter_rows():
-                done_rows += int(row["scored"]) + int(row["rejected"])
-                if on_progress:
-                    on_progress(done_rows, n_input)
-        except ray.exceptions.RayError as err:
-            raise ScreenError(
-                f"scoring stopped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the finished parts in "
-                f"{out} are kept: run the same command again to score the rest"
-            ) from err
+        for done in finished:
+            done_rows += sum(done["scored"]) + sum(done["rejected"])
+            if on_progress:
+                on_progress(done_rows, n_input)
 
     n_scored = sum(pq.read_metadata(p).num_rows for p in (out / output.folder).glob("part-*.parquet"))
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
@@ -330,3 +313,56 @@ def score_database(
         None,
     )
     return summary, schema
+
+
+def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> StructurePredictor:
+    """``predictor`` on the GPU when there is one, else on the CPU with ``cpu_threads`` torch threads (None: as is)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return predictor.to("cuda")
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    return predictor
+
+
+def _score_on_ray(
+    pending: list[dict], out: Path, batching: Batching, output: Output, workers: int | None
+) -> Iterator[dict]:
+    """Score ``pending`` units on a Ray Data actor pool; yields each finished unit's counts (one-row dicts)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
+    ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+    ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
+    # No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store (Ray Data's
+    # always do, ray-project/ray#53727) and warns about it on every screen; a lost actor fails the screen instead,
+    # and a rerun scores only the units left. Ray Data takes the option through ``ray_remote_args``, removed in
+    # Ray 2.64.
+    no_restarts = {"max_restarts": 0} if ray_version() < (2, 64) else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # max_restarts goes through "ray_remote_args"
+        ds = ds.map_batches(
+            ScreenActor,
+            fn_constructor_kwargs={
+                "model_dir": str(out / MODEL_DIR),
+                "out": str(out),
+                "batching": batching,
+                "output": output,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_workers),
+            num_cpus=0 if gpus else 1,
+            num_gpus=1 if gpus else 0,
+            **no_restarts,
+        )
+    try:
+        for row in ds.iter_rows():
+            yield {"scored": [int(row["scored"])], "rejected": [int(row["rejected"])]}
+    except ray.exceptions.RayError as err:
+        raise ScreenError(
+            f"scoring stopped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the finished parts in "
+            f"{out} are kept: run the same command again to score the rest"
+        ) from err
