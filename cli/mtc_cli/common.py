@@ -119,6 +119,19 @@ def echo(line: str) -> None:
     console.print(line, markup=False, soft_wrap=True)
 
 
+class Precision(str, enum.Enum):
+    """``--precision``: of the frozen forward's convolutions (``mtc.model.inference``)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+PRECISION_HELP = (
+    "float32, or bfloat16 convolutions: faster where the CPU has bfloat16 instructions (AVX512-BF16, AMX), "
+    "predictions moved by a small part of the model's test error (README: bfloat16)."
+)
+
+
 class EngineKind(str, enum.Enum):
     """``--engine``: where a featurize or screen runs (``mtc.cluster.Engine``)."""
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import EngineKind, console, engine_help, progress, user_errors
+from mtc_cli.common import PRECISION_HELP, EngineKind, Precision, console, engine_help, progress, user_errors
 from mtc_cli.common import engine as engine_of
 from mtc_cli.tables import print_predictions, with_spread
 
@@ -76,6 +76,7 @@ def screen(
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
     interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
     engine: Annotated[EngineKind, typer.Option(help=engine_help("screen"))] = EngineKind.auto,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.float32,
 ) -> None:
     """Score a structure database with a registered model through Ray Data (a small one: in this process).
 
@@ -105,6 +106,7 @@ def screen(
                 on_progress=update,
                 interval=interval,
                 engine=engine_of(engine, address, {"DB": db, "--out": out}),
+                precision=precision.value,
             )
         console.print(
             f"model {summary.model}: {summary.n_input:,} structures, {summary.n_scored:,} scored, "
@@ -139,6 +141,7 @@ def predict(
     interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
     batch_atoms: BatchAtoms = None,
     batch_size: BatchSize = None,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.float32,
 ) -> None:
     """Predict every task for a few structure files and print a table.
 
@@ -155,7 +158,7 @@ def predict(
     forward = batching(batch_atoms, batch_size)
     with user_errors():
         tracking.configure()
-        predictor = load_predictor(model).with_interval(interval)
+        predictor = load_predictor(model, precision=precision.value).with_interval(interval)
         records, unreadable = read_structure_files(files)
         predictions, rejected = predictor.predict_records(records, forward)
         rejected = pa.concat_tables([rejected, unreadable]) if unreadable.num_rows else rejected

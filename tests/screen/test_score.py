@@ -169,3 +169,20 @@ def test_extended_xyz_screens_every_frame_once_and_resumes(demo_records, model, 
     rejected = {r["reason"]: r for r in pq.read_table(tmp_path / "out" / "rejected").to_pylist()}
     assert rejected["overlapping_atoms"]["source"] == f"{src}:5"
     assert (rejected["not_periodic"]["id"], rejected["not_periodic"]["source"]) == ("frames:6", f"{src}:6")
+
+
+def test_a_bfloat16_screen_is_near_the_float32_one_and_never_mixes_with_it(demo_records, model, tmp_path):
+    """#12: ``--precision bfloat16`` (in this process: no Ray) scores the same rows; a folder started in one precision
+    is not finished in the other."""
+    db = write_db(tmp_path / "db", demo_records[3000:3064])
+    local = Engine("local")
+    exact = screen(db, model, tmp_path / "float32", unit_rows=32, engine=local)
+    low = screen(db, model, tmp_path / "bfloat16", unit_rows=32, engine=local, precision="bfloat16")
+    assert exact.n_scored == low.n_scored == 64
+    want, got = pq.read_table(tmp_path / "float32" / PREDICTIONS), pq.read_table(tmp_path / "bfloat16" / PREDICTIONS)
+    assert got.schema == want.schema and got["id"].equals(want["id"])
+    for task in ("formation_energy_per_atom", "band_gap"):
+        moved = np.abs(got[task].to_numpy() - want[task].to_numpy())
+        assert 0 < moved.max() < 0.5 * np.abs(want[task].to_numpy()).std(), task  # near, not the same pass
+    with pytest.raises(ScreenError, match="--precision changed"):
+        screen(db, model, tmp_path / "float32", unit_rows=32, engine=local, precision="bfloat16")

@@ -85,6 +85,13 @@ def check_interval(interval: float) -> float:
     return interval
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if the frozen forward has it (float32, bfloat16); MtcError otherwise."""
+    if precision not in PRECISIONS:
+        raise MtcError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 class StructurePredictor:
     """One loaded model, ready to score tables of structure records (see ``mtc.data.records``).
 
@@ -108,9 +115,7 @@ class StructurePredictor:
         interval: float = DEFAULT_INTERVAL,
         precision: str = "float32",
     ):
-        if precision not in PRECISIONS:
-            raise MtcError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-        if precision != "float32" and not frozen:
+        if check_precision(precision) != "float32" and not frozen:
             raise MtcError(f"--precision {precision} needs the frozen forward (frozen=True)")
         self.bundle = bundle
         self.device = torch.device(device)

@@ -171,11 +171,12 @@ def load_source(source: str) -> tuple[str, ModelBundle]:
     return str(folder.resolve()), ModelBundle.load(folder)
 
 
-def load_predictor(model_uri: str, device: str = "cpu"):
-    """A StructurePredictor of a logged model (``models:/mtc@champion``, ``runs:/RUN/mtc_model``...) on ``device``."""
+def load_predictor(model_uri: str, device: str = "cpu", precision: str = "float32"):
+    """A StructurePredictor of a logged model (``models:/mtc@champion``, ``runs:/RUN/mtc_model``...) on ``device``,
+    its convolutions in ``precision`` (float32 or bfloat16)."""
     from mtc.predict.predictor import StructurePredictor
 
-    return StructurePredictor(load_bundle(model_uri), device)
+    return StructurePredictor(load_bundle(model_uri), device, precision=precision)
 
 
 def list_versions(name: str | None = None) -> list[dict]:

@@ -28,13 +28,14 @@ class Output:
     """What each unit of a pass writes: predictions (``folder=PREDICTIONS``) or embeddings (``EMBEDDINGS``, of the
     groups ``task`` selects: see ``mtc.predict.predictor``, followed by the input's ``keys`` columns); ``state``
     names the file that records the pass; ``interval`` is the central interval of an ensemble's ``<task>_lo`` /
-    ``<task>_hi``."""
+    ``<task>_hi``; ``precision`` that of the frozen forward's convolutions (float32 or bfloat16)."""
 
     folder: str = PREDICTIONS
     state: str = "screen.json"
     task: str | None = None
     keys: pa.Schema = NO_KEYS
     interval: float = DEFAULT_INTERVAL
+    precision: str = "float32"
 
     def schema(self, predictor: StructurePredictor) -> pa.Schema:
         if self.folder == EMBEDDINGS:

@@ -32,7 +32,13 @@ from mtc.data.packing import Batching
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
 from mtc.errors import MtcError
-from mtc.predict.predictor import DEFAULT_BATCHING, DEFAULT_INTERVAL, StructurePredictor, check_interval
+from mtc.predict.predictor import (
+    DEFAULT_BATCHING,
+    DEFAULT_INTERVAL,
+    StructurePredictor,
+    check_interval,
+    check_precision,
+)
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import RECORDS, frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
@@ -148,7 +154,7 @@ class ScreenActor(UnitScorer):
     """A Ray Data actor: loads the model's weights once (none of its stored code), then scores the units it gets."""
 
     def __init__(self, model_dir: str, out: str, batching: Batching, output: Output):
-        predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval)
+        predictor = StructurePredictor(bundle_in(Path(model_dir)), interval=output.interval, precision=output.precision)
         # one CPU per actor: more threads only fight the other actors
         super().__init__(on_device(predictor, cpu_threads=1), out, batching, output)
 
@@ -163,11 +169,12 @@ def _open_output(out: Path, files: list[Path], model_uri: str, unit_rows: int, o
     if output.folder == EMBEDDINGS:
         state["task"] = output.task
     else:
-        state["interval"] = output.interval
+        state["interval"], state["precision"] = output.interval, output.precision
     if (out / output.state).exists():
         previous = json.loads((out / output.state).read_text())
         if output.folder == PREDICTIONS:
             previous.setdefault("interval", DEFAULT_INTERVAL)  # screens of older mtc wrote no interval: 0.9
+            previous.setdefault("precision", "float32")  # nor a precision
         changed = [what for key, what in _STATE_KEYS.items() if previous.get(key) != state.get(key)]
         if changed:
             raise ScreenError(
@@ -190,6 +197,7 @@ _STATE_KEYS = {
     "unit_rows": "the unit size",
     "task": "the embedded task (--task)",
     "interval": "--interval",
+    "precision": "--precision",
 }
 
 
@@ -207,18 +215,20 @@ def screen(
     on_progress: Callable[[int, int], None] | None = None,
     interval: float = DEFAULT_INTERVAL,
     engine: Engine = Engine(),
+    precision: str = "float32",
 ) -> ScreenSummary:
     """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
 
     The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored. An ensemble's
-    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``. ``engine`` says where the scoring runs: Ray's
+    ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``. ``precision`` (float32 or bfloat16) is the frozen
+    forward's (``mtc.model.inference``). ``engine`` says where the scoring runs: Ray's
     actors, or this process for a small database (``mtc.cluster.Engine``); both write the same folder.
     """
     summary, schema = score_database(
         db,
         model_uri,
         out,
-        replace(SCREEN, interval=check_interval(interval)),
+        replace(SCREEN, interval=check_interval(interval), precision=check_precision(precision)),
         batching,
         unit_rows,
         workers,
@@ -272,7 +282,7 @@ def score_database(
         n_input += n_rejected_on_reading
     if output.folder == EMBEDDINGS:
         output = replace(output, keys=key_columns([records] if frames else files))
-    predictor = StructurePredictor(bundle_in(out / MODEL_DIR), interval=output.interval)
+    predictor = StructurePredictor(bundle_in(out / MODEL_DIR), interval=output.interval, precision=output.precision)
     schema = output.schema(predictor)
     if check:
         check(schema)
