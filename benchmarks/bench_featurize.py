@@ -23,13 +23,11 @@ import io
 import json
 import os
 import pstats
-import re
 import resource
 import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from bench_data import add_data_option, first_lines
+from bench_data import RaySampler, add_data_option, first_lines
 from pymatgen.core import Lattice, Structure
 
 from mtc.config import FeaturizeConfig
@@ -129,61 +127,6 @@ def compare(baseline: list, graphs: pa.Table) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------- (c) Ray Data
-
-
-class RaySampler(threading.Thread):
-    """Polls RSS of this process's descendants (gcs, raylet, workers) from /proc; keeps the peak sums.
-
-    Reads /proc directly (Linux) so that it needs no psutil; on other systems it reports nothing.
-    """
-
-    def __init__(self, period: float = 0.25):
-        super().__init__(daemon=True)
-        self.period = period
-        self.peak_all = self.peak_workers = 0
-        self.available = Path("/proc/self/status").exists()
-        self.stop_event = threading.Event()
-
-    @staticmethod
-    def _descendants(root: int) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-        found, todo = [], [root]
-        while todo:
-            kids = children.get(todo.pop(), [])
-            found += kids
-            todo += kids
-        return found
-
-    def run(self) -> None:
-        while self.available and not self.stop_event.is_set():
-            total = workers = 0
-            for pid in self._descendants(os.getpid()):
-                try:
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-                rss = int(match.group(1)) * 1024 if match else 0
-                total += rss
-                if cmdline.startswith(b"ray::") or b"default_worker.py" in cmdline:
-                    workers += rss
-            self.peak_all = max(self.peak_all, total)
-            self.peak_workers = max(self.peak_workers, workers)
-            self.stop_event.wait(self.period)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join()
 
 
 def run_ray(lines: list[str], tmp: Path, config: FeaturizeConfig, warm_repeats: int) -> dict:

@@ -1,14 +1,19 @@
 """Screening throughput (Parquet -> predictions Parquet) against featurize-only throughput, same data, same run.
 
     .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS] [--data PATH]
+        [--precision float32 bfloat16] [--memory]
 
 Without --model, a small model is trained first (1 epoch on the demo data, not timed) and registered in a
-benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write.
+benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write. Each 2-worker screen
+runs once per ``--precision``. Every timed stage prints the peak RSS of this process and its descendants (Ray's
+daemons and workers, sampled from /proc every 0.25 s); ``--memory`` adds a 2-worker screen of a tenth of the
+crystals, so that the peak at N and at N/10 compare (the target: flat in the database size, within 20 %).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench_data import DEMO, REPO, add_data_option, first_lines
+from bench_data import DEMO, REPO, RaySampler, add_data_option, first_lines
 
 
 def structures_parquet(src: Path, n: int, path: Path) -> Path:
@@ -57,6 +62,17 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def timed_with_peak(fn) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB of this process and its descendants) while ``fn`` runs."""
+    sampler = RaySampler()
+    sampler.start()
+    try:
+        seconds = timed(fn)
+    finally:
+        sampler.stop()
+    return seconds, sampler.peak_all / 2**20
+
+
 def arguments(doc: str) -> argparse.ArgumentParser:
     """``--n``, ``--model`` and ``--data``: what a benchmark of the screen's path takes."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -86,27 +102,46 @@ def prepare(args: argparse.Namespace, name: str) -> tuple[Path, str, Path, Path]
 
 
 def main() -> None:
-    args = arguments(__doc__).parse_args()
+    parser = arguments(__doc__)
+    parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", action="store_true", help="also screen N/10 crystals: peak RSS at N vs N/10")
+    args = parser.parse_args()
     work, model, db, warm = prepare(args, "screen")
 
+    from mtc.cluster import Engine
     from mtc.config import FeaturizeConfig
     from mtc.data.featurize import featurize
     from mtc.screen.score import screen
 
-    featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[])  # start Ray workers and imports
-    screen(warm, model, work / "warm-screen", workers=2)
-    seconds = {"featurize only (all CPUs)": timed(lambda: featurize(db, work / "shards", FeaturizeConfig(), labels=[]))}
-    for workers in (1, 2):
-        out = work / f"screen-{workers}"
-        seconds[f"screen, {workers} worker(s)"] = timed(lambda o=out, w=workers: screen(db, model, o, workers=w))
-        assert pq.read_table(out / "predictions").num_rows + pq.read_table(out / "rejected").num_rows == args.n
+    ray = Engine("ray")  # the path a database of this size takes; N/10 of a small N would otherwise run locally
+    featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[], engine=ray)  # start Ray workers, imports
+    screen(warm, model, work / "warm-screen", workers=2, engine=ray)
+    runs = {"featurize only (all CPUs)": (args.n, db, None, None)}
+    runs |= {f"screen, 1 worker, {args.precision[0]}": (args.n, db, 1, args.precision[0])}
+    runs |= {f"screen, 2 workers, {p}": (args.n, db, 2, p) for p in args.precision}
+    if args.memory:
+        small = structures_parquet(args.data, args.n // 10, work / "db-tenth.parquet")
+        runs |= {f"screen N/10, 2 workers, {args.precision[0]}": (args.n // 10, small, 2, args.precision[0])}
+    measured = {}
+    for i, (stage, (n, path, workers, precision)) in enumerate(runs.items()):
+        out = work / f"run-{i}"
+        if workers is None:
+            job = functools.partial(featurize, path, out, FeaturizeConfig(), labels=[], engine=ray)
+        else:
+            job = functools.partial(screen, path, model, out, workers=workers, engine=ray, precision=precision)
+        measured[stage] = n, *timed_with_peak(job)
+        if workers is not None:
+            assert pq.read_table(out / "predictions").num_rows + pq.read_table(out / "rejected").num_rows == n
 
-    base = args.n / seconds["featurize only (all CPUs)"]
+    base = args.n / measured["featurize only (all CPUs)"][1]
     print(f"\n{args.n:,} structures of {args.data.name}, Parquet in -> Parquet out, model {model}")
-    print(f"{'stage':32s} {'seconds':>8s} {'structures/s':>13s} {'vs featurize':>13s}")
-    for stage, s in seconds.items():
-        print(f"{stage:32s} {s:8.1f} {args.n / s:13.0f} {args.n / s / base:12.0%}")
-    print("target: screening >= 80% of featurize-only throughput")
+    print(f"{'stage':36s} {'N':>7s} {'seconds':>8s} {'structures/s':>13s} {'vs featurize':>13s} {'peak RSS MiB':>13s}")
+    for stage, (n, s, peak) in measured.items():
+        print(f"{stage:36s} {n:7d} {s:8.1f} {n / s:13.0f} {n / s / base:12.0%} {peak:13.0f}")
+    print("targets: screening >= 80% of featurize-only throughput; >= 1,000 structures/s per CPU core")
+    if args.memory:
+        big, small = measured[f"screen, 2 workers, {args.precision[0]}"][2], measured[list(runs)[-1]][2]
+        print(f"peak RSS at N / at N/10: {big / small:.2f} (target: within 1.2)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     shutil.rmtree(work, ignore_errors=True)
 
