@@ -1,7 +1,7 @@
 """Fixed costs of ``mtc featurize`` and ``mtc screen`` as a new user meets them: the real CLI, one subprocess a run.
 
     .venv/bin/python benchmarks/bench_fixed_costs.py [--n-featurize 20000] [--n-screen 10 4000] [--repeats 2]
-        [--model models:/NAME@ALIAS] [--before PATH] [--data PATH]
+        [--model models:/NAME@ALIAS] [--before PATH] [--variants before ray auto] [--data PATH]
 
 Every run is the real CLI in a fresh process, into a fresh output folder, with a private MTC_HOME, as a user types
 it: this script with ``--probe ARGS`` calls the ``mtc`` typer app with ARGS, exactly what ``python -m mtc_cli ARGS``
@@ -250,6 +250,13 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=200, help="crystals for the CGCNN-style builder")
     parser.add_argument("--model", default=None, help="model URI (default: the shipped mp36k-mt3, pulled first)")
     parser.add_argument("--before", type=Path, default=None, help="another mtc checkout: the baseline")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["before", "ray", "auto"],
+        choices=["before", "ray", "auto"],
+        help="which variants run (before: only with --before)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     add_data_option(parser)
@@ -275,6 +282,7 @@ def main() -> None:
     variants = {"ray": (REPO, ["--engine", "ray"]), "auto": (REPO, [])}
     if args.before:
         variants = {"before": (args.before.resolve(), []), **variants}
+    variants = {name: variant for name, variant in variants.items() if name in args.variants}
     envs = {name: environment(checkout, home) for name, (checkout, _) in variants.items()}
 
     print("\nimports (python -X importtime; seconds, the heaviest top-level packages):")

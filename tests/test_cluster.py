@@ -18,3 +18,14 @@ def test_auto_runs_small_inputs_here_unless_something_asks_for_ray(job: str) -> 
         assert choose_engine(kind, job, at, "ray://head:10001", running=True) == kind
     with pytest.raises(ValueError, match="one of auto, ray, local"):
         choose_engine("threads", job, 1, None, running=False)
+
+
+def test_a_local_screen_imports_neither_ray_nor_scipy() -> None:
+    """A small screen's start-up is its imports: Ray (the local engine needs none) and scipy (0.6 s, only training
+    metrics use it) stay out of the screen's modules. A fresh interpreter, so that other tests' imports don't count."""
+    import subprocess
+    import sys
+
+    code = "import sys, mtc_cli.app, mtc.screen.score; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'ray'" not in loaded and "'scipy'" not in loaded, loaded

@@ -10,13 +10,14 @@ disagree. ``q_68.3% · spread`` is reported as the crystal's calibrated standard
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm, spearmanr
 
 LEVELS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 .. 0.99
-ONE_SIGMA = float(norm.cdf(1) - norm.cdf(-1))  # 0.6827: mean ± std of a normal
+ONE_SIGMA = math.erf(1 / math.sqrt(2))  # 0.6827: mean ± std of a normal
 REPORTED = (0.68, 0.90, 0.95)
 _TINY = 1e-12  # a spread of exactly 0 (identical members) scores as a very large r, not a division by zero
 
@@ -48,7 +49,7 @@ def interval_factor(quantiles: list[float] | None, level: float) -> float:
     if not LEVELS[0] <= level <= LEVELS[-1]:
         raise ValueError(f"an interval level must lie in [{LEVELS[0]}, {LEVELS[-1]}], got {level}")
     if quantiles is None:
-        return float(norm.ppf(0.5 + level / 2))
+        return NormalDist().inv_cdf(0.5 + level / 2)
     return float(np.interp(level, LEVELS, quantiles))
 
 
@@ -66,6 +67,8 @@ def miscalibration_area(observed: np.ndarray) -> float:
 def calibration_metrics(error: np.ndarray, spread: np.ndarray, quantiles: list[float]) -> dict[str, float]:
     """``coverage_68`` / ``_90`` / ``_95``, ``miscalibration_area``, ``spread_spearman`` (ρ of |error| and spread)
     and ``width_90`` (mean width of the 90 % interval) on one split. Args: error (n,), spread (n,), n >= 1."""
+    from scipy.stats import spearmanr  # scipy is 0.6 s of import: kept off the screen's start-up
+
     observed = coverage_curve(error, spread, quantiles)
     metrics = {f"coverage_{round(p * 100)}": float(observed[np.argmin(np.abs(LEVELS - p))]) for p in REPORTED}
     metrics["miscalibration_area"] = miscalibration_area(observed)
