@@ -1,6 +1,9 @@
-"""Forward batches packed by atoms serve what count batches serve, and hold a huge cell alone, on real crystals."""
+"""Forward batches packed by atoms serve what count batches serve, and hold a huge cell alone, on real crystals;
+graphs built ahead in a thread serve the same."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +11,7 @@ import pytest
 from pymatgen.core import Structure
 
 from mtc.data.packing import Batching, atom_counts
-from mtc.predict.predictor import StructurePredictor
+from mtc.predict.predictor import StructurePredictor, computed_ahead
 from tests.model.conftest import demo_rows
 from tests.predict.test_predictor import bundle
 
@@ -84,3 +87,46 @@ def test_a_huge_cell_goes_alone_and_small_cells_fill_their_batches(rows):
     assert all(atoms.sum() <= budget for ids, atoms in seen if huge["id"] not in ids)
     _, by_count = batches_of(predictor, records, Batching(crystals=256))
     assert len(by_count) == 1 and by_count[0][1].sum() > len(huge["species"])  # a count batch holds it with the rest
+
+
+def test_graphs_built_ahead_in_a_thread_serve_the_same_rows(rows):
+    """The local screen's overlap: 80 crystals + a bad row over 2 slices of FEATURIZE_ROWS, built 1 or 4 slices
+    ahead, give the predictions, rejections and forward batches of the graphs built inline."""
+    records = pa.Table.from_pylist(rows)
+    inline, inline_batches = batches_of(StructurePredictor(bundle()), records, Batching(atoms=300))
+    for depth in (1, 4):
+        ahead, ahead_batches = batches_of(
+            StructurePredictor(bundle(), featurize_ahead=depth), records, Batching(atoms=300)
+        )
+        assert ahead.equals(inline)
+        assert [ids for ids, _ in ahead_batches] == [ids for ids, _ in inline_batches]
+
+
+def test_computed_ahead_keeps_order_overlaps_and_raises_in_place():
+    """Results in order at every depth; the thread computes the next items while the caller holds one; an error
+    surfaces at its own item, after the ones before it."""
+    for depth in (0, 1, 3):
+        assert list(computed_ahead(lambda x: x * x, range(7), depth)) == [x * x for x in range(7)]
+
+    started = threading.Event()
+
+    def second_signals(x: int) -> int:
+        if x == 1:
+            started.set()
+        return x
+
+    results = computed_ahead(second_signals, range(3), 1)
+    assert next(results) == 0
+    assert started.wait(5)  # item 1 was computed while the caller still held item 0
+    assert list(results) == [1, 2]
+
+    def fails_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError("item 2")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="item 2"):
+        for x in computed_ahead(fails_on_two, range(5), 2):
+            got.append(x)
+    assert got == [0, 1]

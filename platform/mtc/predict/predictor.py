@@ -12,9 +12,11 @@ group whose head predicts it. An ensemble embeds with its first member: each mem
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +47,26 @@ DEFAULT_INTERVAL = 0.9
 DEFAULT_BATCHING = Batching(atoms=4096)
 FEATURIZE_ROWS = 64  # records featurized per call: the cut waits for at most this many rows
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # the frozen convolutions' dtype (None: the model's)
+
+
+def computed_ahead(fn: Callable, items: Iterable, depth: int) -> Iterator:
+    """``fn(item)`` for each item, in order; with ``depth`` >= 1 one background thread computes up to ``depth``
+    results ahead of the caller, so that its work overlaps the caller's (graph building holds the GIL, a torch
+    forward pass mostly releases it). An exception of ``fn`` is raised where its result would have been."""
+    if depth < 1:
+        yield from map(fn, items)
+        return
+    items = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="mtc-ahead") as pool:
+        pending = deque(pool.submit(fn, item) for item in islice(items, depth))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(pool.submit(fn, item) for item in islice(items, 1))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 class EmbeddingError(MtcError):
@@ -105,6 +127,8 @@ class StructurePredictor:
         frozen: Forward with the frozen ``InferenceModel`` (default), or with ``model.eval()`` itself.
         interval: The central interval of ``<task>_lo`` / ``<task>_hi`` (ensembles only), in [0.01, 0.99].
         precision: ``float32`` or ``bfloat16``: the frozen forward's convolutions (see ``mtc.model.inference``).
+        featurize_ahead: Slices of ``FEATURIZE_ROWS`` records whose graphs a background thread builds ahead of the
+            forward pass (0: none, all in the caller's thread). For a process that has more than one core to itself.
     """
 
     def __init__(
@@ -114,6 +138,7 @@ class StructurePredictor:
         frozen: bool = True,
         interval: float = DEFAULT_INTERVAL,
         precision: str = "float32",
+        featurize_ahead: int = 0,
     ):
         if check_precision(precision) != "float32" and not frozen:
             raise MtcError(f"--precision {precision} needs the frozen forward (frozen=True)")
@@ -130,6 +155,7 @@ class StructurePredictor:
         self.embedder = self._embedder()
         self.tasks = [TaskSpec.model_validate(t) for t in bundle.model_config["tasks"]]
         self.featurize_config = FeaturizeConfig(**bundle.graph_params)
+        self.featurize_ahead = featurize_ahead
         self.schema = output_schema(self.tasks, bundle.n_members)
 
     def _forward(self):
@@ -236,14 +262,16 @@ class StructurePredictor:
 
         Records are featurized ``FEATURIZE_ROWS`` at a time and cut by ``batching`` on their exact atom counts (a
         rejected row counts 0 atoms, 1 crystal); every batch but the last is final (``pack`` is prefix-stable) and
-        is scored at once, so no more than a batch and a featurized slice are held. Graph rows cost ~12 bytes per
+        is scored at once, so no more than a batch and a featurized slice (plus ``featurize_ahead`` slices built
+        ahead in a thread) are held. Graph rows cost ~12 bytes per
         edge, the forward pass ≥ 4 · atom_fea_len per edge: featurizing ahead of the cut costs no memory to speak of.
         """
         if "source" not in records.column_names:
             records = records.append_column("source", pa.array(["input"] * records.num_rows, pa.string()))
         pending = None
-        for start in range(0, records.num_rows, FEATURIZE_ROWS):
-            graphs = featurize_table(records.slice(start, FEATURIZE_ROWS), self.featurize_config, [])
+        slices = (records.slice(start, FEATURIZE_ROWS) for start in range(0, records.num_rows, FEATURIZE_ROWS))
+        featurize = partial(featurize_table, config=self.featurize_config, label_columns=[])
+        for graphs in computed_ahead(featurize, slices, self.featurize_ahead):
             pending = graphs if pending is None else pa.concat_tables([pending, graphs])
             cuts = batching.cuts(atom_counts(pending))
             for first, end in pairwise(cuts[:-1]):

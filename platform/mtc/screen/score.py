@@ -16,6 +16,7 @@ database content or model differs from what the folder holds is refused before a
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +46,10 @@ from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, k
 from mtc.screen.rank import check_selection, select
 
 REJECTED, MODEL_DIR = "rejected", "model"
+# The local engine builds graphs in a thread this many slices of records ahead of the forward pass, which gets the
+# other cores' torch threads: on a 2-core machine 1 thread each, where torch's 2 threads beside the graphs (or any
+# other process) stall at their barriers (`benchmarks/bench_fixed_costs.py`, README "Fixed costs").
+LOCAL_FEATURIZE_AHEAD = 4
 
 
 class ScreenError(MtcError):
@@ -282,7 +287,10 @@ def score_database(
         n_input += n_rejected_on_reading
     if output.folder == EMBEDDINGS:
         output = replace(output, keys=key_columns([records] if frames else files))
-    predictor = StructurePredictor(bundle_in(out / MODEL_DIR), interval=output.interval, precision=output.precision)
+    ahead = LOCAL_FEATURIZE_AHEAD if where == "local" else 0  # an actor has one CPU: nothing to overlap on
+    predictor = StructurePredictor(
+        bundle_in(out / MODEL_DIR), interval=output.interval, precision=output.precision, featurize_ahead=ahead
+    )
     schema = output.schema(predictor)
     if check:
         check(schema)
@@ -291,7 +299,7 @@ def score_database(
     n_resumed = len(units) - len(pending)
     if pending:
         if where == "local":
-            scorer = UnitScorer(on_device(predictor), str(out), batching, output)
+            scorer = UnitScorer(on_device(predictor, cpu_threads=local_threads()), str(out), batching, output)
             finished = (scorer({k: [u[k]] for k in u}) for u in pending)
         else:
             finished = _score_on_ray(pending, out, batching, output, workers)
@@ -323,6 +331,12 @@ def score_database(
         None,
     )
     return summary, schema
+
+
+def local_threads() -> int:
+    """Torch threads of a local screen: every core this process may use but the one that builds graphs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> StructurePredictor:
