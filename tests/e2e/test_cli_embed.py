@@ -11,7 +11,9 @@ import pytest
 from pymatgen.core import Structure
 from typer.testing import CliRunner
 
+from mtc.cluster import Engine
 from mtc.registry.models import load_predictor, promote
+from mtc.screen.embed import embed
 from mtc_cli.app import app
 from tests.screen.test_score import assert_same_parts
 
@@ -58,6 +60,10 @@ def test_embed_every_row_once_resume_then_similar(demo_records, trained, tmp_pat
     assert "local: this process, no Ray (--engine local)" in result.output
     assert "resumed: 3 finished part(s)" in result.output
     assert_same_parts(pq.read_table(out / "embeddings").sort_by("id"), embedded, "embeddings")
+    # #12: on Ray in two stages (featurize tasks feeding scoring actors), the input's columns carried through
+    two = embed(tmp_path / "db.parquet", model, tmp_path / "two", workers=1, engine=Engine("ray"), stages=2)
+    assert (two.n_scored, two.n_rejected) == (300, 1)
+    assert_same_parts(pq.read_table(tmp_path / "two" / "embeddings").sort_by("id"), embedded, "two stages")
     refused = runner.invoke(app, [*command, "--task", "band_gap"])
     assert refused.exit_code == 2 and "the embedded task (--task) changed" in refused.output
     unknown = runner.invoke(app, [*command[:-4], "--out", str(tmp_path / "other"), "--task", "gap"])

@@ -257,21 +257,25 @@ class StructurePredictor:
         std = (self.calibration.std_factor(task) * spread).astype(np.float32)
         return [pa.array(std), pa.array(value - half), pa.array(value + half)]
 
-    def _score(self, records: pa.Table, batching: Batching, score_graphs: Callable[[pa.Table], pa.Table]):
-        """Yields (featurized rows with ``reason``, rejected mask, ``score_graphs`` of its good rows) per batch.
-
-        Records are featurized ``FEATURIZE_ROWS`` at a time and cut by ``batching`` on their exact atom counts (a
-        rejected row counts 0 atoms, 1 crystal); every batch but the last is final (``pack`` is prefix-stable) and
-        is scored at once, so no more than a batch and a featurized slice (plus ``featurize_ahead`` slices built
-        ahead in a thread) are held. Graph rows cost ~12 bytes per
-        edge, the forward pass ≥ 4 · atom_fea_len per edge: featurizing ahead of the cut costs no memory to speak of.
-        """
+    def featurized(self, records: pa.Table) -> Iterator[pa.Table]:
+        """Graph rows of records (``featurized_schema``; a rejected row has its ``reason``), ``FEATURIZE_ROWS`` at a
+        time, built ``featurize_ahead`` slices ahead in a thread."""
         if "source" not in records.column_names:
             records = records.append_column("source", pa.array(["input"] * records.num_rows, pa.string()))
-        pending = None
         slices = (records.slice(start, FEATURIZE_ROWS) for start in range(0, records.num_rows, FEATURIZE_ROWS))
         featurize = partial(featurize_table, config=self.featurize_config, label_columns=[])
-        for graphs in computed_ahead(featurize, slices, self.featurize_ahead):
+        return computed_ahead(featurize, slices, self.featurize_ahead)
+
+    def _score(self, tables: Iterable[pa.Table], batching: Batching, score_graphs: Callable[[pa.Table], pa.Table]):
+        """Yields (graph rows with ``reason``, rejected mask, ``score_graphs`` of its good rows) per batch.
+
+        The graph tables are cut by ``batching`` on their exact atom counts (a rejected row counts 0 atoms, 1
+        crystal); every batch but the last is final (``pack`` is prefix-stable) and is scored at once, so no more
+        than a batch and a table (plus those built ahead) are held. Graph rows cost ~12 bytes per edge, the forward
+        pass ≥ 4 · atom_fea_len per edge: featurizing ahead of the cut costs no memory to speak of.
+        """
+        pending = None
+        for graphs in tables:
             pending = graphs if pending is None else pa.concat_tables([pending, graphs])
             cuts = batching.cuts(atom_counts(pending))
             for first, end in pairwise(cuts[:-1]):
@@ -286,29 +290,44 @@ class StructurePredictor:
         return graphs, bad, score_graphs(graphs.filter(pc.invert(bad)))
 
     def score_records(
-        self, records: pa.Table, batching: Batching, score_graphs: Callable[[pa.Table], pa.Table], schema: pa.Schema
+        self,
+        records: pa.Table,
+        batching: Batching,
+        score_graphs: Callable[[pa.Table], pa.Table],
+        schema: pa.Schema,
+        graphs: pa.Table | None = None,
     ) -> tuple[pa.Table, pa.Table]:
         """Featurize records (``id``, ``source`` and a structure payload) and apply ``score_graphs`` to the good ones.
+
+        ``graphs``: the records' graph rows, when they were built elsewhere (``featurized``; a two-stage screen's
+        first stage); ``records`` then only need what ``score_graphs`` reads beside them.
 
         Returns:
             (the scores, of ``schema``; rejected rows of ``REJECTED_SCHEMA``); every input row is in one.
         """
+        tables = self.featurized(records) if graphs is None else [graphs]
         parts, rejected = [schema.empty_table()], [REJECTED_SCHEMA.empty_table()]
-        for graphs, bad, scored in self._score(records, batching, score_graphs):
-            rejected.append(graphs.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
+        for batch, bad, scored in self._score(tables, batching, score_graphs):
+            rejected.append(batch.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
             parts.append(scored)
         return pa.concat_tables(parts), pa.concat_tables(rejected)
 
-    def predict_records(self, records: pa.Table, batching: Batching = DEFAULT_BATCHING) -> tuple[pa.Table, pa.Table]:
+    def predict_records(
+        self, records: pa.Table, batching: Batching = DEFAULT_BATCHING, graphs: pa.Table | None = None
+    ) -> tuple[pa.Table, pa.Table]:
         """(predictions of ``self.schema``, rejected rows) of records, as ``score_records``."""
-        return self.score_records(records, batching, self.predict_graphs, self.schema)
+        return self.score_records(records, batching, self.predict_graphs, self.schema, graphs)
 
     def embed_records(
-        self, records: pa.Table, batching: Batching = DEFAULT_BATCHING, task: str | None = None
+        self,
+        records: pa.Table,
+        batching: Batching = DEFAULT_BATCHING,
+        task: str | None = None,
+        graphs: pa.Table | None = None,
     ) -> tuple[pa.Table, pa.Table]:
         """(embeddings of ``EMBEDDING_SCHEMA``, rejected rows) of records, as ``score_records``."""
         self.embedding_groups(task)  # an unknown task fails here, also when every row is rejected
-        return self.score_records(records, batching, partial(self.embed_graphs, task=task), EMBEDDING_SCHEMA)
+        return self.score_records(records, batching, partial(self.embed_graphs, task=task), EMBEDDING_SCHEMA, graphs)
 
     def embed(self, structures: Sequence, task: str | None = None, batching: Batching = DEFAULT_BATCHING) -> np.ndarray:
         """Embeddings of pymatgen ``Structure`` objects, in order.
@@ -341,7 +360,7 @@ class StructurePredictor:
         Ids are data here, not keys: repeated or missing ids keep their own rows.
         """
         parts = []
-        for graphs, bad, predictions in self._score(records, batching, self.predict_graphs):
+        for graphs, bad, predictions in self._score(self.featurized(records), batching, self.predict_graphs):
             good = np.flatnonzero(~bad.to_numpy(zero_copy_only=False))
             # row i of the slice takes prediction j where good[j] == i; rejected rows take a null
             where = np.full(graphs.num_rows, -1, dtype=np.int64)

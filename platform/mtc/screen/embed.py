@@ -42,15 +42,19 @@ def embed(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     engine: Engine = Engine(),
+    stages: int | None = None,
 ) -> ScreenSummary:
     """Embed every structure of ``db`` into ``out`` (resuming an interrupted run of the same inputs).
 
     Args:
         task: Embed only the task group whose head predicts ``task``; default: every group, concatenated.
         engine: Ray's actors, or this process for a small database (``mtc.cluster.Engine``).
+        stages: On Ray, 1 or 2 stages (``mtc.screen.score.screen``); default 2 with GPUs.
     """
     output = Output(EMBEDDINGS, STATE, task)
-    return score_database(db, model_uri, out, output, batching, unit_rows, workers, on_progress, engine=engine)[0]
+    return score_database(
+        db, model_uri, out, output, batching, unit_rows, workers, on_progress, engine=engine, stages=stages
+    )[0]
 
 
 def read_state(folder: Path) -> dict:

@@ -43,15 +43,18 @@ class Output:
             return pa.schema([*EMBEDDING_SCHEMA, *self.keys])
         return predictor.schema
 
-    def score(self, predictor: StructurePredictor, records: pa.Table, batching: Batching) -> tuple[pa.Table, pa.Table]:
-        """(the unit's output, its rejected rows); ``records`` holds the ``keys`` columns."""
+    def score(
+        self, predictor: StructurePredictor, records: pa.Table, batching: Batching, graphs: pa.Table | None = None
+    ) -> tuple[pa.Table, pa.Table]:
+        """(the unit's output, its rejected rows); ``records`` holds the ``keys`` columns; ``graphs``: the records'
+        graph rows when they were built elsewhere (then ``records`` need only ``id`` and the keys)."""
         if self.folder == EMBEDDINGS:
-            embedded, rejected = predictor.embed_records(records, batching, self.task)
+            embedded, rejected = predictor.embed_records(records, batching, self.task, graphs)
             rows = pc.index_in(embedded.column("id"), value_set=records.column("id").combine_chunks())
             for field in self.keys:
                 embedded = embedded.append_column(field, records.column(field.name).take(rows).cast(field.type))
             return embedded, rejected
-        return predictor.predict_records(records, batching)
+        return predictor.predict_records(records, batching, graphs)
 
 
 def key_columns(files: list[Path]) -> pa.Schema:

@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
 from mtc.cluster import Engine, ray_version
+from mtc.config import FeaturizeConfig
+from mtc.data.featurize import featurize_table
 from mtc.data.frames import frame_files, frames_kind
 from mtc.data.packing import Batching
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
@@ -114,37 +116,22 @@ def plan_units(files: list[Path], unit_rows: int) -> tuple[list[dict], int]:
     return units, len(ids)
 
 
-class UnitScorer:
-    """Scores whole units with a loaded predictor and writes their parts: in a Ray actor, or in this process."""
+class UnitReader:
+    """A unit's records: ``id`` (as strings), the structure payload, ``source`` (made from the row's place in the
+    database when the input has none) and the ``keys`` columns; the last row group read is kept for the next unit."""
 
-    def __init__(self, predictor: StructurePredictor, out: str, batching: Batching, output: Output):
-        self.predictor = predictor
-        self.out = Path(out)
-        self.batching = batching
-        self.output = output
+    def __init__(self, keys: list[str]):
+        self.keys = keys
         self._cached: tuple[tuple[str, int], pa.Table] | None = None
 
-    def __call__(self, units: dict) -> dict:
-        done = {"unit": [], "scored": [], "rejected": []}
-        for i in range(len(units["unit"])):
-            unit = {k: units[k][i] for k in units}
-            scored, rejected = self.output.score(self.predictor, self._records(unit), self.batching)
-            write_parquet_atomic(rejected, self.out / REJECTED / f"part-{unit['unit']}.parquet")
-            write_parquet_atomic(scored, self.out / self.output.folder / f"part-{unit['unit']}.parquet")
-            done["unit"].append(unit["unit"])
-            done["scored"].append(scored.num_rows)
-            done["rejected"].append(rejected.num_rows)
-        return done
-
-    def _records(self, unit: dict) -> pa.Table:
+    def __call__(self, unit: dict) -> pa.Table:
         key = (unit["path"], int(unit["group"]))
         if self._cached is None or self._cached[0] != key:
             meta = pq.ParquetFile(unit["path"])
             schema = meta.schema_arrow
             has_source = "source" in schema.names and pa.types.is_string(schema.field("source").type)
             columns = [c for c in ("id", *RECORD_COLUMNS) if c in schema.names] + ["source"] * has_source
-            columns += self.output.keys.names
-            self._cached = (key, meta.read_row_group(key[1], columns=columns))
+            self._cached = (key, meta.read_row_group(key[1], columns=columns + self.keys))
         rows = self._cached[1].slice(int(unit["start"]), int(unit["rows"]))
         rows = rows.set_column(0, "id", rows.column("id").cast(pa.string()))
         if "source" in rows.column_names:
@@ -153,6 +140,60 @@ class UnitScorer:
         first = int(unit["start"])
         sources = [f"{name} row-group {key[1]} row {first + i}" for i in range(rows.num_rows)]
         return rows.append_column("source", pa.array(sources, pa.string()))
+
+
+class UnitScorer:
+    """Scores whole units with a loaded predictor and writes their parts: in a Ray actor, or in this process.
+
+    Called with a batch of units (the columns of ``plan_units``), or, as a two-stage screen's second stage, with
+    units already featurized (``unit``, ``graphs`` and ``records``: Arrow IPC bytes from ``featurize_units``)."""
+
+    def __init__(self, predictor: StructurePredictor, out: str, batching: Batching, output: Output):
+        self.predictor = predictor
+        self.out = Path(out)
+        self.batching = batching
+        self.output = output
+        self.read = UnitReader(output.keys.names)
+
+    def __call__(self, units: dict) -> dict:
+        done = {"unit": [], "scored": [], "rejected": []}
+        for i in range(len(units["unit"])):
+            if "graphs" in units:
+                records, graphs = from_ipc(units["records"][i]), from_ipc(units["graphs"][i])
+            else:
+                records, graphs = self.read({k: units[k][i] for k in units}), None
+            scored, rejected = self.output.score(self.predictor, records, self.batching, graphs)
+            name = str(units["unit"][i])
+            write_parquet_atomic(rejected, self.out / REJECTED / f"part-{name}.parquet")
+            write_parquet_atomic(scored, self.out / self.output.folder / f"part-{name}.parquet")
+            done["unit"].append(name)
+            done["scored"].append(scored.num_rows)
+            done["rejected"].append(rejected.num_rows)
+        return done
+
+
+def featurize_units(units: dict, config: FeaturizeConfig, keys: list[str]) -> dict:
+    """A two-stage screen's first stage (Ray Data tasks): each unit's graph rows (``featurized_schema``, a reason
+    on rejected rows) and its records' ``id`` and ``keys``, as Arrow IPC bytes, one row per unit."""
+    read = UnitReader(keys)
+    done = {"unit": [], "graphs": [], "records": []}
+    for i in range(len(units["unit"])):
+        records = read({k: units[k][i] for k in units})
+        done["unit"].append(str(units["unit"][i]))
+        done["graphs"].append(to_ipc(featurize_table(records, config, [])))
+        done["records"].append(to_ipc(records.select(["id", *keys])))
+    return done
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
 
 
 class ScreenActor(UnitScorer):
@@ -221,13 +262,15 @@ def screen(
     interval: float = DEFAULT_INTERVAL,
     engine: Engine = Engine(),
     precision: str = "float32",
+    stages: int | None = None,
 ) -> ScreenSummary:
     """Score every structure of ``db`` into ``out`` (resuming an interrupted screen of the same inputs).
 
     The database, the model, ``--where`` and ``--sort`` are checked before any structure is scored. An ensemble's
     ``<task>_lo`` / ``<task>_hi`` bound the central ``interval``. ``precision`` (float32 or bfloat16) is the frozen
     forward's (``mtc.model.inference``). ``engine`` says where the scoring runs: Ray's
-    actors, or this process for a small database (``mtc.cluster.Engine``); both write the same folder.
+    actors, or this process for a small database (``mtc.cluster.Engine``); both write the same folder. ``stages``
+    (Ray only): 1, actors that featurize and score; 2, featurize tasks feeding scoring actors; None, 2 with GPUs.
     """
     summary, schema = score_database(
         db,
@@ -240,6 +283,7 @@ def screen(
         on_progress,
         check=lambda schema: check_selection(where, sort, schema),
         engine=engine,
+        stages=stages,
     )
     if where or sort or top:
         summary.selected = select(_read_parts(summary.out / PREDICTIONS, schema), where, sort, desc, top)
@@ -258,16 +302,20 @@ def score_database(
     on_progress: Callable[[int, int], None] | None = None,
     check: Callable[[pa.Schema], None] | None = None,
     engine: Engine = Engine(),
+    stages: int | None = None,
 ) -> tuple[ScreenSummary, pa.Schema]:
     """Write ``output`` for every structure of ``db`` into ``out``, resuming an interrupted pass of the same inputs.
 
     The database and the model (and ``check``, given the output schema) are checked before any structure is scored.
-    The units run on Ray's actors or in this process, as ``engine`` chooses for the database's size.
+    The units run on Ray (in ``stages``, see ``_score_on_ray``) or in this process, as ``engine`` chooses for the
+    database's size.
 
     Returns:
         (the summary, without a selection; the schema of the output parts).
     """
     started = time.perf_counter()
+    if stages not in (None, 1, 2):
+        raise ScreenError(f"stages={stages}: 1 (actors featurize and score) or 2 (featurize tasks, scoring actors)")
     out = Path(out).expanduser().resolve()
     db = Path(db).expanduser().resolve()
     frames = frames_kind(db) is not None and not any(db.glob("*.parquet"))  # as featurize: Parquet first
@@ -302,7 +350,7 @@ def score_database(
             scorer = UnitScorer(on_device(predictor, cpu_threads=local_threads()), str(out), batching, output)
             finished = (scorer({k: [u[k]] for k in u}) for u in pending)
         else:
-            finished = _score_on_ray(pending, out, batching, output, workers)
+            finished = _score_on_ray(pending, out, batching, output, workers, stages, predictor.featurize_config)
         done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
         for done in finished:
             done_rows += sum(done["scored"]) + sum(done["rejected"])
@@ -351,15 +399,44 @@ def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> 
 
 
 def _score_on_ray(
-    pending: list[dict], out: Path, batching: Batching, output: Output, workers: int | None
+    pending: list[dict],
+    out: Path,
+    batching: Batching,
+    output: Output,
+    workers: int | None,
+    stages: int | None,
+    featurize_config: FeaturizeConfig,
 ) -> Iterator[dict]:
-    """Score ``pending`` units on a Ray Data actor pool; yields each finished unit's counts (one-row dicts)."""
+    """Score ``pending`` units on Ray Data; yields each finished unit's counts (one-row dicts).
+
+    One stage (the default without GPUs): an actor pool whose actors featurize and score whole units, one CPU each.
+    Two stages (the default with GPUs): Ray Data tasks featurize the units on every CPU, an actor pool (one actor
+    per GPU, or ``workers`` CPU actors) scores them: graph building and the forward pass overlap, each on its own
+    resources, and a GPU is no longer held up by its actor's one core building graphs. Either way a unit is whole
+    from the first stage to its parts (a row of the dataset), so a unit is written once or not at all.
+    """
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    n_workers = min(workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1))), len(pending))
+    cpus, gpus = int(ray.cluster_resources().get("CPU", 1)), int(ray.cluster_resources().get("GPU", 0))
+    stages = stages or (2 if gpus else 1)
+    if stages == 2 and not gpus and cpus < 2:
+        raise ScreenError(
+            f"a two-stage screen on CPUs needs 2 or more (Ray has {cpus}): one to featurize, one to score"
+        )
+    default_workers = gpus or (cpus if stages == 1 else max(1, cpus // 2))
+    n_workers = min(workers or default_workers, len(pending))
+    if stages == 2 and not gpus:
+        n_workers = min(n_workers, cpus - 1)  # leave the featurize tasks a CPU: a starved stage hangs silently
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    ds.context.op_resource_reservation_enabled = False  # as in featurize: one operator, every CPU to it
+    ds.context.op_resource_reservation_enabled = False  # as in featurize: every CPU to the operators
+    if stages == 2:
+        ds = ds.map_batches(
+            featurize_units,
+            fn_kwargs={"config": featurize_config, "keys": output.keys.names},
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=1,
+        )
     # No actor restarts: Ray cannot restart actors whose constructor arguments live in the object store (Ray Data's
     # always do, ray-project/ray#53727) and warns about it on every screen; a lost actor fails the screen instead,
     # and a rerun scores only the units left. Ray Data takes the option through ``ray_remote_args``, removed in
