@@ -1,13 +1,15 @@
 """Screening throughput (Parquet -> predictions Parquet) against featurize-only throughput, same data, same run.
 
     .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS] [--data PATH]
-        [--precision float32 bfloat16] [--memory]
+        [--precision float32 bfloat16] [--memory] [--two-stage]
 
 Without --model, a small model is trained first (1 epoch on the demo data, not timed) and registered in a
 benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write. Each 2-worker screen
 runs once per ``--precision``. Every timed stage prints the peak RSS of this process and its descendants (Ray's
 daemons and workers, sampled from /proc every 0.25 s); ``--memory`` adds a 2-worker screen of a tenth of the
-crystals, so that the peak at N and at N/10 compare (the target: flat in the database size, within 20 %).
+crystals, so that the peak at N and at N/10 compare (the target: flat in the database size, within 20 %);
+``--two-stage`` adds the screen in two stages (featurize tasks feeding scoring actors: the layout a GPU node gets),
+here on CPUs.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--memory", action="store_true", help="also screen N/10 crystals: peak RSS at N vs N/10")
+    parser.add_argument("--two-stage", action="store_true", help="also screen in two stages (featurize, then score)")
     args = parser.parse_args()
     work, model, db, warm = prepare(args, "screen")
 
@@ -116,21 +119,26 @@ def main() -> None:
     ray = Engine("ray")  # the path a database of this size takes; N/10 of a small N would otherwise run locally
     featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[], engine=ray)  # start Ray workers, imports
     screen(warm, model, work / "warm-screen", workers=2, engine=ray)
-    runs = {"featurize only (all CPUs)": (args.n, db, None, None)}
-    runs |= {f"screen, 1 worker, {args.precision[0]}": (args.n, db, 1, args.precision[0])}
-    runs |= {f"screen, 2 workers, {p}": (args.n, db, 2, p) for p in args.precision}
+    first = args.precision[0]
+    runs = {"featurize only (all CPUs)": (args.n, db, None, None, 1)}
+    runs |= {f"screen, 1 worker, {first}": (args.n, db, 1, first, 1)}
+    runs |= {f"screen, 2 workers, {p}": (args.n, db, 2, p, 1) for p in args.precision}
+    if args.two_stage:
+        runs |= {f"screen, 2 stages, {first}": (args.n, db, None, first, 2)}
     if args.memory:
         small = structures_parquet(args.data, args.n // 10, work / "db-tenth.parquet")
-        runs |= {f"screen N/10, 2 workers, {args.precision[0]}": (args.n // 10, small, 2, args.precision[0])}
+        runs |= {f"screen N/10, 2 workers, {first}": (args.n // 10, small, 2, first, 1)}
     measured = {}
-    for i, (stage, (n, path, workers, precision)) in enumerate(runs.items()):
+    for i, (stage, (n, path, workers, precision, stages)) in enumerate(runs.items()):
         out = work / f"run-{i}"
-        if workers is None:
+        if precision is None:
             job = functools.partial(featurize, path, out, FeaturizeConfig(), labels=[], engine=ray)
         else:
-            job = functools.partial(screen, path, model, out, workers=workers, engine=ray, precision=precision)
+            job = functools.partial(
+                screen, path, model, out, workers=workers, engine=ray, precision=precision, stages=stages
+            )
         measured[stage] = n, *timed_with_peak(job)
-        if workers is not None:
+        if precision is not None:
             assert pq.read_table(out / "predictions").num_rows + pq.read_table(out / "rejected").num_rows == n
 
     base = args.n / measured["featurize only (all CPUs)"][1]
@@ -140,7 +148,7 @@ def main() -> None:
         print(f"{stage:36s} {n:7d} {s:8.1f} {n / s:13.0f} {n / s / base:12.0%} {peak:13.0f}")
     print("targets: screening >= 80% of featurize-only throughput; >= 1,000 structures/s per CPU core")
     if args.memory:
-        big, small = measured[f"screen, 2 workers, {args.precision[0]}"][2], measured[list(runs)[-1]][2]
+        big, small = measured[f"screen, 2 workers, {first}"][2], measured[f"screen N/10, 2 workers, {first}"][2]
         print(f"peak RSS at N / at N/10: {big / small:.2f} (target: within 1.2)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     shutil.rmtree(work, ignore_errors=True)
