@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
     add_data_option(parser)
     args = parser.parse_args()
+    args.bench_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     use_bench_home(args.bench_dir / "mtc-home")
