@@ -1,5 +1,6 @@
-"""Score a database of structures with a registered model through a Ray Data actor pool: predictions
-(``mtc screen``) or crystal embeddings (``mtc embed``), the same path but for the ``Output`` each unit gets.
+"""Score a database of structures with a registered model: predictions (``mtc screen``) or crystal embeddings
+(``mtc embed``), the same path but for the ``Output`` each unit gets. On Ray, an actor pool (with GPUs, fed by
+featurize tasks: two stages); for a small database, this process (a thread builds graphs ahead of the forward).
 
 The database is Parquet (``id`` and a structure: cif | structure | lattice/species/frac_coords | json; a string
 ``source`` column, when present, names each row's origin in rejections), or a file ASE reads, converted once into
