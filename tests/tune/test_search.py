@@ -263,6 +263,20 @@ def test_callback_adds_the_objective_each_epoch_and_the_best_epochs_at_the_end(m
     assert final["val_error/a"] == 0.05 and final["min_val_error/b"] == 0.4 and final["test/a/mae"] == 0.06
 
 
+def test_callback_ends_a_run_with_an_auxiliary_task(monkeypatch):
+    """An auxiliary task is trained, never scored: its errors are in no report, and the final one must not ask for
+    them (a KeyError there failed every `mtl_aux` trial after its test metrics were logged)."""
+    monkeypatch.setattr(
+        callbacks.TuneReportCallback, "after_report", lambda self, ctx, metrics, ckpt: self.sent.append(metrics[0])
+    )
+    callback = _Captured([TaskSpec(name="a"), TaskSpec(name="v", auxiliary=True)], None)
+    callback.after_report(None, [{"epoch": 1, "val_score": 0.2, "val/a/mae": 0.2, "val/v/mae": 3.0}], None)
+    callback.after_report(None, [{"best_epoch": 1, "best_val_score": 0.2, "test/a/mae": 0.25}], None)
+    final = callback.sent[-1]
+    assert final["val_error/a"] == 0.2 and final["min_val_error/a"] == 0.2
+    assert not any(key.endswith("/v") for key in final)
+
+
 def _record(space, trial_id, point, status, objective_value, relative):
     config = trial_config(space, point)
     return TrialRecord(

@@ -13,7 +13,7 @@ from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from mtc.cluster import release_orphan_placement_groups
-from mtc.tasks import TaskSpec
+from mtc.tasks import TaskSpec, served
 from mtc.train.metrics import split_metrics
 from mtc.tune.fitting import BudgetSpent
 from mtc.tune.report import describe
@@ -42,7 +42,7 @@ class ObjectiveCallback(TuneReportCallback):
             errors = task_errors(split_metrics(report, "val"), self.tasks)
             self.history[int(report["epoch"])] = errors
         else:
-            nan = dict.fromkeys((t.name for t in self.tasks), math.nan)
+            nan = dict.fromkeys((t.name for t in served(self.tasks)), math.nan)  # as task_errors: no auxiliaries
             errors = self.history.get(int(report.get("best_epoch", -1)), nan)
             for task in nan:
                 seen = [e[task] for e in self.history.values() if math.isfinite(e[task])]
