@@ -1,15 +1,19 @@
 """Screening throughput (Parquet -> predictions Parquet) against featurize-only throughput, same data, same run.
 
     .venv/bin/python benchmarks/bench_screen.py [--n 10000] [--model models:/NAME@ALIAS] [--data PATH]
-        [--precision float32 bfloat16] [--memory] [--two-stage]
+        [--precision float32 bfloat16] [--memory] [--two-stage] [--workers 1 2]
 
 Without --model, a small model is trained first (1 epoch on the demo data, not timed) and registered in a
-benchmark-private MLflow store. Structures/s are end to end: read, featurize, predict, write. Each 2-worker screen
-runs once per ``--precision``. Every timed stage prints the peak RSS of this process and its descendants (Ray's
-daemons and workers, sampled from /proc every 0.25 s); ``--memory`` adds a 2-worker screen of a tenth of the
-crystals, so that the peak at N and at N/10 compare (the target: flat in the database size, within 20 %);
+benchmark-private MLflow store; ``--model`` also takes a logged model's files as MLflow downloads them (a folder
+named ``artifacts`` that holds ``bundle/model.pt`` and ``bundle/model.json``), which needs no tracking store.
+Structures/s are end to end: read, featurize, predict, write. The one-stage screen runs with each ``--workers``
+count (actors that featurize and score, one CPU each, sharing the GPUs if any), the last count once per
+``--precision``. Every timed stage prints the peak RSS of this process and its descendants (Ray's
+daemons and workers, sampled from /proc every 0.25 s); ``--memory`` adds a screen of a tenth of the crystals
+(last ``--workers`` count), so that the peak at N and at N/10 compare (the target: flat in the database size,
+within 20 %);
 ``--two-stage`` adds the screen in two stages (featurize tasks feeding scoring actors: the layout a GPU node gets),
-here on CPUs.
+on CPUs where there is no GPU.
 """
 
 from __future__ import annotations
@@ -95,7 +99,10 @@ def prepare(args: argparse.Namespace, name: str) -> tuple[Path, str, Path, Path]
     from mtc.cluster import connect
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: nproc={os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}")
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"machine: nproc={os.cpu_count()}, GPU {gpu}, load average at start {os.getloadavg()[0]:.2f}")
     print(connect())
     tracking.configure()
     model = args.model or train_small_model()
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--memory", action="store_true", help="also screen N/10 crystals: peak RSS at N vs N/10")
     parser.add_argument("--two-stage", action="store_true", help="also screen in two stages (featurize, then score)")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="one-stage actor counts")
     args = parser.parse_args()
     work, model, db, warm = prepare(args, "screen")
 
@@ -119,15 +127,15 @@ def main() -> None:
     ray = Engine("ray")  # the path a database of this size takes; N/10 of a small N would otherwise run locally
     featurize(warm, work / "warm-shards", FeaturizeConfig(), labels=[], engine=ray)  # start Ray workers, imports
     screen(warm, model, work / "warm-screen", workers=2, engine=ray)
-    first = args.precision[0]
+    first, most = args.precision[0], args.workers[-1]
     runs = {"featurize only (all CPUs)": (args.n, db, None, None, 1)}
-    runs |= {f"screen, 1 worker, {first}": (args.n, db, 1, first, 1)}
-    runs |= {f"screen, 2 workers, {p}": (args.n, db, 2, p, 1) for p in args.precision}
+    runs |= {f"screen, {w} worker(s), {first}": (args.n, db, w, first, 1) for w in args.workers[:-1]}
+    runs |= {f"screen, {most} worker(s), {p}": (args.n, db, most, p, 1) for p in args.precision}
     if args.two_stage:
         runs |= {f"screen, 2 stages, {first}": (args.n, db, None, first, 2)}
     if args.memory:
         small = structures_parquet(args.data, args.n // 10, work / "db-tenth.parquet")
-        runs |= {f"screen N/10, 2 workers, {first}": (args.n // 10, small, 2, first, 1)}
+        runs |= {f"screen N/10, {most} worker(s), {first}": (args.n // 10, small, most, first, 1)}
     measured = {}
     for i, (stage, (n, path, workers, precision, stages)) in enumerate(runs.items()):
         out = work / f"run-{i}"
@@ -148,7 +156,8 @@ def main() -> None:
         print(f"{stage:36s} {n:7d} {s:8.1f} {n / s:13.0f} {n / s / base:12.0%} {peak:13.0f}")
     print("targets: screening >= 80% of featurize-only throughput; >= 1,000 structures/s per CPU core")
     if args.memory:
-        big, small = measured[f"screen, 2 workers, {first}"][2], measured[f"screen N/10, 2 workers, {first}"][2]
+        big = measured[f"screen, {most} worker(s), {first}"][2]
+        small = measured[f"screen N/10, {most} worker(s), {first}"][2]
         print(f"peak RSS at N / at N/10: {big / small:.2f} (target: within 1.2)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     shutil.rmtree(work, ignore_errors=True)

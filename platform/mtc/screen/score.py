@@ -410,7 +410,8 @@ def _score_on_ray(
 ) -> Iterator[dict]:
     """Score ``pending`` units on Ray Data; yields each finished unit's counts (one-row dicts).
 
-    One stage (the default without GPUs): an actor pool whose actors featurize and score whole units, one CPU each.
+    One stage (the default without GPUs): an actor pool whose actors featurize and score whole units, one CPU each
+    (one per CPU by default), the cluster's GPUs shared among them.
     Two stages (the default with GPUs): Ray Data tasks featurize the units on every CPU, an actor pool (one actor
     per GPU, or ``workers`` CPU actors) scores them: graph building and the forward pass overlap, each on its own
     resources, and a GPU is no longer held up by its actor's one core building graphs. Either way a unit is whole
@@ -424,7 +425,7 @@ def _score_on_ray(
         raise ScreenError(
             f"a two-stage screen on CPUs needs 2 or more (Ray has {cpus}): one to featurize, one to score"
         )
-    default_workers = gpus or (cpus if stages == 1 else max(1, cpus // 2))
+    default_workers = cpus if stages == 1 else gpus or max(1, cpus // 2)
     n_workers = min(workers or default_workers, len(pending))
     if stages == 2 and not gpus:
         n_workers = min(n_workers, cpus - 1)  # leave the featurize tasks a CPU: a starved stage hangs silently
@@ -456,8 +457,8 @@ def _score_on_ray(
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_workers),
-            num_cpus=0 if gpus else 1,
-            num_gpus=1 if gpus else 0,
+            num_cpus=0 if stages == 2 and gpus else 1,  # a one-stage actor builds its graphs on its own CPU
+            num_gpus=min(1.0, gpus / n_workers) if gpus else 0,  # more actors than GPUs share them
             **no_restarts,
         )
     try:
