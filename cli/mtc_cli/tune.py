@@ -100,7 +100,13 @@ def print_outcome(outcome) -> None:
 
     ranked = outcome.report.ranked
     tasks = [c.removesuffix(" rel") for c in ranked.columns if c.endswith(" rel")]
-    short = abbreviations(tasks)
+    auxiliary = "auxiliary" in ranked  # trials that chose auxiliary tasks (trained, not scored)
+    grouped = [t for label in ranked["grouping"] for group in label.split(" | ") for t in group.split("+")]
+    short = abbreviations(list(dict.fromkeys([*tasks, *grouped])))
+
+    def abbreviated(label: str) -> str:
+        return " | ".join("+".join(short.get(t, t) for t in group.split("+")) for group in label.split(" | "))
+
     table = Table(title=f"tune {outcome.name}: trials ranked by objective (mean val error / task alone)")
     choices = outcome.report.choices
     headers = (
@@ -111,23 +117,24 @@ def print_outcome(outcome) -> None:
         "grouping",
         "loss",
         "lr",
+        *(["auxiliary"] if auxiliary else []),
         *(c.rsplit(".", 1)[-1] for c in choices),
         *(short[t] for t in tasks),
     )
     for column in headers:
-        left = column in ("trial", "status", "grouping", "loss")
+        left = column in ("trial", "status", "grouping", "loss", "auxiliary")
         table.add_column(column, justify="left" if left else "right", no_wrap=column != "grouping", min_width=4)
     for row in ranked.to_dict("records"):
         status = row["status"] if row["status"] != "stopped" else f"stopped @{row['epochs']}"
-        grouping = " | ".join("+".join(short[t] for t in g.split("+")) for g in row["grouping"].split(" | "))
         table.add_row(
             str(row["rank"]),
             row["trial"],
             _num(row["objective"]),
             status,
-            grouping,
+            abbreviated(row["grouping"]),
             row["loss"],
             row["lr"],
+            *([abbreviated(row["auxiliary"])] if auxiliary else []),
             *(str(row[c]) for c in choices),
             *(_num(row[f"{t} rel"]) for t in tasks),
         )

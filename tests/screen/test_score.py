@@ -16,7 +16,7 @@ from mtc.cluster import Engine
 from mtc.data.packing import Batching
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
-from mtc.screen.score import PREDICTIONS, ScreenError, screen
+from mtc.screen.score import PREDICTIONS, ScoringPool, ScreenError, scoring_pool, screen
 
 pytestmark = pytest.mark.ray
 TRAINING_ONLY = {"too_many_atoms", "bad_label"}  # corpus reasons that depend on featurize's labels and limits
@@ -198,3 +198,25 @@ def test_a_bfloat16_screen_is_near_the_float32_one_and_never_mixes_with_it(demo_
         assert 0 < moved.max() < 0.5 * np.abs(want[task].to_numpy()).std(), task  # near, not the same pass
     with pytest.raises(ScreenError, match="--precision changed"):
         screen(db, model, tmp_path / "float32", unit_rows=32, engine=local, precision="bfloat16")
+
+
+@pytest.mark.parametrize(
+    ("stages", "cpus", "gpus", "workers", "units", "pool"),
+    [
+        (1, 2, 0, None, 10, ScoringPool(2, 1, 0)),  # an actor per CPU, each featurizing and scoring
+        (1, 16, 1, None, 40, ScoringPool(16, 1, 1 / 16)),  # a GPU node: 16 actors share its GPU
+        (1, 16, 1, 2, 40, ScoringPool(2, 1, 0.5)),
+        (2, 16, 1, None, 40, ScoringPool(1, 0, 1.0)),  # an actor per GPU; every CPU featurizes
+        (2, 16, 2, 4, 40, ScoringPool(4, 0, 0.5)),
+        (2, 2, 0, None, 10, ScoringPool(1, 1, 0)),  # CPUs only: the featurize tasks keep a CPU
+        (2, 2, 0, 5, 10, ScoringPool(1, 1, 0)),
+        (1, 16, 0, None, 3, ScoringPool(3, 1, 0)),  # never more actors than units
+    ],
+)
+def test_scoring_pool_fits_the_cluster(stages, cpus, gpus, workers, units, pool):
+    assert scoring_pool(stages, cpus, gpus, workers, units) == pool
+
+
+def test_a_two_stage_screen_on_one_cpu_is_refused():
+    with pytest.raises(ScreenError, match="needs 2 or more"):
+        scoring_pool(2, 1, 0, None, 10)

@@ -120,6 +120,54 @@ def test_auxiliary_tasks_need_no_reference(tiny):
     assert space.task_names() == [FE, BG, "volume"] and space.scored_task_names() == [FE, BG]
 
 
+def _with_auxiliary(tiny, space: dict):
+    """The tiny space with two auxiliary tasks (volume, magnetization) in its base config."""
+    extra = [{"name": n, "column": n, "auxiliary": True} for n in ("volume", "magnetization")]
+    return parse_space(
+        {**tiny.model_dump(), "train": {**tiny.train, "tasks": [*tiny.train["tasks"], *extra]}, "space": space}
+    )
+
+
+def test_the_tune_chooses_which_auxiliary_tasks_train(tiny):
+    space = _with_auxiliary(
+        tiny, {"groupings": "joint", "strategy": ["fixed"], "auxiliary": [[], ["magnetization", "volume"], ["volume"]]}
+    )
+    assert space.auxiliary_options() == ["none", "volume+magnetization", "volume"]  # task order, as labels
+    assert param_space(space)["auxiliary"].categories == space.auxiliary_options()
+    assert [p["auxiliary"] for p in first_points(space)] == space.auxiliary_options()  # each set tried first
+    names = lambda config: [t.name for t in config.tasks]  # noqa: E731
+    assert names(trial_config(space, {})) == [FE, BG]  # the first set: none
+    both = trial_config(space, {"auxiliary": "volume+magnetization", **{f"w_{n}": 0.5 for n in space.task_names()}})
+    assert names(both) == [FE, BG, "volume", "magnetization"] and len(both.loss.weights) == 4
+    only = trial_config(space, {"auxiliary": "volume", **{f"w_{n}": 0.5 for n in space.task_names()}})
+    assert names(only) == [FE, BG, "volume"] and set(only.loss.weights) == {FE, BG, "volume"}
+    assert space.scored_task_names() == [FE, BG]  # references: the served tasks only
+
+
+def test_a_grouping_loses_the_auxiliary_tasks_a_trial_leaves_out(tiny):
+    space = _with_auxiliary(
+        tiny,
+        {
+            "groupings": [[[FE, "volume"], [BG, "magnetization"]], [[FE], [BG], ["volume", "magnetization"]]],
+            "auxiliary": [["volume"], []],
+        },
+    )
+    tried_first = [(p["grouping"], p["auxiliary"]) for p in first_points(space)]
+    apart, paired = f"{FE} | {BG} | volume+magnetization", f"{FE}+volume | {BG}+magnetization"
+    assert tried_first == [(paired, "volume"), (apart, "volume"), (paired, "none")]
+    config = trial_config(space, {"grouping": f"{FE}+volume | {BG}+magnetization", "auxiliary": "volume"})
+    assert config.model.groups == [[FE, "volume"], [BG]]
+    config = trial_config(space, {"grouping": f"{FE} | {BG} | volume+magnetization", "auxiliary": "none"})
+    assert config.model.groups == [[FE], [BG]]  # the auxiliary-only group is gone
+    unset = _with_auxiliary(tiny, {"groupings": "joint"})
+    assert [t.name for t in trial_config(unset, {}).tasks] == [FE, BG, "volume", "magnetization"]  # all, as before
+
+
+def test_an_auxiliary_set_must_name_auxiliary_tasks(tiny):
+    with pytest.raises(ConfigError, match=r"space.auxiliary: 'band_gap' is not an auxiliary task.*volume"):
+        _with_auxiliary(tiny, {"auxiliary": [["band_gap"]]})
+
+
 def test_a_point_becomes_a_train_config(tiny):
     point = {"grouping": f"{FE} | {BG}", "strategy": "fixed", f"w_{FE}": 0.2, f"w_{BG}": 0.6, "lr": 0.004}
     config = trial_config(tiny, point, run_name="t-1")
@@ -167,7 +215,10 @@ def test_shipped_spaces_load_and_round_trip(tiny):
     assert mt3.base_config().model.atom_fea_len == 64  # from the base file configs/mt3.yaml
     assert mt3.algorithm() == "optuna" and tiny.algorithm() == "optuna"
     assert parse_space({**tiny.model_dump(), "search": "auto"}).algorithm() == "random"  # 4 trials: TPE's start-up
-    for space in (tiny, mt3):
+    methods = load_space("configs/tune/methods.yaml")
+    assert methods.scored_task_names() == [FE, BG, "efermi"] and methods.auxiliary_options()[0] == "none"
+    assert {"auxiliary", "strategy", "model.shared_convs", "loss.gradient_surgery"} <= set(param_space(methods))
+    for space in (tiny, mt3, methods):
         assert parse_space(yaml.safe_load(dump_yaml(space))) == space
 
 
@@ -311,3 +362,28 @@ def test_report_ranks_trials_writes_a_trainable_yaml_and_task_affinity(tiny, tmp
     assert table.loc[(BG, BG), "best_relative_error"] == 0.9
     assert list(report.affinity["group"])[:2] == [FE, BG]  # smaller groups first
     assert report.heatmap.startswith(b"\x89PNG")
+    assert "auxiliary" not in report.ranked  # no trial trained one
+
+
+def test_the_ranked_table_names_each_trials_auxiliary_tasks(tiny):
+    space = _with_auxiliary(tiny, {"groupings": "joint", "auxiliary": [[], ["volume"]]})
+    trials = [
+        _record(space, "t1", {"auxiliary": "volume"}, FINISHED, 0.9, {FE: 0.9, BG: 0.9}),
+        _record(space, "t2", {"auxiliary": "none"}, FINISHED, 1.0, {FE: 1.0, BG: 1.0}),
+    ]
+    assert list(build_report(trials, "aux").ranked["auxiliary"]) == ["volume", "none"]
+
+
+def test_the_cli_table_abbreviates_auxiliary_tasks_in_groupings(tiny, capsys):
+    """Auxiliary tasks sit in groupings but have no reference column: the table used to fail on their names."""
+    from dataclasses import replace
+
+    from mtc.tune.driver import TuneOutcome
+    from mtc_cli.tune import print_outcome
+
+    space = _with_auxiliary(tiny, {"groupings": "joint", "auxiliary": [[], ["volume", "magnetization"]]})
+    trials = [_record(space, "t1", {"auxiliary": "volume+magnetization"}, FINISHED, 0.9, {FE: 0.9, BG: 0.9})]
+    report = replace(build_report(trials, "aux"), best=None)
+    print_outcome(TuneOutcome("aux", "run-1", {FE: 0.1, BG: 0.4}, trials, report))
+    out = capsys.readouterr().out
+    assert "fepa+bg+volume+magnetization" in out and "volume+magnetization" in out

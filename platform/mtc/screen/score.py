@@ -399,6 +399,37 @@ def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> 
     return predictor
 
 
+@dataclass(frozen=True)
+class ScoringPool:
+    """The scoring actors of a Ray screen: how many, and the CPUs and GPUs each one reserves."""
+
+    actors: int
+    cpus_each: float
+    gpus_each: float
+
+
+def scoring_pool(stages: int, cpus: int, gpus: int, workers: int | None, n_units: int) -> ScoringPool:
+    """The actor pool a screen in ``stages`` gets on a cluster of ``cpus`` and ``gpus`` (``workers``: asked for).
+
+    One stage: an actor per CPU by default, each building its graphs on its own CPU; GPUs, if any, shared among the
+    actors. Two stages: an actor per GPU (CPU-free: the featurize tasks get every CPU), or without GPUs half the
+    CPUs, always leaving the featurize tasks one (a starved stage hangs silently). Never more actors than units.
+    """
+    if stages == 2 and not gpus and cpus < 2:
+        raise ScreenError(
+            f"a two-stage screen on CPUs needs 2 or more (Ray has {cpus}): one to featurize, one to score"
+        )
+    default = cpus if stages == 1 else gpus or max(1, cpus // 2)
+    actors = max(1, min(workers or default, n_units))
+    if stages == 2 and not gpus:
+        actors = min(actors, cpus - 1)
+    return ScoringPool(
+        actors=actors,
+        cpus_each=0 if stages == 2 and gpus else 1,
+        gpus_each=min(1.0, gpus / actors) if gpus else 0,  # more actors than GPUs share them
+    )
+
+
 def _score_on_ray(
     pending: list[dict],
     out: Path,
@@ -421,14 +452,7 @@ def _score_on_ray(
 
     cpus, gpus = int(ray.cluster_resources().get("CPU", 1)), int(ray.cluster_resources().get("GPU", 0))
     stages = stages or (2 if gpus else 1)
-    if stages == 2 and not gpus and cpus < 2:
-        raise ScreenError(
-            f"a two-stage screen on CPUs needs 2 or more (Ray has {cpus}): one to featurize, one to score"
-        )
-    default_workers = cpus if stages == 1 else gpus or max(1, cpus // 2)
-    n_workers = min(workers or default_workers, len(pending))
-    if stages == 2 and not gpus:
-        n_workers = min(n_workers, cpus - 1)  # leave the featurize tasks a CPU: a starved stage hangs silently
+    pool = scoring_pool(stages, cpus, gpus, workers, len(pending))
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds.context.op_resource_reservation_enabled = False  # as in featurize: every CPU to the operators
     if stages == 2:
@@ -456,9 +480,9 @@ def _score_on_ray(
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_workers),
-            num_cpus=0 if stages == 2 and gpus else 1,  # a one-stage actor builds its graphs on its own CPU
-            num_gpus=min(1.0, gpus / n_workers) if gpus else 0,  # more actors than GPUs share them
+            compute=ray.data.ActorPoolStrategy(size=pool.actors),
+            num_cpus=pool.cpus_each,
+            num_gpus=pool.gpus_each,
             **no_restarts,
         )
     try:

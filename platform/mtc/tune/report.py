@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from mtc.config import TrainConfig, dump_yaml
-from mtc.tune.search import TASK_SEP, grouping_label
+from mtc.tune.search import NO_AUXILIARY, TASK_SEP, grouping_label
 
 FINISHED, STOPPED, ERROR = "finished", "stopped", "error"
 
@@ -45,15 +45,17 @@ class TuneReport:
 
 
 def describe(config: TrainConfig) -> dict[str, str]:
-    """What a trial varied, as short strings: grouping, loss, lr."""
+    """What a trial varied, as short strings: grouping, loss, lr, and its auxiliary tasks where it has any."""
     names = [t.name for t in config.tasks]
     loss = config.loss.strategy
     if config.loss.weights:
         loss += " " + "/".join(f"{config.loss.weights.get(n, 1.0):.2f}" for n in names)
+    auxiliary = [t.name for t in config.tasks if t.auxiliary]
     return {
         "grouping": grouping_label(config.model.groups or [names]),
         "loss": loss,
         "lr": f"{config.optim.lr:.3g}",
+        **({"auxiliary": TASK_SEP.join(auxiliary)} if auxiliary else {}),
     }
 
 
@@ -80,7 +82,10 @@ def ranked_table(trials: Sequence[TrialRecord], choices: Sequence[str] = ()) -> 
         row.update({f"{task} val error": value for task, value in trial.errors.items()})
         row["run_id"] = trial.run_id or ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "auxiliary" in table:  # some trials trained auxiliary tasks: the others trained none
+        table["auxiliary"] = table["auxiliary"].fillna(NO_AUXILIARY)
+    return table
 
 
 def _dotted(config: TrainConfig, key: str) -> Any:

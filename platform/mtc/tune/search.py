@@ -1,8 +1,10 @@
 """Search spaces of ``mtc tune``: the YAML model, task groupings, simplex weights, trial configs, the objective.
 
 A sampled point is a flat dict: ``grouping`` (a label such as ``"a+b | c"``), ``strategy``, ``w_<task>``
-(uniform draws turned into weights on the simplex), ``lr`` and any dotted TrainConfig key listed under
-``space.choices``. Dimensions that do not vary are left out of the point and take their only value.
+(uniform draws turned into weights on the simplex), ``lr``, ``auxiliary`` (which of the base config's auxiliary
+tasks train beside the served ones, a label such as ``"volume+magnetization"`` or ``"none"``) and any dotted
+TrainConfig key listed under ``space.choices``. Dimensions that do not vary are left out of the point and take
+their only value.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MANAGED_KEYS = (
     "scaling",
 )
 GROUP_SEP, TASK_SEP = " | ", "+"
+NO_AUXILIARY = "none"
 
 Partition = list[list[str]]
 
@@ -66,6 +69,9 @@ class Space(StrictModel):
     strategy: list[Literal["fixed", "uncertainty", "dwa"]] = Field(default_factory=lambda: ["fixed"], min_length=1)
     groupings: Literal["all", "joint"] | list[Partition] = "all"
     lr: Range | None = None
+    auxiliary: list[list[str]] | None = Field(
+        None, description="sets of the base config's auxiliary tasks to try ([]: none); unset: train them all"
+    )
     choices: dict[str, list[Any]] = Field(default_factory=dict, description="dotted TrainConfig key -> values")
 
 
@@ -114,6 +120,15 @@ class TuneSpace(StrictModel):
             unique.setdefault(grouping_label(canonical), canonical)
         return list(unique.values())
 
+    def auxiliary_options(self) -> list[str]:
+        """The auxiliary-task sets to try, as labels in task order without repeats; [] when the space sets none."""
+        order = {name: k for k, name in enumerate(self.task_names())}
+        labels = [
+            TASK_SEP.join(sorted(chosen, key=order.__getitem__)) or NO_AUXILIARY
+            for chosen in self.space.auxiliary or []
+        ]
+        return list(dict.fromkeys(labels))
+
     def algorithm(self) -> Literal["optuna", "random"]:
         """``auto``: random when every trial would fall in TPE's random start-up phase anyway, else Optuna."""
         if self.search != "auto":
@@ -157,6 +172,14 @@ def _check_against_tasks(space: TuneSpace, source: str) -> None:
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{source}: references.{task}: {value!r} must be a positive number")
     base = space.base_config()
+    auxiliary = [t.name for t in base.tasks if t.auxiliary]
+    for chosen in space.space.auxiliary or []:
+        for name in chosen:
+            if name not in auxiliary:
+                raise ConfigError(
+                    f"{source}: space.auxiliary: {name!r} is not an auxiliary task of the base config (its "
+                    f"auxiliary tasks: {', '.join(auxiliary) or 'none'}; mark one with auxiliary: true)"
+                )
     for key, values in space.space.choices.items():
         if any(key == m or key.startswith(f"{m}.") for m in MANAGED_KEYS):
             raise ConfigError(f"{source}: space.choices.{key}: this key is set by the tune itself")
@@ -233,18 +256,21 @@ def param_space(space: TuneSpace) -> dict[str, Any]:
     if space.space.lr:
         lr = space.space.lr
         dims["lr"] = (tune.loguniform if lr.log else tune.uniform)(lr.low, lr.high)
+    if len(space.auxiliary_options()) > 1:
+        dims["auxiliary"] = tune.choice(space.auxiliary_options())
     dims.update({key: tune.choice(values) for key, values in space.space.choices.items() if len(values) > 1})
     return dims
 
 
 def first_points(space: TuneSpace) -> list[dict[str, Any]]:
-    """One point per grouping, tried first, so the affinity table covers every grouping the budget allows.
+    """One point per grouping, then one per further auxiliary-task set, tried first (as many as the trials allow),
+    so the affinity table covers every grouping and the ranked table every auxiliary-task set.
 
     The other dimensions sit at their centre: the first strategy, equal weights, the middle of the lr range
-    (geometric for a log range), each choice's first value.
+    (geometric for a log range), the first grouping and auxiliary-task set, each choice's first value.
     """
     dims = param_space(space)
-    if "grouping" not in dims:
+    if "grouping" not in dims and "auxiliary" not in dims:
         return []
     centre: dict[str, Any] = {key: 0.5 for key in dims if key.startswith("w_")}
     if "strategy" in dims:
@@ -253,21 +279,31 @@ def first_points(space: TuneSpace) -> list[dict[str, Any]]:
         lr = space.space.lr
         centre["lr"] = math.sqrt(lr.low * lr.high) if lr.log else (lr.low + lr.high) / 2
     centre.update({key: space.space.choices[key][0] for key in dims if key in space.space.choices})
-    labels = [grouping_label(p) for p in space.partitions()]
-    return [{"grouping": label, **centre} for label in labels[: space.trials]]
+    labels = [grouping_label(p) for p in space.partitions()] if "grouping" in dims else [None]
+    options = space.auxiliary_options() if "auxiliary" in dims else [None]
+    points = [(label, options[0]) for label in labels] + [(labels[0], option) for option in options[1:]]
+    return [
+        {**centre, **({"grouping": label} if label else {}), **({"auxiliary": option} if option else {})}
+        for label, option in points[: space.trials]
+    ]
 
 
 def trial_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | None = None) -> TrainConfig:
-    """The TrainConfig of one sampled point: groups, loss strategy and simplex weights, lr, choices."""
+    """The TrainConfig of one sampled point: tasks (the served ones and the chosen auxiliary ones), groups, loss
+    strategy and simplex weights, lr, choices. A grouping loses the auxiliary tasks the point leaves out."""
     base = space.base_config()
-    names = [t.name for t in base.tasks]
+    options = space.auxiliary_options()
+    chosen = point.get("auxiliary", options[0] if options else None)
+    kept = [t for t in base.tasks if not t.auxiliary or chosen is None or t.name in chosen.split(TASK_SEP)]
+    names = [t.name for t in kept]
     by_label = {grouping_label(p): p for p in space.partitions()}
     label = point.get("grouping", next(iter(by_label)))
     strategy = point.get("strategy", space.space.strategy[0])
     draws = {n: point[f"w_{n}"] for n in names if f"w_{n}" in point}
     weights = simplex(draws) if strategy == "fixed" and len(draws) == len(names) else None
-    groups = by_label[label]
+    groups = [g for g in ([t for t in group if t in names] for group in by_label[label]) if g]
     update: dict[str, Any] = {
+        "tasks": [t.model_dump(mode="json") for t in kept],
         "model": {"groups": groups if len(groups) > 1 else None},
         "loss": {"strategy": strategy, "weights": weights},
         "run_name": run_name,
