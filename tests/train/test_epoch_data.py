@@ -12,6 +12,7 @@ from mtc.data.packing import Batching, atom_counts
 from mtc.tasks import as_tasks
 from mtc.train.checkpoint import CheckpointClock
 from mtc.train.epoch_data import SplitInMemory, epoch_order
+from mtc.train.evaluate import Predicted, in_batch_order
 from mtc.train.run_log import RunLogger
 from tests.model.conftest import demo_rows, graph_table
 
@@ -93,3 +94,13 @@ def test_epoch_metrics_reach_mlflow_at_the_flush(tmp_path, monkeypatch):
     assert [m.step for m in client.get_metric_history(run_id, "val_score")] == [2]  # not finite: left out
     logger.flush()  # nothing pending: nothing logged twice
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
+
+
+@pytest.mark.parametrize(("n_batches", "world"), [(7, 3), (4, 2), (1, 2), (5, 1)])
+def test_shared_out_batches_come_back_in_batch_order(n_batches, world):
+    """Rank r evaluates ``batches[r::world]``; rank 0 puts the shares back in the split's order."""
+    batches = [
+        Predicted([f"b{k}"], np.full((1, 1), k), np.zeros((1, 1)), np.ones((1, 1), bool)) for k in range(n_batches)
+    ]
+    shares = [batches[rank::world] for rank in range(world)]
+    assert [p.ids for p in in_batch_order(shares)] == [[f"b{k}"] for k in range(n_batches)]

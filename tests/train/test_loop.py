@@ -9,7 +9,10 @@ import pytest
 from ray.train import UserCallback
 
 from mtc.config import TrainConfig, load_config
-from mtc.train.trainer import train
+from mtc.data.batching import collate_arrow
+from mtc.train.datasets import read_split
+from mtc.train.evaluate import evaluate
+from mtc.train.trainer import TrainResult, train
 
 pytestmark = pytest.mark.ray
 
@@ -31,9 +34,9 @@ class RankRecorder(UserCallback):
                 f.write(json.dumps(kept) + "\n")
 
 
-def ranks_of_each_epoch(config: TrainConfig, shards: Path, record: Path) -> list[list[dict]]:
-    train(shards, config, ray_callbacks=[RankRecorder(record)])
-    return [json.loads(line) for line in record.read_text().splitlines()]
+def ranks_of_each_epoch(config: TrainConfig, shards: Path, record: Path) -> tuple[list[list[dict]], TrainResult]:
+    result = train(shards, config, ray_callbacks=[RankRecorder(record)])
+    return [json.loads(line) for line in record.read_text().splitlines()], result
 
 
 def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_session, tmp_path):
@@ -42,7 +45,9 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
     * #10.2: the plateau schedule steps on rank 0's broadcast score (ranks other than 0 used to step on their own
       never-improving score, and their learning rate dropped alone);
     * PCGrad averages the task gradients itself (DDP's hooks bypassed), DWA learns its weights from the all-ranks
-      epoch losses: after every epoch both ranks hold the same weights and the same task weights.
+      epoch losses: after every epoch both ranks hold the same weights and the same task weights;
+    * the ranks share out the validation batches: the best epoch's score is the one a single process gets from the
+      saved model on the whole validation split (each rank predicting with rank 0's BatchNorm statistics).
     """
     overrides = [
         "epochs=3",
@@ -55,7 +60,8 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
         "model.groups=[[formation_energy_per_atom, band_gap], [is_metal]]",
         "experiment=ddp",
     ]
-    epochs = ranks_of_each_epoch(load_config(TrainConfig, "configs/tiny.yaml", overrides), demo_shards, tmp_path / "r")
+    config = load_config(TrainConfig, "configs/tiny.yaml", overrides)
+    epochs, result = ranks_of_each_epoch(config, demo_shards, tmp_path / "r")
     assert len(epochs) == 3
     for ranks in epochs:
         assert len(ranks) == 2 and ranks[0].keys() == ranks[1].keys()
@@ -66,3 +72,6 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
         assert sum(weights[0].values()) == pytest.approx(3.0)
     first, third = ({k: v for k, v in epochs[e][0].items() if k.startswith("loss_weight/")} for e in (0, 2))
     assert set(first.values()) == {1.0} and set(third.values()) != {1.0}  # DWA weighs from the third epoch on
+    val = [collate_arrow(table, config.tasks) for table in read_split(demo_shards, config, "val")]
+    one_process = evaluate(result.bundle.build(), val, config.tasks, result.bundle.mean, result.bundle.std)
+    assert one_process.score == pytest.approx(result.metrics["best_val_score"], rel=1e-5)

@@ -39,21 +39,50 @@ class Evaluation:
         return pa.table(columns)
 
 
+@dataclass
+class Predicted:
+    """Physical predictions of some crystals: ids (n,), pred and target (n, T) float, mask (n, T) bool."""
+
+    ids: list[str]
+    pred: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+
+
 @torch.inference_mode()
+def predict_batches(model: MultiTaskCGCNN, batches: Iterable[CrystalBatch], mean, std) -> list[Predicted]:
+    """Run ``model`` (eval mode) over collated batches on its device: one ``Predicted`` per batch."""
+    model.eval()
+    return [
+        Predicted(
+            list(batch.ids),
+            model.to_physical(model(batch), mean, std).float().cpu().numpy(),
+            batch.targets.cpu().numpy(),
+            batch.mask.cpu().numpy(),
+        )
+        for batch in batches
+    ]
+
+
+def in_batch_order(shares: Sequence[Sequence[Predicted]]) -> list[Predicted]:
+    """Rank r's share holds batches r, r + world, r + 2 world, ... (``batches[r::world]``): all of them in order."""
+    world, total = len(shares), sum(len(share) for share in shares)
+    return [shares[k % world][k // world] for k in range(total)]
+
+
+def evaluation(parts: Sequence[Predicted], tasks: Sequence[TaskSpec]) -> Evaluation:
+    """The predictions of a whole split, in ``parts``, and their metrics."""
+    n_tasks = len(tasks)
+    pred = np.concatenate([p.pred for p in parts]) if parts else np.zeros((0, n_tasks), np.float32)
+    target = np.concatenate([p.target for p in parts]) if parts else np.zeros((0, n_tasks), np.float32)
+    mask = np.concatenate([p.mask for p in parts]) if parts else np.zeros((0, n_tasks), bool)
+    metrics = task_metrics(pred, target, mask, tasks)
+    ids = [i for p in parts for i in p.ids]
+    return Evaluation(ids, pred, target, mask, tasks, metrics, unit_free_score(metrics, tasks))
+
+
 def evaluate(
     model: MultiTaskCGCNN, batches: Iterable[CrystalBatch], tasks: Sequence[TaskSpec], mean, std
 ) -> Evaluation:
     """Run ``model`` (eval mode) over every batch of a split (collated, on the model's device)."""
-    model.eval()
-    ids, preds, targets, masks = [], [], [], []
-    for batch in batches:
-        preds.append(model.to_physical(model(batch), mean, std).float().cpu().numpy())
-        targets.append(batch.targets.cpu().numpy())
-        masks.append(batch.mask.cpu().numpy())
-        ids.extend(batch.ids)
-    n_tasks = len(tasks)
-    pred = np.concatenate(preds) if preds else np.zeros((0, n_tasks), np.float32)
-    target = np.concatenate(targets) if targets else np.zeros((0, n_tasks), np.float32)
-    mask = np.concatenate(masks) if masks else np.zeros((0, n_tasks), bool)
-    metrics = task_metrics(pred, target, mask, tasks)
-    return Evaluation(ids, pred, target, mask, tasks, metrics, unit_free_score(metrics, tasks))
+    return evaluation(predict_batches(model, batches, mean, std), tasks)

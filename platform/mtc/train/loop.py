@@ -37,7 +37,7 @@ from mtc.model.surgery import pcgrad
 from mtc.model.transfer import freeze, hold_frozen_batchnorm, start_from, trunk_parameter_names
 from mtc.train.checkpoint import CheckpointClock, TrainState, unwrap
 from mtc.train.epoch_data import SplitInMemory, arrow_batches
-from mtc.train.evaluate import evaluate
+from mtc.train.evaluate import Evaluation, evaluate, evaluation, in_batch_order, predict_batches
 from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
 from mtc.train.optim import build_optimizer, build_scheduler, param_groups
@@ -191,6 +191,25 @@ class _EpochData:
         return self._val
 
 
+def _validate(model: MultiTaskCGCNN, data: _EpochData, config: WorkerConfig, where: _Rank) -> Evaluation | None:
+    """The validation split's evaluation, on rank 0 (None on the others).
+
+    Held in memory, the split's batches are shared out: rank r predicts batches r, r + world, ... with rank 0's
+    BatchNorm statistics (each rank's moved with its own last batch), and rank 0 gathers them in batch order, so
+    the metrics are those of one process evaluating them all, in 1/world of the time. From Ray Data, rank 0 reads
+    and evaluates the whole split.
+    """
+    train = config.train
+    if where.world == 1 or not config.in_memory:
+        return evaluate(model, data.val(), train.tasks, config.mean, config.std) if where.is_zero else None
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    batches = data.val()
+    shares: list[Any] = [None] * where.world
+    dist.all_gather_object(shares, predict_batches(model, batches[where.rank :: where.world], config.mean, config.std))
+    return evaluation(in_batch_order(shares), train.tasks) if where.is_zero else None
+
+
 def _batching(train: TrainConfig) -> Batching:
     """The in-memory path's batches: ``batch_atoms`` atoms when set, else ``batch_size`` crystals."""
     return Batching(atoms=train.batch_atoms, crystals=train.batch_size)
@@ -226,9 +245,9 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             sums, counts = _mean_over_ranks([done.task_sums, done.task_counts], where.world)
             unwrap(state.objective).loss.end_epoch(sums / counts)  # the same on every rank
         stop = False
-        if where.is_zero:
-            evaluating = time.perf_counter()
-            val = evaluate(model, data.val(), train.tasks, config.mean, config.std)
+        evaluating = time.perf_counter()
+        val = _validate(model, data, config, where)
+        if val is not None:  # rank 0
             metrics["time/eval_s"] = time.perf_counter() - evaluating
             metrics["val_score"] = val.score
             metrics.update(flatten_metrics("val", val.metrics))
