@@ -38,6 +38,7 @@ def tune(
 ) -> None:
     """Tune loss weights, task groupings and learning rate with Ray Tune; every trial is an MLflow child run.
 
+    The space may also vary the sharing method, shared depth, width and auxiliary tasks (configs/tune/methods.yaml).
     The objective is the mean over tasks of validation MAE divided by that task's single-task MAE
     (< 1: better than alone). The parent run holds the ranked trials, the best config as YAML for
     `mtc train --config`, and a task-affinity table and heatmap.
