@@ -119,3 +119,23 @@ def test_set_overrides_the_spec_and_its_train_config(tmp_path):
     assert grid.seeds == [1, 2] and grid.base_config().epochs == 2
     with pytest.raises(ConfigError, match=r"with --set seeds=\[1, 1\].*seeds"):
         load_spec(path, ["seeds=[1, 1]"])
+
+
+def test_a_named_setting_set_to_false_is_left_out():
+    grid = spec(settings={"alone": ["band_gap"], "all": False, "mtl": {"model.shared_convs": 2}, "wide": False})
+    assert [s.name for s in grid.all_settings()] == ["band_gap", "mtl"]
+    with pytest.raises(ConfigError, match="wide: a named setting takes a mapping"):
+        spec(settings={"wide": True})
+
+
+def test_the_efficiency_spec_cut_to_the_targets_cells():
+    """The data-efficiency target compares mtl on half the training rows with each task alone on all of them."""
+    half = load_spec("configs/experiments/efficiency.yaml", ["fractions=[0.5]", "settings.alone=false"])
+    full = load_spec("configs/experiments/efficiency.yaml", ["fractions=[1.0]", "settings.mtl=false"])
+    assert [(p["setting"], p["fraction"]) for p in half.points() if p["seed"] == 0] == [("mtl", 0.5)]
+    assert [(p["setting"], p["fraction"]) for p in full.points() if p["seed"] == 0] == [
+        ("band_gap", 1.0),
+        ("efermi", 1.0),
+    ]
+    config = half.trial_config(half.points()[0])
+    assert (config.epochs, config.patience, config.model.shared_convs) == (150, 20, 2)

@@ -38,7 +38,8 @@ MANAGED_KEYS = ("tasks", "epochs", "seed", "split.seed", "split.train_fraction",
 class Settings(StrictModel):
     """Which task sets to train: each task ``alone`` (true or a list of tasks), ``pairs`` (true or a list of
     pairs), ``all`` tasks in one model; any other key names a setting: dotted TrainConfig overrides applied to
-    the all-tasks model, or to the tasks listed under its own ``tasks`` key."""
+    the all-tasks model, or to the tasks listed under its own ``tasks`` key (``false`` leaves it out, so
+    ``--set settings.NAME=false`` runs a spec without one of its settings)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -49,7 +50,7 @@ class Settings(StrictModel):
     @model_validator(mode="after")
     def _named_are_mappings(self) -> Settings:
         for name, value in (self.model_extra or {}).items():
-            if not isinstance(value, dict):
+            if value is not False and not isinstance(value, dict):
                 raise ValueError(
                     f"{name}: a named setting takes a mapping of dotted config keys (alone, pairs and all are the "
                     "generated ones)"
@@ -57,7 +58,7 @@ class Settings(StrictModel):
         return self
 
     def named(self) -> dict[str, dict[str, Any]]:
-        return dict(self.model_extra or {})
+        return {name: value for name, value in (self.model_extra or {}).items() if value is not False}
 
 
 class ExperimentSpec(StrictModel):
