@@ -98,15 +98,17 @@ def run_tune(
 def print_outcome(outcome) -> None:
     """The ranked table (task names abbreviated, with a legend), the references and where the report is."""
     from mtc.tracking import tracking_uri
+    from mtc.tune.search import GROUP_SEP, TASK_SEP
 
     ranked = outcome.report.ranked
     tasks = [c.removesuffix(" rel") for c in ranked.columns if c.endswith(" rel")]
     auxiliary = "auxiliary" in ranked  # trials that chose auxiliary tasks (trained, not scored)
-    grouped = [t for label in ranked["grouping"] for group in label.split(" | ") for t in group.split("+")]
+    grouped = [t for label in ranked["grouping"] for group in label.split(GROUP_SEP) for t in group.split(TASK_SEP)]
     short = abbreviations(list(dict.fromkeys([*tasks, *grouped])))
 
     def abbreviated(label: str) -> str:
-        return " | ".join("+".join(short.get(t, t) for t in group.split("+")) for group in label.split(" | "))
+        """``a+b | c`` with each task abbreviated; ``none`` stays."""
+        return GROUP_SEP.join(TASK_SEP.join(short.get(t, t) for t in g.split(TASK_SEP)) for g in label.split(GROUP_SEP))
 
     table = Table(title=f"tune {outcome.name}: trials ranked by objective (mean val error / task alone)")
     choices = outcome.report.choices

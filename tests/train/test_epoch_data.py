@@ -43,6 +43,11 @@ def test_batches_from_memory_are_the_rows_in_the_given_order():
     whole = collate_arrow(split.table, TASKS)
     assert [i for b in collated for i in b.ids] == whole.ids
     assert np.array_equal(np.concatenate([b.edge_dist.numpy() for b in collated]), whole.edge_dist.numpy())
+    shares = [split.collated(Batching(crystals=4), TASKS, "cpu", rank, world=2) for rank in (0, 1)]
+    assert [[i for b in share for i in b.ids] for share in shares] == [
+        collated[0].ids + collated[2].ids,
+        collated[1].ids,
+    ]
     assert SplitInMemory(pa.table({})).collated(Batching(crystals=4), TASKS, "cpu") == []
     packed = split.collated(Batching(atoms=40), tasks=TASKS, device="cpu")
     assert [i for b in packed for i in b.ids] == whole.ids

@@ -5,7 +5,8 @@ once (not a Ray Data shard) and holds its rows as one Arrow table; each epoch th
 permutation seeded by (seed, epoch), the same on every rank, of which rank r takes every world-th crystal
 (``torch.utils.data.DistributedSampler``'s scheme): the ranks' crystals are disjoint, together they are the
 whole split but for fewer than ``world`` crystals, and the order is new each epoch and the same after a resume.
-Rank 0 collates the validation batches once and evaluates them every epoch without collating again.
+Each rank collates its share of the validation batches once (every world-th) and evaluates it every epoch
+without collating again.
 
 With ``batch_atoms`` (``TrainConfig``) each rank packs its share, in that order, into batches of at most that many
 atoms (``mtc.data.packing``). Shares of equal length pack into different numbers of batches, and a rank with an
@@ -93,8 +94,11 @@ class SplitInMemory:
         n_batches = len(batching.cuts(self.atoms[epoch_order(len(self), seed, epoch, rank, world)])) - 1
         return max(n_batches - 1, min(n_batches, 1))
 
-    def collated(self, batching: Batching, tasks: Sequence[TaskSpec], device) -> list[CrystalBatch]:
-        """Every row in table order, cut by ``batching`` and collated once (for evaluation)."""
+    def collated(
+        self, batching: Batching, tasks: Sequence[TaskSpec], device, rank: int = 0, world: int = 1
+    ) -> list[CrystalBatch]:
+        """The rows in table order, cut by ``batching``, and of those batches ``rank``'s share (``rank``,
+        ``rank + world``, ...; all of them by default), collated once (for evaluation)."""
         cuts = batching.cuts(self.atoms)
-        tables = (self.table.slice(first, end - first) for first, end in pairwise(cuts))
-        return list(arrow_batches(tables, tasks, device))
+        spans = list(pairwise(cuts))[rank::world]
+        return list(arrow_batches((self.table.slice(first, end - first) for first, end in spans), tasks, device))

@@ -180,6 +180,7 @@ class _EpochData:
         yield from arrow_batches(tables, train.tasks, device)
 
     def val(self) -> Iterable[CrystalBatch]:
+        """The whole validation split from Ray Data, or this rank's share of it held in memory."""
         if not self.config.in_memory:
             return _split_batches(self.config.train, "val", self.where.device)
         if self._val is None:
@@ -187,7 +188,8 @@ class _EpochData:
 
             train = self.config.train
             split = SplitInMemory.read(ray.train.get_dataset_shard("val"))
-            self._val = split.collated(_batching(train), train.tasks, self.where.device)
+            where = self.where
+            self._val = split.collated(_batching(train), train.tasks, where.device, where.rank, where.world)
         return self._val
 
 
@@ -204,9 +206,8 @@ def _validate(model: MultiTaskCGCNN, data: _EpochData, config: WorkerConfig, whe
         return evaluate(model, data.val(), train.tasks, config.mean, config.std) if where.is_zero else None
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
-    batches = data.val()
     shares: list[Any] = [None] * where.world
-    dist.all_gather_object(shares, predict_batches(model, batches[where.rank :: where.world], config.mean, config.std))
+    dist.all_gather_object(shares, predict_batches(model, data.val(), config.mean, config.std))
     return evaluation(in_batch_order(shares), train.tasks) if where.is_zero else None
 
 

@@ -293,8 +293,9 @@ def trial_config(space: TuneSpace, point: Mapping[str, Any], run_name: str | Non
     strategy and simplex weights, lr, choices. A grouping loses the auxiliary tasks the point leaves out."""
     base = space.base_config()
     options = space.auxiliary_options()
-    chosen = point.get("auxiliary", options[0] if options else None)
-    kept = [t for t in base.tasks if not t.auxiliary or chosen is None or t.name in chosen.split(TASK_SEP)]
+    auxiliary = point.get("auxiliary", options[0] if options else None)
+    chosen = None if auxiliary is None else set() if auxiliary == NO_AUXILIARY else set(auxiliary.split(TASK_SEP))
+    kept = [t for t in base.tasks if not t.auxiliary or chosen is None or t.name in chosen]
     names = [t.name for t in kept]
     by_label = {grouping_label(p): p for p in space.partitions()}
     label = point.get("grouping", next(iter(by_label)))
