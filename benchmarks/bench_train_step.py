@@ -6,6 +6,8 @@
     Python loop over crystals.
 (b) mtc: Arrow rows -> collate_arrow -> MultiTaskCGCNN (one formation-energy task, split conv,
     index_add_ pooling) -> MultiTaskLoss.
+(c) (b) with its convolutions compiled (``compile: true`` in a training config: torch.compile fuses each
+    convolution's per-edge work); same initial weights as (b), its compile time printed, not timed per step.
 
 Both: CGCNN defaults (atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1), batch 256, Adam lr 0.01, MSE on
 z-scored formation energy, one process, the same crystals in the same order. Graph building happens before
@@ -15,6 +17,7 @@ timing and is not measured. Run: ``python benchmarks/bench_train_step.py [--n 20
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -32,6 +35,7 @@ from torch.nn import functional as F
 
 from mtc.data.batching import collate_arrow
 from mtc.elements import element_table
+from mtc.model.cgcnn import compile_convolutions
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.tasks import TaskSpec
@@ -285,19 +289,31 @@ def main() -> None:
     criterion = MultiTaskLoss(tasks, mean=[mean], std=[std])
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
-    def mtc_step(b: int) -> float:
-        batch = collate_arrow(shard.slice(b * bs, bs), tasks)
-        loss = criterion(model(batch), batch.targets, batch.mask).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def training_step(net: MultiTaskCGCNN, optimiser: torch.optim.Optimizer) -> Callable[[int], float]:
+        def step(b: int) -> float:
+            batch = collate_arrow(shard.slice(b * bs, bs), tasks)
+            loss = criterion(net(batch), batch.targets, batch.mask).total
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            return loss.item()
+
+        return step
 
     same_function_check(model, base_model, graphs[:bs], padded[:bs], shard.slice(0, bs), tasks, table)
+    fused = copy.deepcopy(model)
+    compile_convolutions(fused)
+    mtc_step = training_step(model, opt)
+    fused_step = training_step(fused, torch.optim.Adam(fused.parameters(), lr=0.01))
+    start = time.perf_counter()
+    fused_step(n_batches - 1)
+    fused_step(0)
+    print(f"(c) compile: first two steps {time.perf_counter() - start:.1f} s (two batch shapes), untimed")
 
-    times = interleaved_step_times({"a": base_step, "b": mtc_step}, n_batches, args.rounds)
+    times = interleaved_step_times({"a": base_step, "b": mtc_step, "c": fused_step}, n_batches, args.rounds)
     base_rate = bs / statistics.median(times["a"])
     mtc_rate = bs / statistics.median(times["b"])
+    fused_rate = bs / statistics.median(times["c"])
 
     f, g, h = ATOM_FEA, 41, H_FEA
     head_macs = bs * (f * h + h)
@@ -312,12 +328,15 @@ def main() -> None:
     print(f"(a) CGCNN-style baseline: {base_rate:8.1f} crystals/s")
     print(f"(b) mtc                 : {mtc_rate:8.1f} crystals/s")
     print(f"speed-up b/a            : {mtc_rate / base_rate:8.2f}x")
-    for name in ("a", "b"):
+    print(f"(c) mtc, convs compiled : {fused_rate:8.1f} crystals/s")
+    print(f"speed-up c/b            : {fused_rate / mtc_rate:8.2f}x   (c/a {fused_rate / base_rate:.2f}x)")
+    for name in ("a", "b", "c"):
         ms = np.percentile(np.array(times[name]) * 1e3, [10, 50, 90])
         print(f"step time {name}: p10 {ms[0]:.0f} ms, median {ms[1]:.0f} ms, p90 {ms[2]:.0f} ms")
     print(
         f"model arithmetic (fwd+bwd ~ 3x fwd): (a) {3 * 2 * base_macs / 1e9:.2f} GFLOP/step -> "
-        f"{base_gflops:.1f} GFLOP/s; (b) {3 * 2 * mtc_macs / 1e9:.2f} GFLOP/step -> {mtc_gflops:.1f} GFLOP/s"
+        f"{base_gflops:.1f} GFLOP/s; (b) {3 * 2 * mtc_macs / 1e9:.2f} GFLOP/step -> {mtc_gflops:.1f} GFLOP/s; "
+        f"(c) {mtc_gflops * fused_rate / mtc_rate:.1f} GFLOP/s"
     )
     print(
         f"plain torch matmul: ({edges_per_batch}x{2 * f + g})@({2 * f + g}x{2 * f}) {mm_conv:.1f} GFLOP/s; "

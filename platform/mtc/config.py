@@ -263,6 +263,11 @@ class TrainConfig(StrictModel):
     checkpoint_every_s: float = Field(
         60, ge=0, description="checkpoint (and log epoch metrics) after the first epoch, then at most this often"
     )
+    compile: bool = Field(
+        False,
+        description="fuse each convolution's per-edge work with torch.compile (a C++ compiler on CPU, Triton on "
+        "GPU): faster steps after seconds of compiling per worker",
+    )
     seed: int = 0
     experiment: str = "mtc"
     run_name: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 
@@ -12,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from mtc.data.batching import collate_arrow
-from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, GaussianExpansion
+from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, GaussianExpansion, compile_convolutions
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN, model_from_config
 from mtc.tasks import as_tasks
@@ -174,3 +175,28 @@ def test_a_training_batch_of_one_atom_trains() -> None:
     model = MultiTaskCGCNN(TASKS, atom_fea_len=8, h_fea_len=8, n_conv=2).train()
     MultiTaskLoss(TASKS)(model(batch), batch.targets, batch.mask).total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_compiled_convolutions_are_the_same_function(demo_table: pa.Table) -> None:
+    """#12: torch.compile'd convolutions give the eager model's outputs, gradients and BatchNorm statistics."""
+    torch.manual_seed(0)
+    eager = MultiTaskCGCNN(TASKS, atom_fea_len=16, h_fea_len=8, n_conv=3, shared_convs=2)
+    fused = copy.deepcopy(eager)
+    assert compile_convolutions(fused) == 5  # 2 shared + 1 per task
+    loss = MultiTaskLoss(TASKS, mean=[-1.0, 1.0, 0.0], std=[1.0, 1.5, 1.0])
+    for rows in (demo_table.slice(0, 15), demo_table.slice(15, 9)):  # two batch shapes, one compiled graph
+        batch = collate_arrow(rows, TASKS)
+        outputs = []
+        for model in (eager, fused):
+            model.zero_grad()
+            out = model(batch)
+            loss(out, batch.targets, batch.mask).total.backward()
+            outputs.append(out.detach())
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+        scale = max(p.grad.abs().max() for p in eager.parameters())
+        for (name, a), b in zip(eager.named_parameters(), fused.parameters(), strict=True):
+            torch.testing.assert_close(b.grad / scale, a.grad / scale, rtol=0, atol=1e-5, msg=name)
+    torch.testing.assert_close(fused.state_dict(), eager.state_dict(), rtol=1e-4, atol=1e-5)  # running statistics
+    batch = collate_arrow(demo_table, TASKS)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(batch), eager.eval()(batch), rtol=1e-4, atol=1e-5)

@@ -31,6 +31,7 @@ from mtc.config import StrictModel, TrainConfig
 from mtc.data.batching import CrystalBatch
 from mtc.data.packing import Batching
 from mtc.model.bundle import ModelBundle
+from mtc.model.cgcnn import compile_convolutions
 from mtc.model.losses import LossOutput, MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
 from mtc.model.surgery import pcgrad
@@ -119,6 +120,8 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
     """The model and a fresh training state."""
     train = config.train
     model = build_model(train, config.graph_params["radius"])
+    if train.compile:
+        compile_convolutions(model)
     loss = MultiTaskLoss(
         train.tasks, train.loss.strategy, train.loss.weights, config.mean, config.std, train.loss.temperature
     )
