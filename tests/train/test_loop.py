@@ -47,7 +47,9 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
     * PCGrad averages the task gradients itself (DDP's hooks bypassed), DWA learns its weights from the all-ranks
       epoch losses: after every epoch both ranks hold the same weights and the same task weights;
     * the ranks share out the validation batches: the best epoch's score is the one a single process gets from the
-      saved model on the whole validation split (each rank predicting with rank 0's BatchNorm statistics).
+      saved model on the whole validation split (each rank predicting with rank 0's BatchNorm statistics);
+    * ``compile: true`` (torch.compile'd convolutions) under DDP and PCGrad's per-task backward passes, its model
+      saved and loaded uncompiled.
     """
     overrides = [
         "epochs=3",
@@ -58,6 +60,7 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
         "loss.gradient_surgery=pcgrad",
         "model.shared_convs=1",
         "model.groups=[[formation_energy_per_atom, band_gap], [is_metal]]",
+        "compile=true",
         "experiment=ddp",
     ]
     config = load_config(TrainConfig, "configs/tiny.yaml", overrides)

@@ -91,8 +91,12 @@ def compile_convolutions(model: nn.Module) -> int:
     Inductor fuses each convolution's per-edge work (two gathers, the adds, BatchNorm, the gate, the scatter) into a
     few passes over the (E, 2F) edge tensors, forward and backward: the same function to float32 round-off. Shapes
     are symbolic, so batches of any size reuse one compiled graph per mode (training, eval). The parameters' names
-    are unchanged: a state_dict loads into an uncompiled model.
+    are unchanged: a state_dict loads into an uncompiled model. Backward buffers are not donated (a process-wide
+    setting), so a graph can be kept for several backward passes (PCGrad's one per task).
     """
+    from torch._functorch import config as functorch_config
+
+    functorch_config.donated_buffer = False
     convs = [module for module in model.modules() if isinstance(module, ConvLayer)]
     for conv in convs:
         conv.compile(dynamic=True)
