@@ -91,3 +91,23 @@ def check_resources(
         )
     holds = math.floor(cpus / need + 1e-9)
     return min(holds, gpus // plan.gpus) if plan.use_gpu else holds
+
+
+def check_compiler(compile_convs: bool, plan: WorkerPlan) -> None:
+    """ResourceError (before any work) when ``compile: true`` asks CPU workers for a C++ compiler this node lacks.
+
+    Inductor builds the fused convolutions with the C++ compiler it finds (``$CXX``, then ``c++``/``g++``...); GPU
+    workers use Triton instead. The check runs on the driver's node, which stands for CPU nodes built alike.
+    """
+    if not compile_convs or plan.use_gpu:
+        return
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise ResourceError(
+            "compile: true fuses the convolutions with a C++ compiler, and none was found on this node "
+            "(set CXX, or install g++ / clang++); or train uncompiled with --set compile=false"
+        ) from None

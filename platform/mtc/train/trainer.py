@@ -23,7 +23,7 @@ from mtc.train.finetune import (
 )
 from mtc.train.loop import MODEL_DIR, WorkerConfig, build_model, train_loop_per_worker
 from mtc.train.metrics import split_metrics
-from mtc.train.resources import WorkerPlan, check_resources
+from mtc.train.resources import WorkerPlan, check_compiler, check_resources
 
 
 class TrainingError(MtcError):
@@ -73,6 +73,7 @@ def train(
     shards = Path(shards).resolve()
     plan = WorkerPlan.of(config.scaling)
     check_resources(plan, ray.cluster_resources())
+    check_compiler(config.compile, plan)
     if parent:
         config = align_to_parent(config, parent.bundle)[0]
     prepared = prepare_splits(shards, config)
