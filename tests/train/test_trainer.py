@@ -47,7 +47,7 @@ def test_compile_without_a_cpp_compiler_fails_fast(monkeypatch):
     cpu, gpu = WorkerPlan.of(ScalingConfig(workers=2)), WorkerPlan.of(ScalingConfig(gpus=1))
     check_compiler(True, cpu)  # this machine has one
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    with pytest.raises(ResourceError, match="none was found on this node .* --set compile=false"):
+    with pytest.raises(ResourceError, match=r"none was found on this node .* --set compile=false"):
         check_compiler(True, cpu)
     check_compiler(False, cpu)
     check_compiler(True, gpu)  # GPU workers compile with Triton
