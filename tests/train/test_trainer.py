@@ -40,17 +40,17 @@ def test_gpus_decide_the_worker_count_everywhere():
     assert (cpu_plan.workers, cpu_plan.use_gpu, cpu_plan.torch_threads(5.0)) == (2, False, 2)
 
 
-def test_compile_without_a_cpp_compiler_fails_fast(monkeypatch):
+def test_compile_without_a_cpp_compiler_fails_fast():
     """``compile: true`` on CPU workers needs a C++ compiler: missing, it is named before any work."""
     from torch._inductor import config as inductor_config
 
     cpu, gpu = WorkerPlan.of(ScalingConfig(workers=2)), WorkerPlan.of(ScalingConfig(gpus=1))
     check_compiler(True, cpu)  # this machine has one
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    with pytest.raises(ResourceError, match=r"none was found on this node .* --set compile=false"):
-        check_compiler(True, cpu)
-    check_compiler(False, cpu)
-    check_compiler(True, gpu)  # GPU workers compile with Triton
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        with pytest.raises(ResourceError, match=r"none was found on this node .* --set compile=false"):
+            check_compiler(True, cpu)
+        check_compiler(False, cpu)
+        check_compiler(True, gpu)  # GPU workers compile with Triton
 
 
 def test_normaliser_from_training_rows_only(demo_shards):

@@ -292,6 +292,16 @@ def test_impossible_trials_name_the_shortfall(scaling, cluster, message):
     assert message in str(err.value)
 
 
+def test_trials_that_compile_need_a_cpp_compiler_before_the_first_trial():
+    from torch._inductor import config as inductor_config
+
+    scaling, cluster = ScalingConfig(workers=1), {"CPU": 2.0}
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        assert trial.plan_concurrency(1, scaling, cluster) == 1
+        with pytest.raises(ResourceError, match="none was found on this node"):
+            trial.plan_concurrency(1, scaling, cluster, compile_convs=True)
+
+
 class _Captured(callbacks.ObjectiveCallback):
     """The callback's arithmetic without a Tune session: what it would forward is kept."""
 

@@ -61,7 +61,7 @@ def start_experiment(
         scaling = {**spec.train.get("scaling", {}), "workers": workers_per_trial}
         spec = parse_spec({**spec.model_dump(mode="json"), "train": {**spec.train, "scaling": scaling}}, "--workers")
     base = spec.base_config()
-    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo)
+    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo, base.compile)
     shards = Path(shards).resolve()
     _check_data(shards, spec)
     name = checked_name(name or time.strftime("experiment-%Y%m%d-%H%M%S"), "experiment")
@@ -98,7 +98,8 @@ def resume_experiment(
     run_id = parent.info.run_id
     spec = parse_spec(yaml.safe_load(text), source=f"experiment {name}")
     shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
-    plan_concurrency(1, spec.base_config().scaling, ray.cluster_resources())
+    base = spec.base_config()
+    plan_concurrency(1, base.scaling, ray.cluster_resources(), compile_convs=base.compile)
     _check_data(shards, spec)
     concurrency = int(parent.data.params.get("max_concurrent", 1))
     client.update_run(run_id, status="RUNNING")

@@ -56,7 +56,7 @@ def start_tune(
 
     space = _with_flags(space, trials, workers_per_trial, gpus_per_trial)
     base = space.base_config()
-    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo)
+    concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo, base.compile)
     shards = Path(shards).resolve()
     prepare_splits(shards, base)
     name = checked_name(name or time.strftime("tune-%Y%m%d-%H%M%S"))
@@ -87,8 +87,9 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
     run_id = parent.info.run_id
     space = parse_space(yaml.safe_load(text), source=f"tune {name}")
     shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
-    plan_concurrency(1, space.base_config().scaling, ray.cluster_resources())
-    prepare_splits(shards, space.base_config())
+    base = space.base_config()
+    plan_concurrency(1, base.scaling, ray.cluster_resources(), compile_convs=base.compile)
+    prepare_splits(shards, base)
     concurrency = int(parent.data.params.get("max_concurrent", 1))
     client.update_run(run_id, status="RUNNING")
     echo(f"resuming tune {name} (MLflow parent run {run_id}): finished trials are kept")

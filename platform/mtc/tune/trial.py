@@ -12,7 +12,7 @@ from ray import tune
 
 from mtc import tracking
 from mtc.config import ScalingConfig, TrainConfig
-from mtc.train.resources import WorkerPlan, check_resources
+from mtc.train.resources import WorkerPlan, check_compiler, check_resources
 from mtc.tune.callbacks import ObjectiveCallback
 from mtc.tune.fitting import BudgetSpent
 
@@ -22,15 +22,21 @@ MakeConfig = Callable[[Mapping[str, Any], str], TrainConfig]  # (Tune point, run
 
 
 def plan_concurrency(
-    requested: int, scaling: ScalingConfig, cluster: Mapping[str, float], echo: Callable[[str], None] | None = None
+    requested: int,
+    scaling: ScalingConfig,
+    cluster: Mapping[str, float],
+    echo: Callable[[str], None] | None = None,
+    compile_convs: bool = False,
 ) -> int:
     """Trials that run at once: at most ``requested`` and what the cluster holds; ResourceError if not even one.
 
-    A trial needs its workers' CPUs (and GPUs), 1 CPU left for its Ray Data pipeline and a sliver for itself.
-    ``echo`` is told when the cluster holds fewer than asked.
+    A trial needs its workers' CPUs (and GPUs), 1 CPU left for its Ray Data pipeline and a sliver for itself, and
+    with ``compile_convs`` (the base config's ``compile``) a C++ compiler for CPU workers. ``echo`` is told when the
+    cluster holds fewer than asked.
     """
     plan = WorkerPlan.of(scaling)
     holds = check_resources(plan, cluster, TRIAL_CPUS, "--gpus-per-trial", "--workers-per-trial")
+    check_compiler(compile_convs, plan)
     concurrency = max(1, min(requested, holds))
     if echo and concurrency < requested:
         echo(f"running {concurrency} trial(s) at a time: the Ray cluster holds no more (asked {requested})")
