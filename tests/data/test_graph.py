@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from mtc.data import graph as graph_module
 from mtc.data.graph import build_graph
 
 RADIUS, K, TOL = 8.0, 12, 1e-5
@@ -95,3 +96,26 @@ def test_max_neighbors_caps_each_centre(demo_records, max_neighbors):
     structure = structure_of(demo_records[3])
     graph = build_graph(structure.lattice.matrix, structure.cart_coords, max_neighbors=max_neighbors)
     assert np.bincount(graph.edge_dst).max() <= max_neighbors
+
+
+def slab_of(structure: Structure, vacuum: float) -> Structure:
+    """``structure`` with ``vacuum`` Å added along c: its mean density no longer predicts its neighbour distances."""
+    lattice = structure.lattice.matrix.copy()
+    lattice[2] *= 1 + vacuum / np.linalg.norm(lattice[2])
+    return Structure(lattice, structure.species, structure.cart_coords, coords_are_cartesian=True)
+
+
+@pytest.mark.parametrize("fill", [0.3, 2.0])
+def test_first_search_builds_the_graph_of_the_full_search(demo_records, monkeypatch, fill):
+    # fill 0.3 sends most crystals back to the full search, 2.0 (the default) almost none: both must give the
+    # graph that searching to the full radius at once gives, bit for bit, on real crystals and on slabs of them.
+    crystals = [structure_of(r) for r in demo_records[::40][:50]]
+    crystals += [slab_of(s, 12.0) for s in crystals[:10]]
+    for max_neighbors in (K, 40):
+        monkeypatch.setattr(graph_module, "FIRST_SEARCH_FILL", 1e9)  # first radius beyond 8 Å: one full search
+        full = [build_graph(s.lattice.matrix, s.cart_coords, max_neighbors=max_neighbors) for s in crystals]
+        monkeypatch.setattr(graph_module, "FIRST_SEARCH_FILL", fill)
+        for structure, expected in zip(crystals, full, strict=True):
+            got = build_graph(structure.lattice.matrix, structure.cart_coords, max_neighbors=max_neighbors)
+            for name in ("edge_src", "edge_dst", "edge_dist"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=str(structure))

@@ -15,6 +15,12 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 # Distances are compared on this grid (Å) when ordering neighbours, so that two neighbours whose
 # distances differ only by floating-point noise are ordered by index and image, not by the noise.
 DISTANCE_RESOLUTION = 1e-6
+# The first neighbour search holds this many times max_neighbors atoms at the cell's mean density. Over the first
+# 3,000 mp36k crystals the 12th neighbour lies at most 1.23x the radius of 12 atoms (fill 1.0), inside 2.0's 1.26x.
+FIRST_SEARCH_FILL = 2.0
+# A k-th neighbour this close to the first search's radius (Å) sends the crystal to the full search: neighbours tied
+# with it (within DISTANCE_RESOLUTION) could lie just outside.
+SEARCH_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -49,20 +55,30 @@ def build_graph(
 
     Ties in distance (within ``DISTANCE_RESOLUTION``) are broken by neighbour index, then by image,
     so the result is deterministic.
+
+    The search starts at the radius that holds ``FIRST_SEARCH_FILL`` x ``max_neighbors`` atoms at the cell's mean
+    density (~25 candidates per atom instead of ~150 at 8 Å). When every centre's ``max_neighbors``-th nearest lies
+    inside it, a search to ``radius`` could only add farther candidates, so the graph is the same; otherwise (a
+    slab, a molecule in a box) the search is repeated to ``radius``.
     """
     coords = np.ascontiguousarray(cart_coords, dtype=float)
-    centre, neighbour, images, dist = find_points_in_spheres(
-        coords,
-        coords,
-        r=float(radius),
-        pbc=np.array([1, 1, 1], dtype=np.int64),
-        lattice=np.ascontiguousarray(lattice, dtype=float),
-        tol=1e-8,
-    )
-    dist_key = np.rint(dist / DISTANCE_RESOLUTION).astype(np.int64)
-    keep = ~((centre == neighbour) & ~images.any(axis=1))  # the atom itself
-    keep[keep] = _up_to_kth_distance(centre[keep], dist_key[keep], len(coords), max_neighbors)
-    centre, neighbour, images, dist, dist_key = centre[keep], neighbour[keep], images[keep], dist[keep], dist_key[keep]
+    lattice = np.ascontiguousarray(lattice, dtype=float)
+    n_atoms = len(coords)
+    radius = float(radius)
+    volume = abs(float(np.linalg.det(lattice)))
+    first = (3 * FIRST_SEARCH_FILL * max_neighbors * volume / (4 * np.pi * max(n_atoms, 1))) ** (1 / 3)
+    for search_radius in (first, radius) if first < radius else (radius,):
+        centre, neighbour, images, dist = find_points_in_spheres(
+            coords, coords, r=search_radius, pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=1e-8
+        )
+        not_self = (centre != neighbour) | images.any(axis=1)
+        centre, neighbour, images, dist = centre[not_self], neighbour[not_self], images[not_self], dist[not_self]
+        dist_key = np.rint(dist / DISTANCE_RESOLUTION).astype(np.int64)
+        kth = _kth_distance(centre, dist_key, n_atoms, max_neighbors)
+        if search_radius == radius or kth.max(initial=0) * DISTANCE_RESOLUTION < search_radius - SEARCH_MARGIN:
+            break
+    keep = dist_key <= kth[centre]  # a cheap pre-filter: one single-key sort, not a multi-key sort of every pair
+    centre, neighbour, images, dist_key, dist = centre[keep], neighbour[keep], images[keep], dist_key[keep], dist[keep]
 
     order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], neighbour, dist_key, centre))
     centre, neighbour, dist = centre[order], neighbour[order], dist[order]
@@ -75,18 +91,15 @@ def build_graph(
     )
 
 
-def _up_to_kth_distance(centre: np.ndarray, dist_key: np.ndarray, n_atoms: int, k: int) -> np.ndarray:
-    """Candidates no farther than their centre's k-th nearest (ties at the k-th kept): a cheap pre-filter.
-
-    One single-key sort replaces a full multi-key sort of every candidate pair (~150 per atom at 8 Å).
-    """
+def _kth_distance(centre: np.ndarray, dist_key: np.ndarray, n_atoms: int, k: int) -> np.ndarray:
+    """Each centre's k-th nearest candidate distance key (n_atoms,); int64 max where a centre has fewer than k."""
     order = np.argsort(centre.astype(np.int64) * (int(dist_key.max(initial=0)) + 1) + dist_key)
     sorted_centre = centre[order]
     rank = np.arange(len(order)) - np.searchsorted(sorted_centre, sorted_centre, side="left")
     kth = np.full(n_atoms, np.iinfo(np.int64).max)
     at_k = rank == k - 1
     kth[sorted_centre[at_k]] = dist_key[order][at_k]
-    return dist_key <= kth[centre]
+    return kth
 
 
 def min_interatomic_distance(graph: CrystalGraph) -> float:
