@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +13,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mtc.data.batching import collate_arrow
-from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, GaussianExpansion, compile_convolutions
+from mtc.data.batching import CrystalBatch, collate_arrow
+from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, EdgeIndex, GaussianExpansion, compile_convolutions
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN, model_from_config
 from mtc.tasks import as_tasks
@@ -73,6 +74,28 @@ def test_split_conv_equals_concatenated(demo_table: pa.Table, train: bool) -> No
 
     torch.testing.assert_close(split, concatenated, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad_split, grad_concat, rtol=1e-9, atol=1e-9)
+
+
+def without_last_edge(batch: CrystalBatch) -> CrystalBatch:
+    """``batch`` with its last edge dropped: the last atom has one neighbour fewer than the others."""
+    return replace(batch, edge_src=batch.edge_src[:-1], edge_dst=batch.edge_dst[:-1], edge_dist=batch.edge_dist[:-1])
+
+
+def test_edge_index_broadcasts_and_reshapes_exactly_where_edges_are_regular(demo_table: pa.Table) -> None:
+    batch = collate_arrow(demo_table)
+    n_atoms = batch.atomic_numbers.numel()
+    centre, messages = torch.randn(n_atoms, 6), torch.randn(batch.edge_dst.numel(), 2, 3)
+    regular, irregular = EdgeIndex.of(batch), EdgeIndex.of(without_last_edge(batch))
+    assert regular.degree == 12 and irregular.degree is None  # mp36k crystals: 12 neighbours each at 8 Å
+    for edges in (regular, irregular):
+        n_edges = edges.dst.numel()
+        gathered = edges.add_centre_(torch.ones(n_edges, 6), centre)
+        torch.testing.assert_close(gathered, 1 + centre[edges.dst])
+        expected = torch.zeros(n_atoms, 2, 3).index_add_(0, edges.dst, messages[:n_edges])
+        torch.testing.assert_close(edges.sum_at_centre(messages[:n_edges], n_atoms), expected)
+    shuffled = torch.randperm(batch.edge_dst.numel())  # same degree, but edges no longer grouped by centre
+    moved = replace(batch, edge_src=batch.edge_src[shuffled], edge_dst=batch.edge_dst[shuffled])
+    assert EdgeIndex.of(moved).degree is None
 
 
 def test_shapes(demo_table: pa.Table) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from mtc.data.batching import collate_arrow
 from mtc.model.inference import InferenceModel
 from mtc.model.multitask import MultiTaskCGCNN
-from tests.model.test_cgcnn import TASKS
+from tests.model.test_cgcnn import TASKS, without_last_edge
 
 LAYOUTS = {
     "trunk per group": {"shared_convs": None, "groups": [["band_gap", "is_metal"], ["formation_energy_per_atom"]]},
@@ -45,6 +45,10 @@ def test_inference_matches_eval(demo_table: pa.Table, layout: dict) -> None:
     assert got.shape == expected.shape == (24, 3)
     assert (got - expected).abs().max() <= 1e-4
     assert not got.requires_grad
+    irregular = without_last_edge(batch)  # gathers and scatters instead of broadcasts and reshapes
+    with torch.no_grad():
+        expected = model(irregular)
+    assert (frozen(irregular) - expected).abs().max() <= 1e-4
 
 
 def test_freezing_copies_the_weights(demo_table: pa.Table) -> None:

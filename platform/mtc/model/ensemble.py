@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtc.data.batching import CrystalBatch
-from mtc.model.cgcnn import mean_pool
+from mtc.model.cgcnn import EdgeIndex, mean_pool
 from mtc.model.inference import FoldedConv, FrozenTrunk, InferenceModel
 from mtc.model.multitask import MultiTaskCGCNN
 
@@ -42,23 +42,17 @@ class StackedConv:
         self.scale = torch.stack([c.scale for c in convs])
         self.shift = torch.stack([c.shift for c in convs])
 
-    def __call__(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor
-    ) -> torch.Tensor:
-        """Args: atom_fea (N, K, F), edge_fea (E, G), edge_src / edge_dst (E,).
-
-        Returns: (N, K, F).
-        """
+    def __call__(self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+        """Args: atom_fea (N, K, F), edge_fea (E, G). Returns: (N, K, F)."""
         n, k, f = atom_fea.shape
         by_member = atom_fea.transpose(0, 1)  # (K, N, F) view
         # (N, K * 2F) rows: a 2-D index_select is the fast gather (a 3-D one measured several times slower)
         centre = torch.baddbmm(self.centre_bias, by_member, self.centre_weight).transpose(0, 1).reshape(n, -1)
         neighbour = torch.bmm(by_member, self.neighbour_weight).transpose(0, 1).reshape(n, -1)
-        gated = (edge_fea @ self.edge_weight).add_(centre.index_select(0, edge_dst))
-        gated.add_(neighbour.index_select(0, edge_src))
+        gated = edges.add_centre_((edge_fea @ self.edge_weight).add_(neighbour.index_select(0, edges.src)), centre)
         filt, core = gated.view(-1, k, 2 * f).chunk(2, dim=2)  # (E, K, F) each
         message = F.softplus(core).mul_(filt.sigmoid_())
-        summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message)
+        summed = edges.sum_at_centre(message, n)
         return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtc.data.batching import CrystalBatch
-from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, mean_pool
+from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, EdgeIndex, mean_pool
 from mtc.model.multitask import MultiTaskCGCNN
 
 
@@ -66,19 +66,14 @@ class FoldedConv:
             for name in ("atom_weight", "atom_bias", "edge_weight", "scale", "shift"):
                 setattr(self, name, getattr(self, name).to(dtype))
 
-    def __call__(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor
-    ) -> torch.Tensor:
-        """Args: atom_fea (N, F), edge_fea (E, G), edge_src / edge_dst (E,).
-
-        Returns: (N, F).
-        """
+    def __call__(self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+        """Args: atom_fea (N, F), edge_fea (E, G). Returns: (N, F)."""
         f2 = 2 * self.atom_fea_len
         per_atom = torch.addmm(self.atom_bias, atom_fea, self.atom_weight)
-        gated = per_atom[:, :f2].index_select(0, edge_dst).add_(per_atom[:, f2:].index_select(0, edge_src))
+        gated = edges.add_centre_(per_atom[:, f2:].index_select(0, edges.src), per_atom[:, :f2])
         filt, core = gated.addmm_(edge_fea, self.edge_weight).chunk(2, dim=1)
         message = F.softplus(core).mul_(filt.sigmoid_())
-        summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message)
+        summed = edges.sum_at_centre(message, atom_fea.shape[0])
         return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
 
 
@@ -100,15 +95,15 @@ class FrozenTrunk:
 
     def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor) -> list[torch.Tensor]:
         """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
-        src, dst = batch.edge_src, batch.edge_dst
+        edges = EdgeIndex.of(batch)
         atom_fea = self.table.index_select(0, batch.atomic_numbers)
         for conv in self.stem:
-            atom_fea = conv(atom_fea, edge_fea, src, dst)
+            atom_fea = conv(atom_fea, edge_fea, edges)
         pooled = []
         for branch in self.branches:
             branch_fea = atom_fea
             for conv in branch:
-                branch_fea = conv(branch_fea, edge_fea, src, dst)
+                branch_fea = conv(branch_fea, edge_fea, edges)
             pooled.append(self.pool(branch_fea.to(self.pooled_dtype), batch.crystal_index, batch.n_crystals))
         return pooled
 
