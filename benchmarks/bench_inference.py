@@ -6,7 +6,9 @@
 
 The first n crystals are featurized in process with mtc's featurizer (untimed) and collated into batches;
 a 3-task model of default sizes (random weights, random BatchNorm statistics) is timed on one thread.
-The two paths alternate batch by batch; crystals/s come from the best of ``repeats`` passes over all batches.
+Three paths alternate batch by batch: ``model.eval()``, the frozen model with gathers and scatters only
+(``InferenceModel(regular_edges=False)``, the layout before ``EdgeIndex``) and the frozen model as the screen runs it;
+crystals/s come from the best of ``repeats`` passes over all batches.
 
 ``--work``: count batches of ``--batch`` crystals against batches packed to each of ``--budgets`` atoms
 (``mtc.data.packing``), through the frozen forward the screen uses (collate + forward), on two databases: the n
@@ -250,12 +252,13 @@ def main() -> None:
 
     model = random_model(args.shared_convs)
     frozen = InferenceModel(model)
-    paths = {"eval": lambda b: model(b), "inference": frozen}
+    paths = {"eval": lambda b: model(b), "gathers": InferenceModel(model, regular_edges=False), "inference": frozen}
     diff = scale = 0.0
 
     def compare(outputs):
         nonlocal diff, scale
-        diff = max(diff, (outputs["eval"] - outputs["inference"]).abs().max().item())
+        for frozen_path in ("gathers", "inference"):
+            diff = max(diff, (outputs["eval"] - outputs[frozen_path]).abs().max().item())
         scale = max(scale, outputs["eval"].abs().max().item())
 
     with torch.no_grad():
@@ -266,6 +269,7 @@ def main() -> None:
     for name in paths:
         print(f"{name:>9}: {rate[name]:8.0f} crystals/s  (passes: {', '.join(f'{s:.2f}' for s in seconds[name])} s)")
     print(f"ratio inference / eval: {rate['inference'] / rate['eval']:.2f}x")
+    print(f"ratio inference / gathers (regular edges broadcast, reshaped): {rate['inference'] / rate['gathers']:.2f}x")
     print(f"max |delta| {diff:.2e}, max |output| {scale:.1f}")
     print(f"load average at end {os.getloadavg()}")
 

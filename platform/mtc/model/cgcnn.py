@@ -65,10 +65,11 @@ class EdgeIndex:
     degree: int | None
 
     @classmethod
-    def of(cls, batch: CrystalBatch) -> EdgeIndex:
+    def of(cls, batch: CrystalBatch, detect_regular: bool = True) -> EdgeIndex:
+        """``detect_regular=False`` takes every batch as irregular (gathers and scatters: for benchmarks)."""
         dst, n_atoms = batch.edge_dst, batch.atomic_numbers.numel()
         degree = dst.numel() // n_atoms if n_atoms else 0
-        regular = degree > 0 and degree * n_atoms == dst.numel()
+        regular = detect_regular and degree > 0 and degree * n_atoms == dst.numel()
         if regular:
             regular = torch.equal(dst, torch.arange(n_atoms, device=dst.device).repeat_interleave(degree))
         return cls(batch.edge_src, dst, degree if regular else None)

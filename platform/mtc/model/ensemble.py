@@ -140,5 +140,6 @@ class EnsembleInference:
 
 def _outputs(trunks, heads, trunk_of_task, batch: CrystalBatch, edge_fea: torch.Tensor, dim: int) -> torch.Tensor:
     """Each task's head on its trunk's features, stacked on ``dim`` (1 for one member, 2 for stacked members)."""
-    features = [pooled for trunk in trunks for pooled in trunk(batch, edge_fea)]
+    edges = EdgeIndex.of(batch)
+    features = [pooled for trunk in trunks for pooled in trunk(batch, edge_fea, edges)]
     return torch.stack([head(features[g]) for head, g in zip(heads, trunk_of_task, strict=True)], dim=dim)

@@ -93,9 +93,8 @@ class FrozenTrunk:
         self.stem = [FoldedConv(c, dtype) for c in trunk.convs]
         self.branches = [[FoldedConv(c, dtype) for c in branch] for branch in branches]
 
-    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor, edges: EdgeIndex) -> list[torch.Tensor]:
         """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
-        edges = EdgeIndex.of(batch)
         atom_fea = self.table.index_select(0, batch.atomic_numbers)
         for conv in self.stem:
             atom_fea = conv(atom_fea, edge_fea, edges)
@@ -119,10 +118,13 @@ class InferenceModel:
     Args:
         model: Any sharing layout; its device and dtype are kept.
         dtype: The convolutions' precision, e.g. ``torch.bfloat16`` (default: the model's); outputs are the model's.
+        regular_edges: Use ``EdgeIndex``'s broadcasts and reshapes where a batch's edges are regular (False: gathers
+            and scatters always, the layout before them, kept for ``benchmarks/bench_inference.py``).
     """
 
     @torch.no_grad()
-    def __init__(self, model: MultiTaskCGCNN, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: MultiTaskCGCNN, dtype: torch.dtype | None = None, regular_edges: bool = True) -> None:
+        self.regular_edges = regular_edges
         if model.shared_convs is None:
             self.trunks = [FrozenTrunk(trunk, [[]], dtype) for trunk in model.trunks]
         else:
@@ -140,7 +142,8 @@ class InferenceModel:
         Returns: n_groups x (B, F).
         """
         edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
-        return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea)]
+        edges = EdgeIndex.of(batch, self.regular_edges)
+        return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea, edges)]
 
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:
