@@ -5,7 +5,8 @@
     Python by distance, keep the 12 nearest and build padded index/distance lists in Python. Slow, so it
     runs on ``--baseline-n`` crystals spread evenly over the N (small and large cells alike).
 (b) mtc in one process: ``featurize_table`` on Arrow batches of 64 rows ``{id, source, json}``, exactly
-    what the Ray Data actors receive.
+    what the Ray Data actors receive. (b0): the same with the graph builder's first, shorter neighbour search
+    switched off (one search to 8 Å, the builder before it); its shards must equal (b)'s.
 (c) ``mtc featurize`` end to end (scan, Ray Data actor pool on all cores, Parquet shards + manifest) on a
     JSONL.gz of the same N rows. Cold = Ray start + first run; warm = later runs into fresh folders.
 
@@ -21,6 +22,7 @@ import cProfile
 import gzip
 import io
 import json
+import math
 import os
 import pstats
 import resource
@@ -39,6 +41,7 @@ from bench_data import RaySampler, add_data_option, first_lines
 from pymatgen.core import Lattice, Structure
 
 from mtc.config import FeaturizeConfig
+from mtc.data import graph as graph_module
 from mtc.data.featurize import featurize_table
 
 RADIUS, MAX_NBR = 8.0, 12
@@ -229,6 +232,10 @@ def main() -> None:
     b_sub_seconds, b_sub = run_mtc(table.take(subset), config)
     b_seconds, b_table = run_mtc(table, config)
     b_rate, b_sub_rate = n / b_seconds, len(subset) / b_sub_seconds
+    first_fill, graph_module.FIRST_SEARCH_FILL = graph_module.FIRST_SEARCH_FILL, math.inf
+    b0_seconds, b0_table = run_mtc(table, config)  # (b0): one neighbour search to the full radius, as before
+    graph_module.FIRST_SEARCH_FILL = first_fill
+    assert b0_table.equals(b_table), "the first, shorter search changed a graph"
     b_rejected = Counter(r for r in b_table.column("reason").to_pylist() if r is not None)
     b_edges = pc.sum(pc.list_value_length(b_table.column("edge_src"))).as_py()
     mismatches = compare(a_results, b_sub)
@@ -245,6 +252,7 @@ def main() -> None:
     rows = [
         ("(a) CGCNN baseline (pymatgen get_all_neighbors)", len(subset), a_seconds, a_rate),
         ("(b) mtc featurize_table, 1 process, same subset", len(subset), b_sub_seconds, b_sub_rate),
+        ("(b0) (b) with one neighbour search to 8 A (before)", n, b0_seconds, n / b0_seconds),
         ("(b) mtc featurize_table, 1 process", n, b_seconds, b_rate),
     ]
     if ray_result:
@@ -261,6 +269,7 @@ def main() -> None:
     print()
     print(f"b/a  (same subset)        {b_sub_rate / a_rate:8.1f}x   target >= 30x")
     print(f"b/a  (b on all N)         {b_rate / a_rate:8.1f}x")
+    print(f"b/b0 (first short search) {b0_seconds / b_seconds:8.2f}x")
     if ray_result:
         print(f"c/b  (warm, all N)        {c_rate / b_rate:8.2f}x   target >= 1.3x on {os.cpu_count()} cores")
         print(f"c cold/b                  {(n / c_cold) / b_rate:8.2f}x")
