@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from mtc_cli import models
@@ -41,4 +43,10 @@ app.command("demo")(demo)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # Objects alive at exit are frozen, so the interpreter's last collections skip torch's, MLflow's and Ray's
+        # modules: exit took 0.75 s of a small screen's 4.6, 0.1 s frozen. atexit handlers (Ray's shutdown, logging's
+        # flush) still run; every file mtc writes is closed before its command returns.
+        gc.freeze()

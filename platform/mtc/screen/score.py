@@ -49,9 +49,10 @@ from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, k
 from mtc.screen.rank import check_selection, select
 
 REJECTED, MODEL_DIR = "rejected", "model"
-# The local engine builds graphs in a thread this many slices of records ahead of the forward pass, which gets the
-# other cores' torch threads: on a 2-core machine 1 thread each, where torch's 2 threads beside the graphs (or any
-# other process) stall at their barriers (`benchmarks/bench_fixed_costs.py`, README "Fixed costs").
+# The local engine on a GPU builds graphs in a thread this many slices of records ahead of the forward pass. On CPUs
+# it builds them between forward passes, which get torch threads on every core: on 2 cores, 1.2-1.45x a graph thread
+# beside one torch thread, on small and on large mp36k crystals (README "Screening"), and no third thread to stall
+# torch's two at their barriers.
 LOCAL_FEATURIZE_AHEAD = 4
 
 
@@ -336,7 +337,7 @@ def score_database(
         n_input += n_rejected_on_reading
     if output.folder == EMBEDDINGS:
         output = replace(output, keys=key_columns([records] if frames else files))
-    ahead = LOCAL_FEATURIZE_AHEAD if where == "local" else 0  # an actor has one CPU: nothing to overlap on
+    ahead = LOCAL_FEATURIZE_AHEAD if where == "local" and gpu_available() else 0  # an actor: one CPU, no overlap
     predictor = StructurePredictor(
         bundle_in(out / MODEL_DIR), interval=output.interval, precision=output.precision, featurize_ahead=ahead
     )
@@ -383,16 +384,21 @@ def score_database(
 
 
 def local_threads() -> int:
-    """Torch threads of a local screen: every core this process may use but the one that builds graphs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+    """Torch threads of a local screen on CPUs: every core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> StructurePredictor:
     """``predictor`` on the GPU when there is one, else on the CPU with ``cpu_threads`` torch threads (None: as is)."""
     import torch
 
-    if torch.cuda.is_available():
+    if gpu_available():
         return predictor.to("cuda")
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
