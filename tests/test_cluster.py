@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from mtc.cluster import LOCAL_ROWS, choose_engine
+from mtc.cluster import LOCAL_CORES, LOCAL_ROWS, choose_engine
 
 
 @pytest.mark.parametrize("job", list(LOCAL_ROWS))
 def test_auto_runs_small_inputs_here_unless_something_asks_for_ray(job: str) -> None:
-    below, at = LOCAL_ROWS[job] - 1, LOCAL_ROWS[job]
-    assert choose_engine("auto", job, below, None, running=False) == "local"
-    assert choose_engine("auto", job, at, None, running=False) == "ray"
-    assert choose_engine("auto", job, 1, "ray://head:10001", running=False) == "ray"  # a cluster is always Ray
-    assert choose_engine("auto", job, 1, None, running=True) == "ray"  # Ray already up in this process: use it
+    below, at, many = LOCAL_ROWS[job] - 1, LOCAL_ROWS[job], LOCAL_CORES + 1
+    assert choose_engine("auto", job, below, None, running=False, cores=many) == "local"
+    assert choose_engine("auto", job, at, None, running=False, cores=many) == "ray"
+    assert choose_engine("auto", job, 10**7, None, running=False, cores=LOCAL_CORES) == "local"  # any size, few cores
+    for cores in (1, LOCAL_CORES, many):
+        assert choose_engine("auto", job, 1, "ray://head:10001", False, cores) == "ray"  # a cluster is always Ray
+        assert choose_engine("auto", job, 1, None, True, cores) == "ray"  # Ray already up in this process: use it
     for kind in ("ray", "local"):  # an explicit choice stands
-        assert choose_engine(kind, job, at, "ray://head:10001", running=True) == kind
+        assert choose_engine(kind, job, at, "ray://head:10001", running=True, cores=many) == kind
     with pytest.raises(ValueError, match="one of auto, ray, local"):
-        choose_engine("threads", job, 1, None, running=False)
+        choose_engine("threads", job, 1, None, running=False, cores=many)
 
 
 def test_a_local_screen_imports_neither_ray_nor_scipy() -> None:

@@ -29,6 +29,10 @@ ENGINES = ("auto", "ray", "local")
 # process featurizes about 3,000 structures/s: on 2 cores Ray Data is no faster than one process even warm (1.14x at
 # 10,000), and on many cores a job of these sizes loses at most the few seconds Ray would have saved.
 LOCAL_ROWS = {"featurize": 25_000, "screen": 5_000}
+# Cores up to which ``auto`` runs every size here: on 2 cores one process beats Ray at any size (all 36,737 mp36k
+# crystals: ``mtc screen`` 36 s locally vs 44 s on Ray, featurize warm on Ray 0.98x one process, cold 0.31x), where
+# Ray's actors only pay once graph building, one thread locally, is the bottleneck of many cores.
+LOCAL_CORES = 2
 
 
 def cluster_address(address: str | None = None) -> str | None:
@@ -42,19 +46,26 @@ def ray_running() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-def choose_engine(engine: str, job: str, n_rows: int, address: str | None, running: bool) -> str:
+def choose_engine(engine: str, job: str, n_rows: int, address: str | None, running: bool, cores: int) -> str:
     """Where a ``job`` (a key of ``LOCAL_ROWS``) of ``n_rows`` input rows runs: ``"ray"`` or ``"local"`` (this
     process, no Ray).
 
     ``auto`` runs locally only when nothing asks for Ray: no cluster ``address`` (the caller's, or
     ``$RAY_ADDRESS``), no Ray ``running`` in this process already (a notebook that joined a cluster means it), and
-    fewer rows than ``LOCAL_ROWS[job]``.
+    fewer rows than ``LOCAL_ROWS[job]`` or at most ``LOCAL_CORES`` ``cores`` here.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    return "ray" if address or running or n_rows >= LOCAL_ROWS[job] else "local"
+    if address or running:
+        return "ray"
+    return "local" if n_rows < LOCAL_ROWS[job] or cores <= LOCAL_CORES else "ray"
+
+
+def local_cores() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -70,13 +81,15 @@ class Engine:
     def start(self, job: str, n_rows: int) -> str:
         """Choose for a ``job`` of ``n_rows`` input rows, connecting to Ray if it wins; returns ``"ray"`` or
         ``"local"``."""
-        engine = choose_engine(self.kind, job, n_rows, cluster_address(self.address), ray_running())
+        cores = local_cores()
+        engine = choose_engine(self.kind, job, n_rows, cluster_address(self.address), ray_running(), cores)
         if engine == "ray":
             description = connect(self.address)
         elif self.kind == "local":
             description = "local: this process, no Ray (--engine local)"
         else:
-            description = f"local: this process, no Ray (auto: under {LOCAL_ROWS[job]:,} rows; --engine ray for Ray)"
+            why = f"under {LOCAL_ROWS[job]:,} rows" if n_rows < LOCAL_ROWS[job] else f"{cores} cores"
+            description = f"local: this process, no Ray (auto: {why}; --engine ray for Ray)"
         if self.on_start:
             self.on_start(engine, description)
         return engine

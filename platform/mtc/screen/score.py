@@ -17,7 +17,6 @@ database content or model differs from what the folder holds is refused before a
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
-from mtc.cluster import Engine, ray_version
+from mtc.cluster import Engine, local_cores, ray_version
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
 from mtc.data.frames import frame_files, frames_kind
@@ -349,7 +348,7 @@ def score_database(
     n_resumed = len(units) - len(pending)
     if pending:
         if where == "local":
-            scorer = UnitScorer(on_device(predictor, cpu_threads=local_threads()), str(out), batching, output)
+            scorer = UnitScorer(on_device(predictor, cpu_threads=local_cores()), str(out), batching, output)
             finished = (scorer({k: [u[k]] for k in u}) for u in pending)
         else:
             finished = _score_on_ray(pending, out, batching, output, workers, stages, predictor.featurize_config)
@@ -381,11 +380,6 @@ def score_database(
         None,
     )
     return summary, schema
-
-
-def local_threads() -> int:
-    """Torch threads of a local screen on CPUs: every core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def gpu_available() -> bool:
