@@ -4,9 +4,10 @@
         [--model models:/NAME@ALIAS] [--before PATH] [--variants before ray auto] [--data PATH]
 
 Every run is the real CLI in a fresh process, into a fresh output folder, with a private MTC_HOME, as a user types
-it: this script with ``--probe ARGS`` calls the ``mtc`` typer app with ARGS, exactly what ``python -m mtc_cli ARGS``
-does, and stamps when each part ends (imports, MLflow set-up, input scan, Ray start, model download and load, first
-and last result, exit; the real functions run, only wrapped), so that each run's time splits into its parts.
+it: this script with ``--probe ARGS`` calls the ``mtc`` entry point (``mtc_cli.app.main``) with ARGS, exactly what
+``python -m mtc_cli ARGS`` does, and stamps when each part ends (imports, MLflow set-up, input scan, Ray start,
+model download and load, first and last result, exit; the real functions run, only wrapped), so that each run's
+time splits into its parts.
 - ``mtc --help`` (``python -m mtc_cli --help``) beside ``python -c pass``, and the heaviest imports of ``--help`` and
   of a screen (``-X importtime``);
 - ``mtc featurize`` of the first ``--n-featurize`` crystals (JSONL.gz, mp36k layout);
@@ -103,7 +104,7 @@ def probe(cli_args: list[str]) -> None:
     stamp("start")
     with path.open("a") as fh:
         fh.write(f"interpreter\t{T_START - t0:.4f}\n")
-    from mtc_cli.app import app
+    from mtc_cli.app import main
 
     stamp("cli imported")
     import mtc.cluster
@@ -141,8 +142,9 @@ def probe(cli_args: list[str]) -> None:
     stamp("libraries imported")
     timed(mtc.tracking, "configure", "configure")
     timed(mtc.cluster, "connect", "connect")
+    sys.argv = ["mtc", *cli_args]
     try:
-        app(cli_args)
+        main()  # what the ``mtc`` script runs, its exit included
     finally:
         stamp("command done")
 
