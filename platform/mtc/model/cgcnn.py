@@ -52,8 +52,8 @@ class EdgeIndex:
     """A batch's edges j -> i, and whether they are *regular*: every centre i owns exactly ``degree`` edges, rows
     ``[i * degree, (i + 1) * degree)`` (what the graph builder gives every crystal with ``max_neighbors`` neighbours
     in reach: all of mp36k). Regular edges take a centre's term by broadcasting, not by a gather, and sum messages by
-    a reshape, not by a scatter. The frozen forward uses it (1.27-1.51x crystals/s); the training ``ConvLayer`` does not:
-    with autograd it gained nothing eager and compiled measured 1.25x slower per conv step than gather and scatter.
+    a reshape, not by a scatter. The frozen forward uses it (1.27-1.51x crystals/s); the training ``ConvLayer`` does
+    not: with autograd it gained nothing eager and compiled measured 1.25x slower per conv step than gather and scatter.
 
     Attributes:
         src, dst: long (E,), neighbour j and centre i of each edge.
