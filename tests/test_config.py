@@ -95,10 +95,10 @@ def test_deep_merge_recurses_and_the_update_wins() -> None:
 def _lrs(cfg, epochs: int, scores=None) -> list[float]:
     import torch
 
-    from mtc.train.optim import build_optimizer, build_scheduler
+    from mtc.train.optim import EpochPlan, build_optimizer, build_scheduler
 
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
-    scheduler = build_scheduler(optimizer, cfg, epochs)
+    scheduler = build_scheduler(optimizer, cfg, EpochPlan(epochs))
     seen = []
     for epoch in range(epochs):
         seen.append(optimizer.param_groups[0]["lr"])

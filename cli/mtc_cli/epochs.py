@@ -65,7 +65,8 @@ def epoch_progress(config) -> Iterator[list[ray.train.UserCallback]]:
                     return
                 continue
             if "epoch" in report:  # the final report (test metrics) has none
-                update(int(report["epoch"]), config.epochs, epoch_summary(report, short))
+                total = int(report.get("planned_epochs", config.epochs))  # a time budget plans them
+                update(int(report["epoch"]), total, epoch_summary(report, short))
 
     with progress("epoch", unit=None, every=0, keep_lines=True) as update:
         shower = threading.Thread(target=show, args=(update,), daemon=True)

@@ -29,6 +29,14 @@ def train(
     train_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Subsample the training split only (data-efficiency runs).")
     ] = None,
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Train the epochs that fit this many minutes (start-up, final test and logging included), at most "
+            "the config's epochs; the cosine schedule spans them. Set epochs high to fill the budget.",
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -70,6 +78,8 @@ def train(
     mtc predict); the run also logs coverage, miscalibration area and calibration plots per task.
 
     Fine-tune: mtc train --data shards/elastic --config configs/elastic.yaml --init models:/mp36k-mt3@champion
+
+    In a fixed time: mtc train --data shards/mp36k --budget-minutes 44 --set epochs=1000
     """
     with user_errors():
         run_training(
@@ -85,6 +95,7 @@ def train(
             ensemble,
             bootstrap,
             init,
+            budget_minutes,
         )
 
 
@@ -101,6 +112,7 @@ def run_training(
     ensemble=1,
     bootstrap=False,
     init=None,
+    budget_minutes=None,
 ):
     """Resolve the config, train (from the model ``init`` when given), log the model (registered under ``register``
     unless None), print the test table.
@@ -132,6 +144,8 @@ def run_training(
         overrides.append(f"scaling.workers={workers}")
     if train_fraction is not None:
         overrides.append(f"split.train_fraction={train_fraction}")
+    if budget_minutes is not None:
+        overrides.append(f"budget_minutes={budget_minutes}")
     if resume and init:
         raise MtcError("--resume continues a run from its own parent model; leave out --init")
     config = config_of_run(resume, overrides) if resume else load_config(TrainConfig, config_path, overrides)
@@ -147,7 +161,10 @@ def run_training(
         for note in notes:
             console.print(f"  {note}")
     tasks = ", ".join(t.name for t in config.tasks)
-    console.print(f"training [bold]{tasks}[/] for {config.epochs} epochs on {data}")
+    epochs = f"{config.epochs} epochs"
+    if config.budget_minutes:
+        epochs = f"the epochs that fit {config.budget_minutes:g} minutes (at most {config.epochs})"
+    console.print(f"training [bold]{tasks}[/] for {epochs} on {data}")
     if ensemble > 1:
         from mtc.train.ensemble import train_ensemble
 

@@ -247,6 +247,13 @@ class TrainConfig(StrictModel):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     epochs: int = Field(30, ge=1)
+    budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="train the epochs that fit this many minutes from the start of the run (its start-up, final "
+        "test and logging included), at most `epochs`: after each epoch the run plans how many fit and the cosine "
+        "schedule spans them; none: exactly `epochs`",
+    )
     batch_size: int = Field(256, ge=1)
     batch_atoms: int | None = Field(
         None,

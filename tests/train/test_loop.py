@@ -78,3 +78,20 @@ def test_ranks_stay_identical_with_plateau_pcgrad_and_dwa(demo_shards, ray_sessi
     val = [collate_arrow(table, config.tasks) for table in read_split(demo_shards, config, "val")]
     one_process = evaluate(result.bundle.build(), val, config.tasks, result.bundle.mean, result.bundle.std)
     assert one_process.score == pytest.approx(result.metrics["best_val_score"], rel=1e-5)
+
+
+def test_a_spent_time_budget_ends_every_rank_after_the_epoch_in_hand(demo_shards, ray_session, tmp_path):
+    """``budget_minutes``: rank 0 plans the epochs that fit and every rank takes its plan. A budget spent before the
+    first epoch ends leaves that epoch alone on both ranks (a rank that missed the plan would start a second epoch
+    and wait in its collectives forever), and the run still tests and logs its model."""
+    import mlflow
+
+    from mtc import tracking
+
+    overrides = ["epochs=3", "budget_minutes=0.001", "scaling.workers=2", "experiment=budget"]
+    config = load_config(TrainConfig, "configs/tiny.yaml", overrides)
+    epochs, result = ranks_of_each_epoch(config, demo_shards, tmp_path / "r")
+    assert [[rank["epoch"] for rank in ranks] for ranks in epochs] == [[1, 1]]
+    assert result.metrics["best_epoch"] == 1 and "test/formation_energy_per_atom/mae" in result.metrics
+    planned = mlflow.MlflowClient(tracking.tracking_uri()).get_metric_history(result.run_id, "planned_epochs")
+    assert [m.value for m in planned] == [1]

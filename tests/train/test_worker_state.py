@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mtc.config import TrainConfig, load_config
 from mtc.train.loop import WorkerConfig, build
+from mtc.train.optim import planned_epochs
 
 
 def worker_config(radius: float, overrides: list[str] = ()) -> WorkerConfig:
@@ -41,11 +43,13 @@ def test_train_state_round_trips_through_a_checkpoint(tmp_path):
     assert not state.observe(1, 0.9, 0.7, model, patience=2)
     assert not state.observe(2, 0.8, 0.8, model, patience=2)  # not better: one bad epoch
     state.finished = True
+    state.plan.epochs = 7  # a time budget planned 7 of the config's epochs
     state.save(tmp_path)
 
     _, fresh = build(worker_config(8.0, ["optim.scheduler=plateau"]))
     fresh.restore(tmp_path)
     assert (fresh.epoch, fresh.best_epoch, fresh.best_score, fresh.bad_epochs, fresh.finished) == (2, 1, 0.7, 1, True)
+    assert fresh.plan.epochs == 7
     assert [h["val_score"] for h in fresh.history] == [0.7, 0.8]
     for (name, a), b in zip(model.state_dict().items(), fresh.objective.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -56,3 +60,20 @@ def test_a_nan_score_never_improves_but_the_first_weights_are_kept():
     _, state = build(worker_config(8.0))
     stop = state.observe(1, 1.0, float("nan"), state.objective.model, patience=1)
     assert stop and state.best_weights is not None and state.best_epoch == -1
+
+
+def test_a_time_budget_plans_the_epochs_that_fit_and_the_schedule_spans_them():
+    # 100 s left at 20 s an epoch after 3 epochs: an epoch's time is kept for the final test, 4 more fit
+    assert planned_epochs(3, 50, 20.0, 100.0) == 7
+    assert planned_epochs(3, 50, 5.0, 100.0) == 3 + 17  # short epochs: FINAL_SECONDS (15 s) kept, not 5 s
+    assert planned_epochs(3, 5, 20.0, 100.0) == 5  # never past the config's epochs
+    assert planned_epochs(3, 50, 20.0, 39.0) == 3  # less than two epochs left: the run ends now
+    assert planned_epochs(3, 50, 20.0, -5.0) == 3  # the deadline has passed
+    _, state = build(worker_config(8.0, ["epochs=10", "optim.lr=1.0", "optim.scheduler=cosine"]))
+    lrs = []
+    for epoch in range(4):
+        lrs.append(state.optimizer.param_groups[0]["lr"])
+        if epoch == 1:
+            state.plan.epochs = 4  # planned after the second epoch: the cosine ends at epoch 4, not 10
+        state.scheduler.step()
+    assert lrs == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 10)), 0.5, 0.5 * (1 + math.cos(0.75 * math.pi))])

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtc.train.optim import EpochPlan
+
 STATE_FILE = "state.pt"
 STATE_VERSION = 1
 
@@ -24,6 +26,7 @@ class TrainState:
     """Model and loss (``objective``), optimiser, schedule, and what model selection has seen so far.
 
     Attributes:
+        plan: the epochs the run trains in all (the schedule spans them); a time budget plans them after each epoch.
         epoch: epochs completed.
         best_score: lowest validation unit-free score so far (inf before the first evaluation).
         best_epoch: the epoch that reached it (-1 before).
@@ -36,6 +39,7 @@ class TrainState:
     objective: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    plan: EpochPlan
     epoch: int = 0
     best_score: float = math.inf
     best_epoch: int = -1
@@ -69,6 +73,7 @@ class TrainState:
                 "objective": unwrap(self.objective).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "planned_epochs": self.plan.epochs,
                 "epoch": self.epoch,
                 "best_score": self.best_score,
                 "best_epoch": self.best_epoch,
@@ -92,6 +97,7 @@ class TrainState:
         unwrap(self.objective).load_state_dict(saved["objective"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self.plan.epochs = saved.get("planned_epochs", self.plan.epochs)  # absent in checkpoints before budgets
         for name in ("epoch", "best_score", "best_epoch", "bad_epochs", "best_weights", "history", "finished"):
             setattr(self, name, saved[name])
 

@@ -41,7 +41,7 @@ from mtc.train.epoch_data import SplitInMemory, arrow_batches
 from mtc.train.evaluate import Evaluation, evaluate, evaluation, in_batch_order, predict_batches
 from mtc.train.finetune import PARENT_ARTIFACT
 from mtc.train.metrics import flatten_metrics
-from mtc.train.optim import build_optimizer, build_scheduler, param_groups
+from mtc.train.optim import EpochPlan, build_optimizer, build_scheduler, param_groups, planned_epochs
 from mtc.train.run_log import RunLogger
 
 MODEL_DIR = "model"
@@ -60,6 +60,7 @@ class WorkerConfig(StrictModel):
     parent: bool = False  # the run starts from the model in its ``parent/`` artifacts (fine-tuning)
     checkpoint_dir: str | None = None  # in-process runs: rank 0 writes its checkpoints here, not to a temp folder
     in_memory: bool = False  # every rank got the whole training split, to hold in memory (``epoch_data``)
+    deadline: float | None = None  # time.time() by which a run with ``train.budget_minutes`` ends
 
 
 class LossModule(nn.Module):
@@ -134,7 +135,8 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
         trunk = {f"model.{name}" for name in trunk_parameter_names(model)}
         params = param_groups(objective.named_parameters(), trunk, train.optim.lr, train.finetune.trunk_lr)
     optimizer = build_optimizer(params, train.optim)
-    return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, train.epochs))
+    plan = EpochPlan(train.epochs)
+    return model, TrainState(objective, optimizer, build_scheduler(optimizer, train.optim, plan), plan)
 
 
 def _start_from_parent(config: WorkerConfig, model: MultiTaskCGCNN) -> None:
@@ -225,8 +227,11 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
     data = _EpochData(config, where)
     clock = CheckpointClock(train.checkpoint_every_s)
     after: dict[str, float] = {}  # the previous epoch's log, checkpoint and report seconds (they follow its metrics)
-    for epoch in range(state.epoch + 1, train.epochs + 1):
+    first = state.epoch + 1
+    steady_since = None  # the start of this session's second epoch: the first pays for compiling and loading
+    for epoch in range(first, train.epochs + 1):
         started = time.perf_counter()
+        steady_since = started if epoch == first + 1 else steady_since
         state.objective.train()
         hold_frozen_batchnorm(model)
         order = torch.Generator().manual_seed(_order_seed(train.seed, epoch))
@@ -256,9 +261,16 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             metrics["val_score"] = val.score
             metrics.update(flatten_metrics("val", val.metrics))
             stop = state.observe(epoch, done.loss, val.score, model, train.patience)
-        val_score, stop = _from_rank_zero(metrics.get("val_score", math.nan), stop, where.world)
+            if config.deadline is not None:
+                since, timed = (started, 1) if steady_since is None else (steady_since, epoch - first)
+                per_epoch = (time.perf_counter() - since) / timed
+                state.plan.epochs = planned_epochs(epoch, train.epochs, per_epoch, config.deadline - time.time())
+                metrics["planned_epochs"] = state.plan.epochs
+        val_score, stop, state.plan.epochs = _from_rank_zero(
+            metrics.get("val_score", math.nan), stop, state.plan.epochs, where.world
+        )
         _step_scheduler(state.scheduler, val_score)
-        state.finished = stop or epoch == train.epochs
+        state.finished = stop or epoch >= state.plan.epochs
         save = clock.due(state.finished, time.perf_counter())
         logging = time.perf_counter()
         if logger:
@@ -270,7 +282,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
         if save:
             clock.mark(time.perf_counter())
         after = {"time/log_s": log_s, "time/checkpoint_s": checkpoint_s, "time/report_s": report_s}
-        if stop:
+        if state.finished:
             break
 
 
@@ -449,13 +461,13 @@ def _all_ranks_have(have: bool, world: int) -> bool:
     return bool(flag.item())
 
 
-def _from_rank_zero(val_score: float, stop: bool, world: int) -> tuple[float, bool]:
-    """Rank 0's validation score and early-stopping decision, on every rank."""
+def _from_rank_zero(val_score: float, stop: bool, planned: int, world: int) -> tuple[float, bool, int]:
+    """Rank 0's validation score, early-stopping decision and planned epochs, on every rank."""
     if world == 1:
-        return val_score, stop
-    values = torch.tensor([val_score, float(stop)], dtype=torch.float64)
+        return val_score, stop, planned
+    values = torch.tensor([val_score, float(stop), float(planned)], dtype=torch.float64)
     dist.broadcast(values, src=0)
-    return float(values[0]), bool(values[1])
+    return float(values[0]), bool(values[1]), int(values[2])
 
 
 def _step_scheduler(scheduler, val_score: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def train(
     on a small machine (benchmarks); ``config.scaling`` is then ignored.
     ``mtc.registry.models.publish`` turns the result into a registered model.
     """
+    started = time.time()
     import mlflow
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
@@ -109,6 +111,7 @@ def train(
         parent=PARENT_TAG in run.data.tags,
         checkpoint_dir=tempfile.mkdtemp(prefix="mtc-checkpoint-") if in_process else None,
         in_memory=in_memory,
+        deadline=started + 60 * config.budget_minutes if config.budget_minutes else None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
