@@ -1,14 +1,18 @@
 """Forward-pass throughput: ``model.eval()`` against the frozen ``InferenceModel``, same batches, same run.
 
-    .venv/bin/python benchmarks/bench_inference.py [--n 2000] [--batch 256] [--repeats 3] [--shared-convs K]
+    .venv/bin/python benchmarks/bench_inference.py [--n 2000] [--batch 256 | --batch-atoms 4096] [--repeats 3]
+        [--shared-convs K]
     .venv/bin/python benchmarks/bench_inference.py --work [--budgets 2048 4096 8192 16384] [--supercells 64]
     .venv/bin/python benchmarks/bench_inference.py --precision [--n 36737]
 
 The first n crystals are featurized in process with mtc's featurizer (untimed) and collated into batches;
-a 3-task model of default sizes (random weights, random BatchNorm statistics) is timed on one thread.
-Three paths alternate batch by batch: ``model.eval()``, the frozen model with gathers and scatters only
-(``InferenceModel(regular_edges=False)``, the layout before ``EdgeIndex``) and the frozen model as the screen runs it;
-crystals/s come from the best of ``repeats`` passes over all batches.
+a 3-task model of default sizes (random weights, random BatchNorm statistics; ``--shipped``: the shipped mp36k-mt3,
+whose trained pre-activations stay in ``exp``'s range, where a random model's may not) is timed on one thread.
+Four paths alternate batch by batch: ``model.eval()``; the frozen model with gathers and scatters only and
+softplus and sigmoid for the gate (``InferenceModel(regular_edges=False, exp_gate=False)``, the layout before
+``EdgeIndex``); with ``EdgeIndex`` but that gate (``exp_gate=False``, the layout before ``gate_``); and the frozen
+model as the screen runs it. Crystals/s come from the best of ``repeats`` passes over all batches; ``--batch-atoms``
+packs batches to that many atoms as the screen does (4,096) instead of ``--batch`` crystals.
 
 ``--work``: count batches of ``--batch`` crystals against batches packed to each of ``--budgets`` atoms
 (``mtc.data.packing``), through the frozen forward the screen uses (collate + forward), on two databases: the n
@@ -224,8 +228,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch-atoms", type=int, default=None, help="pack batches to this many atoms instead")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shared-convs", type=int, default=None)
+    parser.add_argument("--shipped", action="store_true", help="time the shipped mp36k-mt3 model, not a random one")
     parser.add_argument("--work", action="store_true", help="count batches vs batches packed by atoms")
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--supercells", type=int, default=64)
@@ -242,7 +248,8 @@ def main() -> None:
 
     started = time.perf_counter()
     graphs = graphs_of(args.data, args.n)
-    batches = [collate_arrow(graphs.slice(s, args.batch)) for s in range(0, graphs.num_rows, args.batch)]
+    batching = Batching(atoms=args.batch_atoms, crystals=args.batch)
+    batches = [collate_arrow(graphs.slice(a, b - a)) for a, b in pairwise(batching.cuts(atom_counts(graphs)))]
     n_atoms = sum(b.atomic_numbers.numel() for b in batches)
     n_edges = sum(b.edge_src.numel() for b in batches)
     print(
@@ -250,14 +257,22 @@ def main() -> None:
         f"(featurized in {time.perf_counter() - started:.1f} s)"
     )
 
-    model = random_model(args.shared_convs)
+    if args.shipped:
+        model = ModelBundle.load(model_folder("mp36k-mt3")).build().eval()
+    else:
+        model = random_model(args.shared_convs)
     frozen = InferenceModel(model)
-    paths = {"eval": lambda b: model(b), "gathers": InferenceModel(model, regular_edges=False), "inference": frozen}
+    paths = {
+        "eval": lambda b: model(b),
+        "gathers": InferenceModel(model, regular_edges=False, exp_gate=False),
+        "softplus": InferenceModel(model, exp_gate=False),
+        "inference": frozen,
+    }
     diff = scale = 0.0
 
     def compare(outputs):
         nonlocal diff, scale
-        for frozen_path in ("gathers", "inference"):
+        for frozen_path in ("gathers", "softplus", "inference"):
             diff = max(diff, (outputs["eval"] - outputs[frozen_path]).abs().max().item())
         scale = max(scale, outputs["eval"].abs().max().item())
 
@@ -265,11 +280,14 @@ def main() -> None:
         seconds = time_paths(paths, batches, args.repeats, compare)
 
     rate = {name: graphs.num_rows / min(s) for name, s in seconds.items()}
-    print(f"model: 3 tasks, shared_convs={args.shared_convs}, {model.n_parameters()} parameters, 1 thread")
+    kind = "the shipped mp36k-mt3" if args.shipped else f"a random 3-task model, shared_convs={args.shared_convs}"
+    print(f"model: {kind}, {model.n_parameters()} parameters, 1 thread")
     for name in paths:
         print(f"{name:>9}: {rate[name]:8.0f} crystals/s  (passes: {', '.join(f'{s:.2f}' for s in seconds[name])} s)")
     print(f"ratio inference / eval: {rate['inference'] / rate['eval']:.2f}x")
-    print(f"ratio inference / gathers (regular edges broadcast, reshaped): {rate['inference'] / rate['gathers']:.2f}x")
+    print(f"ratio softplus / gathers (regular edges broadcast, reshaped): {rate['softplus'] / rate['gathers']:.2f}x")
+    print(f"ratio inference / softplus (one exp for the gate: gate_): {rate['inference'] / rate['softplus']:.2f}x")
+    print(f"ratio inference / gathers (both): {rate['inference'] / rate['gathers']:.2f}x")
     print(f"max |delta| {diff:.2e}, max |output| {scale:.1f}")
     print(f"load average at end {os.getloadavg()}")
 

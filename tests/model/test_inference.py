@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mtc.data.batching import collate_arrow
-from mtc.model.inference import InferenceModel
+from mtc.model.cgcnn import EdgeIndex
+from mtc.model.inference import InferenceModel, gate_
 from mtc.model.multitask import MultiTaskCGCNN
 from tests.model.test_cgcnn import TASKS, without_last_edge
 
@@ -49,6 +50,25 @@ def test_inference_matches_eval(demo_table: pa.Table, layout: dict) -> None:
     with torch.no_grad():
         expected = model(irregular)
     assert (frozen(irregular) - expected).abs().max() <= 1e-4
+
+
+def test_pre_activations_beyond_exps_range_take_the_exact_gate(demo_table: pa.Table) -> None:
+    """``gate_``'s ``exp`` overflows where c > 88 (float32): that convolution is computed again with softplus and
+    sigmoid, and the outputs are still the eval model's."""
+    model = perturbed_model(shared_convs=1)
+    with torch.no_grad():
+        model.trunks[0].convs[0].fc_full.weight.mul_(300.0)
+    batch = collate_arrow(demo_table, TASKS)
+    frozen = InferenceModel(model)
+    atom_fea = frozen.trunks[0].table.index_select(0, batch.atomic_numbers)
+    edges, edge_fea = EdgeIndex.of(batch), frozen.expansion(batch.edge_dist)
+    pre = frozen.trunks[0].stem[0].pre_activations(atom_fea, edge_fea, edges)
+    assert not torch.isfinite(gate_(pre)).all()  # the fast gate alone fails on this convolution
+    with torch.no_grad():
+        expected = model(batch)
+    got = frozen(batch)
+    assert torch.isfinite(got).all()
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_freezing_copies_the_weights(demo_table: pa.Table) -> None:

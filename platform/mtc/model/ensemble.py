@@ -10,6 +10,7 @@ narrow ones. Outputs equal running each member's ``InferenceModel`` alone, to fl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 
 from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import EdgeIndex, mean_pool
-from mtc.model.inference import FoldedConv, FrozenTrunk, InferenceModel
+from mtc.model.inference import FoldedConv, FrozenTrunk, InferenceModel, gated_sum
 from mtc.model.multitask import MultiTaskCGCNN
 
 
@@ -41,19 +42,23 @@ class StackedConv:
         self.edge_weight = torch.cat([c.edge_weight for c in convs], dim=1)
         self.scale = torch.stack([c.scale for c in convs])
         self.shift = torch.stack([c.shift for c in convs])
+        self.exp_gate = convs[0].exp_gate
 
     def __call__(self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
         """Args: atom_fea (N, K, F), edge_fea (E, G). Returns: (N, K, F)."""
+        pre = partial(self.pre_activations, atom_fea, edge_fea, edges)
+        summed = gated_sum(pre, edges, atom_fea.shape[0], self.exp_gate)
+        return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
+
+    def pre_activations(self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+        """Every member's ``[-f, c]`` of every edge, (E, K, 2F). Args: as ``__call__``."""
         n, k, f = atom_fea.shape
         by_member = atom_fea.transpose(0, 1)  # (K, N, F) view
         # (N, K * 2F) rows: a 2-D index_select is the fast gather (a 3-D one measured several times slower)
         centre = torch.baddbmm(self.centre_bias, by_member, self.centre_weight).transpose(0, 1).reshape(n, -1)
         neighbour = torch.bmm(by_member, self.neighbour_weight).transpose(0, 1).reshape(n, -1)
         gated = edges.add_centre_((edge_fea @ self.edge_weight).add_(neighbour.index_select(0, edges.src)), centre)
-        filt, core = gated.view(-1, k, 2 * f).chunk(2, dim=2)  # (E, K, F) each
-        message = F.softplus(core).mul_(filt.sigmoid_())
-        summed = edges.sum_at_centre(message, n)
-        return F.softplus(summed.mul_(self.scale).add_(self.shift).add_(atom_fea))
+        return gated.view(-1, k, 2 * f)
 
 
 def _mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
