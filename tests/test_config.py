@@ -41,6 +41,7 @@ def test_the_new_options_parse() -> None:
         ("loss.temperature=0", "temperature"),
         ("loss.dwa_epochs=3", "dwa_epochs"),
         ("batch_atoms=0", "batch_atoms"),
+        ("budget_minutes=0", "budget_minutes"),
     ],
 )
 def test_mistakes_name_the_key(override: str, message: str) -> None:
