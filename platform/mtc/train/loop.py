@@ -3,7 +3,8 @@
 Rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reports once per epoch and once at
 the end, and every rank runs the same number of optimiser steps (a step only happens when all ranks still
 have a batch), so collectives never wait on a rank that has finished. Decisions that depend on the
-validation score (the plateau schedule, early stopping) are rank 0's, broadcast, so replicas never diverge.
+validation score (the plateau schedule, early stopping) or on the clock (how many epochs a ``budget_minutes`` run
+plans, which the cosine schedule spans) are rank 0's, broadcast, so replicas never diverge.
 What the loss learns between epochs (DWA's weights) comes from task losses averaged over all ranks. With
 ``loss.gradient_surgery: pcgrad`` a step bypasses DDP's gradient hooks and averages the gradients itself.
 
