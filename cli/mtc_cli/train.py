@@ -32,7 +32,6 @@ def train(
     budget_minutes: Annotated[
         float | None,
         typer.Option(
-            min=0.1,
             help="Train the epochs that fit this many minutes (start-up, final test and logging included), at most "
             "the config's epochs; the cosine schedule spans them. Set epochs high to fill the budget.",
         ),

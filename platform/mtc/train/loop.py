@@ -263,8 +263,7 @@ def _train_epochs(config: WorkerConfig, model, state: TrainState, where: _Rank, 
             metrics.update(flatten_metrics("val", val.metrics))
             stop = state.observe(epoch, done.loss, val.score, model, train.patience)
             if config.deadline is not None:
-                since, timed = (started, 1) if steady_since is None else (steady_since, epoch - first)
-                per_epoch = (time.perf_counter() - since) / timed
+                per_epoch = _seconds_per_epoch(epoch - first + 1, started, steady_since)
                 state.plan.epochs = planned_epochs(epoch, train.epochs, per_epoch, config.deadline - time.time())
                 metrics["planned_epochs"] = state.plan.epochs
         val_score, stop, state.plan.epochs = _from_rank_zero(
@@ -460,6 +459,14 @@ def _all_ranks_have(have: bool, world: int) -> bool:
     flag = torch.tensor([1.0 if have else 0.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def _seconds_per_epoch(epochs_this_session: int, started: float, steady_since: float | None) -> float:
+    """Seconds per epoch so far (``time.perf_counter`` stamps): the epochs from this session's second on, once one is
+    timed (the first pays for compiling and loading), else the first alone (``started``)."""
+    if steady_since is None:
+        return time.perf_counter() - started
+    return (time.perf_counter() - steady_since) / (epochs_this_session - 1)
 
 
 def _from_rank_zero(val_score: float, stop: bool, planned: int, world: int) -> tuple[float, bool, int]:
