@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -95,6 +96,16 @@ def clock(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+BUDGET_HELP = "Start no trial after this many minutes; the report covers what finished, --resume runs the rest."
+
+
+def quiet_budget_errors(budget_minutes: float | None) -> None:
+    """With a time budget, trials past it end as errors (so a resume runs them): keep Tune from printing a
+    traceback for each (real failures keep theirs in the error file their trial's line names)."""
+    if budget_minutes is not None:
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
 def abbreviations(tasks: list[str]) -> dict[str, str]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mtc_cli.common import console, echo, user_errors
+from mtc_cli.common import BUDGET_HELP, console, echo, quiet_budget_errors, user_errors
 
 
 def experiment(
@@ -24,7 +23,7 @@ def experiment(
     ] = None,
     budget_minutes: Annotated[
         float | None,
-        typer.Option(min=0, help="Start no trial after this many minutes; the report covers what finished."),
+        typer.Option(min=0, help=BUDGET_HELP),
     ] = None,
     max_concurrent: Annotated[
         int, typer.Option(min=1, help="Trials at once; never more than the Ray cluster holds.")
@@ -75,10 +74,7 @@ def run_experiment(
     from mtc.experiment.spec import load_spec
     from mtc.preflight import check_training_paths
 
-    if budget_minutes is not None:
-        # Trials past the budget end as errors so a resume reruns them; Tune would print a traceback for each
-        # (real failures keep theirs in the error file the trial's line names).
-        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    quiet_budget_errors(budget_minutes)
     if resume:
         if spec_path or name or workers_per_trial is not None or overrides:
             raise MtcError(

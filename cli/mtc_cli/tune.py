@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mtc_cli.common import abbreviations, console, echo, legend, user_errors
+from mtc_cli.common import BUDGET_HELP, abbreviations, console, echo, legend, quiet_budget_errors, user_errors
 
 
 def tune(
@@ -29,9 +29,8 @@ def tune(
     ] = None,
     workers_per_trial: Annotated[int | None, typer.Option(min=1, help="CPU workers per trial (gloo).")] = None,
     name: Annotated[str | None, typer.Option(help="Name of the tune (default: tune-DATE-TIME).")] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Continue the interrupted tune NAME; finished trials are not rerun.")
-    ] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the tune NAME; finished trials are not rerun.")] = None,
+    budget_minutes: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP)] = None,
     address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address; default: an embedded local Ray.")
     ] = None,
@@ -41,12 +40,25 @@ def tune(
     The space may also vary the sharing method, shared depth, width and auxiliary tasks (configs/tune/methods.yaml).
     The objective is the mean over tasks of validation MAE divided by that task's single-task MAE
     (< 1: better than alone). The parent run holds the ranked trials, the best config as YAML for
-    `mtc train --config`, and a task-affinity table and heatmap.
+    `mtc train --config`, and a task-affinity table and heatmap. --budget-minutes stops launching trials (the
+    single-task references always run); --resume NAME runs the rest.
 
     Example: mtc tune --data demo-out/shards --space configs/tune/tiny.yaml --max-concurrent 2
+             mtc tune --data shards/mp36k --space configs/tune/methods.yaml --budget-minutes 480
     """
     with user_errors():
-        run_tune(data, space, trials, max_concurrent, gpus_per_trial, workers_per_trial, name, resume, address)
+        run_tune(
+            data,
+            space,
+            trials,
+            max_concurrent,
+            gpus_per_trial,
+            workers_per_trial,
+            name,
+            resume,
+            budget_minutes,
+            address,
+        )
 
 
 def run_tune(
@@ -58,6 +70,7 @@ def run_tune(
     workers_per_trial=None,
     name=None,
     resume=None,
+    budget_minutes=None,
     address=None,
 ):
     """Start or resume the tune, print the ranked table; returns the TuneOutcome."""
@@ -67,6 +80,7 @@ def run_tune(
     from mtc.tune.driver import resume_tune, start_tune
     from mtc.tune.search import load_space
 
+    quiet_budget_errors(budget_minutes)
     if resume:
         if space_path or trials or gpus_per_trial is not None or workers_per_trial is not None or name:
             raise MtcError(
@@ -74,7 +88,7 @@ def run_tune(
                 "drop --space, --trials, --gpus-per-trial, --workers-per-trial and --name"
             )
         console.print(connect(address))
-        outcome = resume_tune(resume, shards=data, echo=echo)
+        outcome = resume_tune(resume, shards=data, budget_minutes=budget_minutes, echo=echo)
     else:
         if data is None or space_path is None:
             raise MtcError("give --data SHARDS and --space SPACE.yaml (or --resume NAME)")
@@ -89,6 +103,7 @@ def run_tune(
             max_concurrent=max_concurrent,
             workers_per_trial=workers_per_trial,
             gpus_per_trial=gpus_per_trial,
+            budget_minutes=budget_minutes,
             echo=echo,
         )
     print_outcome(outcome)
@@ -151,6 +166,12 @@ def print_outcome(outcome) -> None:
         "report/best_config.yaml, report/affinity.csv, report/affinity.png",
         soft_wrap=True,
     )
+    if outcome.not_started:
+        console.print(
+            f"the time budget ran out: {outcome.not_started} trial(s) not started; the report covers what finished; "
+            f"continue with mtc tune --resume {outcome.name}",
+            soft_wrap=True,
+        )
     if outcome.report.best is not None:
         console.print(
             f"train the best: [bold]mtc train --data SHARDS --config {_best_yaml(outcome.parent_run_id)}[/]",

@@ -24,6 +24,11 @@ def child_runs(parent_id: str) -> list:
     return client().search_runs([tracking.experiment_id("mtc")], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
+def last_logged(run_id: str, metric: str) -> int:
+    """When the run last logged ``metric`` (ms since the epoch, as MLflow's run times)."""
+    return max(m.timestamp for m in client().get_metric_history(run_id, metric))
+
+
 def artifacts(run_id: str, path: str = "") -> set[str]:
     found = set()
     for a in client().list_artifacts(run_id, path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from mtc_cli.app import app
-from tests.e2e.runs import artifacts, child_runs, download, parent_run
+from tests.e2e.runs import artifacts, child_runs, download, last_logged, parent_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
@@ -21,19 +22,32 @@ TRIALS = 2  # one per grouping (each is tried first); the space's 4 only add min
 
 def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shards, ray_session, tmp_path):
     started = time.perf_counter()
-    result = runner.invoke(
+    spent = runner.invoke(
         app,
         [
             *["tune", "--data", str(demo_shards), "--space", SPACE, "--name", NAME],
-            *["--trials", str(TRIALS), "--max-concurrent", "2"],
+            *["--trials", str(TRIALS), "--max-concurrent", "2", "--budget-minutes", "0"],
         ],
     )
+    budget_seconds = time.perf_counter() - started
+    assert spent.exit_code == 0, spent.output
+    assert "running 1 trial(s) at a time: the Ray cluster holds no more (asked 2)" in spent.output
+    assert spent.output.count("not started: the time budget was spent") == TRIALS
+    told = f"{TRIALS} trial(s) not started; the report covers what finished; continue with mtc tune --resume {NAME}"
+    assert told in spent.output.replace("\n", " ")
+    parent = parent_run("tune", NAME)
+    assert parent.info.status == "KILLED" and parent.data.tags["mtc.tune.state"] == "budget spent"
+    assert len(child_runs(parent.info.run_id)) == len(TASKS)  # the references ran, no trial did
+
+    started = time.perf_counter()
+    result = runner.invoke(app, ["tune", "--resume", NAME])  # no budget: the trials left run as a new round
     tune_seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output
-    assert "running 1 trial(s) at a time: the Ray cluster holds no more (asked 2)" in result.output
+    assert f"round 2: {TRIALS} trial(s) not finished so far" in result.output
     assert "trials ranked by objective" in result.output
 
     parent = parent_run("tune", NAME)
+    assert parent.data.tags["mtc.tune.state"] == "complete"
     assert parent.info.status == "FINISHED" and parent.data.params["trials"] == str(TRIALS)
     references = {t: parent.data.metrics[f"reference/{t}"] for t in TASKS}
     assert all(0 < v < 5 for v in references.values())
@@ -52,6 +66,9 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
 
     joint, apart = "+".join(TASKS), " | ".join(TASKS)
     assert {c.data.tags["mtc.tune.grouping"] for c in trials} == {joint, apart}  # each grouping is tried first
+    # the new round kept to the one trial at a time the cluster holds: each trial started after the last one's epochs
+    spans = sorted((c.info.start_time, last_logged(c.info.run_id, f"val/{TASKS[0]}/mae")) for c in trials)
+    assert all(start >= previous_end for (_, previous_end), (start, _) in pairwise(spans)), spans
 
     assert artifacts(parent.info.run_id) >= {
         "tune/space.yaml",
@@ -87,7 +104,8 @@ def test_tiny_tune_logs_every_trial_reports_and_its_best_config_trains(demo_shar
     assert len(child_runs(parent.info.run_id)) == TRIALS + len(TASKS)  # nothing ran again
     assert parent_run("tune", NAME).info.status == "FINISHED"
     print(
-        f"tune {tune_seconds:.0f} s, best config trained in {train_seconds:.0f} s, "
+        f"budget 0 (references only) {budget_seconds:.0f} s, the trials on resume {tune_seconds:.0f} s, "
+        f"best config trained in {train_seconds:.0f} s, "
         f"resume of a finished tune {time.perf_counter() - started:.0f} s"
     )
 

@@ -394,6 +394,6 @@ def test_the_cli_table_abbreviates_auxiliary_tasks_in_groupings(tiny, capsys):
     space = _with_auxiliary(tiny, {"groupings": "joint", "auxiliary": [[], ["volume", "magnetization"]]})
     trials = [_record(space, "t1", {"auxiliary": "volume+magnetization"}, FINISHED, 0.9, {FE: 0.9, BG: 0.9})]
     report = replace(build_report(trials, "aux"), best=None)
-    print_outcome(TuneOutcome("aux", "run-1", {FE: 0.1, BG: 0.4}, trials, report))
+    print_outcome(TuneOutcome("aux", "run-1", {FE: 0.1, BG: 0.4}, trials, report, 0))
     out = capsys.readouterr().out
     assert "fepa+bg+volume+magnetization" in out and "volume+magnetization" in out

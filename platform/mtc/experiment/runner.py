@@ -27,7 +27,7 @@ from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key
 from mtc.train.datasets import prepare_splits
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
 from mtc.tune.child_runs import child_runs, new_parent, reopen_parent
-from mtc.tune.fitting import TuneInterrupted, checked_name, experiment_path, fit, run_config
+from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 STATE_TAG = "mtc.experiment.state"  # complete, or budget spent (--resume runs the rest)
@@ -130,8 +130,7 @@ def _drive(
 ) -> ExperimentOutcome:
     """The trials, then child-run bookkeeping and the report; the parent run ends FINISHED, or KILLED when the
     budget left trials unstarted (``--resume`` continues it)."""
-    deadline = time.time() + 60 * budget_minutes if budget_minutes is not None else None
-    fn = trainable(shards, partial(_trial_config, spec), None, run_id, name, deadline)
+    fn = trainable(shards, partial(_trial_config, spec), None, run_id, name, deadline_of(budget_minutes))
     try:
         grid = _fit_rounds(name, fn, spec, concurrency, echo)
         records = _records(client, run_id, name, grid)
@@ -156,10 +155,8 @@ def _fit_rounds(name: str, fn, spec: ExperimentSpec, concurrency: int, echo: Ech
     A round is one Tune grid search (``name``, then ``name.1``, ...); rounds replace Tune's ``restart_errored``,
     which would start every unstarted trial at once and overfill the cluster.
     """
-    results, k = [], 0
-    while tune.Tuner.can_restore(experiment_path(_round(name, k))):
-        results += list(fit(_round(name, k), fn, None, None, f"mtc experiment --resume {name}", restart_errored=False))
-        k += 1
+    rounds = restored_rounds(name, fn, f"mtc experiment --resume {name}")
+    results, k = [r for round_results in rounds for r in round_results], len(rounds)
     finished = {point_key(r.config["point"]) for r in results if r.error is None and "best_epoch" in (r.metrics or {})}
     missing = [p for p in spec.points() if point_key(p) not in finished]
     if missing:
@@ -167,7 +164,7 @@ def _fit_rounds(name: str, fn, spec: ExperimentSpec, concurrency: int, echo: Ech
             echo(f"round {k + 1}: {len(missing)} trial(s) not finished so far")
         results += list(
             fit(
-                _round(name, k),
+                round_name(name, k),
                 fn,
                 lambda trainable: tune.Tuner(
                     trainable,
@@ -176,7 +173,7 @@ def _fit_rounds(name: str, fn, spec: ExperimentSpec, concurrency: int, echo: Ech
                         max_concurrent_trials=concurrency, reuse_actors=False, trial_dirname_creator=trial_dirname
                     ),
                     run_config=run_config(
-                        _round(name, k),
+                        round_name(name, k),
                         [TrialEcho(echo, "trial", len(missing), partial(trial_line, spec)), ReleaseStoppedRuns()],
                     ),
                 ),
@@ -185,10 +182,6 @@ def _fit_rounds(name: str, fn, spec: ExperimentSpec, concurrency: int, echo: Ech
             )
         )
     return results
-
-
-def _round(name: str, k: int) -> str:
-    return name if k == 0 else f"{name}.{k}"
 
 
 def _trial_config(spec: ExperimentSpec, config: Mapping[str, Any], run_name: str) -> TrainConfig:
@@ -212,7 +205,7 @@ def _records(client, run_id: str, name: str, grid) -> list[TrialRecord]:
     records: dict[tuple, TrialRecord] = {}
     for result in grid:
         if result.config is None:
-            continue  # restored, it failed before reporting: Tune kept no point; a later round ran the point again
+            continue  # a trial whose point not even Tune's state kept: nothing to record it under
         trial_id = Path(result.path).name
         metrics = result.metrics or {}
         if result.error is not None:

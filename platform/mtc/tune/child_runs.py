@@ -9,8 +9,9 @@ from typing import Any
 
 from mtc import tracking
 from mtc.errors import MtcError
+from mtc.tune.callbacks import budget_spent
 from mtc.tune.fitting import checked_name, experiment_path
-from mtc.tune.report import ERROR, FINISHED, STOPPED, TrialRecord, describe
+from mtc.tune.report import ERROR, FINISHED, NOT_STARTED, STOPPED, TrialRecord, describe
 from mtc.tune.search import TuneSpace, relative_errors, trial_config
 
 
@@ -89,7 +90,10 @@ def _record(
 ) -> TrialRecord:
     metrics = result.metrics or {}
     config = trial_config(space, result.config)
-    status = ERROR if result.error is not None else FINISHED if "best_epoch" in metrics else STOPPED
+    if result.error is not None:
+        status = NOT_STARTED if budget_spent(result.error) else ERROR
+    else:
+        status = FINISHED if "best_epoch" in metrics else STOPPED
     errors = {t: float(metrics.get(f"val_error/{t}", math.nan)) for t in space.scored_task_names()}
     epochs = int(metrics.get("training_iteration", 0)) - (status == FINISHED)  # the final report is no epoch
     return TrialRecord(

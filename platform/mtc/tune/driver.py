@@ -3,11 +3,16 @@
 Each trial is a function that builds a TorchTrainer (``mtc.train.trainer.train``) and forwards every epoch's
 report to Tune through ``ObjectiveCallback``, which adds the objective (mean validation error over tasks,
 each divided by the task's single-task reference) so ASHA stops weak trials on it epoch by epoch.
+
+With a time budget no trial starts after it (the single-task references always run: every objective needs them);
+``--resume`` runs the trials left, the points the search chose for them, as a new round (``mtc.tune.fitting``).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,15 +24,16 @@ from mtc import tracking
 from mtc.config import dump_yaml
 from mtc.train.datasets import prepare_splits
 from mtc.train.trainer import TrainingError
-from mtc.tune.algorithms import scheduler, search_algorithm
+from mtc.tune.algorithms import replay, scheduler, search_algorithm
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_line
 from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen_parent
-from mtc.tune.fitting import TuneInterrupted, checked_name, fit, run_config
-from mtc.tune.report import TrialRecord, TuneReport, build_report, log_report
+from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
+from mtc.tune.report import NOT_STARTED, TrialRecord, TuneReport, build_report, log_report
 from mtc.tune.search import TuneSpace, param_space, parse_space, point_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 SPACE_PATH = "tune/space.yaml"  # the parent run's copy of the space, read back by --resume
+STATE_TAG = "mtc.tune.state"  # complete, or budget spent (--resume runs the rest)
 
 
 @dataclass
@@ -37,6 +43,7 @@ class TuneOutcome:
     references: dict[str, float]
     trials: list[TrialRecord]
     report: TuneReport
+    not_started: int  # trials the time budget left for a resume
 
 
 def start_tune(
@@ -48,6 +55,7 @@ def start_tune(
     max_concurrent: int = 1,
     workers_per_trial: int | None = None,
     gpus_per_trial: int | None = None,
+    budget_minutes: float | None = None,
     echo: Echo = print,
 ) -> TuneOutcome:
     """A new tune of ``space`` on the graph shards: checks, parent run, references, trials, report."""
@@ -76,11 +84,13 @@ def start_tune(
         f"tune {name}: {space.trials} trials of {', '.join(space.task_names())}, {concurrency} at a time "
         f"({space.algorithm()} search); MLflow parent run {run_id}; continue it with mtc tune --resume {name}"
     )
-    return _drive(client, run_id, name, shards, space, concurrency, echo)
+    return _drive(client, run_id, name, shards, space, concurrency, deadline_of(budget_minutes), echo)
 
 
-def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) -> TuneOutcome:
-    """Continue tune ``name``: finished trials are kept, unfinished and failed ones run again."""
+def resume_tune(
+    name: str, *, shards: Path | None = None, budget_minutes: float | None = None, echo: Echo = print
+) -> TuneOutcome:
+    """Continue tune ``name``: finished trials are kept; unfinished, failed and unstarted ones run."""
     import ray
 
     client, parent, text = reopen_parent("tune", name, SPACE_PATH, "mtc tune --data ... --space ...")
@@ -93,7 +103,7 @@ def resume_tune(name: str, *, shards: Path | None = None, echo: Echo = print) ->
     concurrency = int(parent.data.params.get("max_concurrent", 1))
     client.update_run(run_id, status="RUNNING")
     echo(f"resuming tune {name} (MLflow parent run {run_id}): finished trials are kept")
-    return _drive(client, run_id, name, shards, space, concurrency, echo)
+    return _drive(client, run_id, name, shards, space, concurrency, deadline_of(budget_minutes), echo)
 
 
 def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus: int | None) -> TuneSpace:
@@ -103,11 +113,21 @@ def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus:
     return parse_space(data, source="the command line")
 
 
-def _drive(client, run_id: str, name: str, shards: Path, space: TuneSpace, concurrency: int, echo: Echo) -> TuneOutcome:
-    """References, then trials, then child-run bookkeeping and the report; the parent run ends FINISHED."""
+def _drive(
+    client,
+    run_id: str,
+    name: str,
+    shards: Path,
+    space: TuneSpace,
+    concurrency: int,
+    deadline: float | None,
+    echo: Echo,
+) -> TuneOutcome:
+    """References, then trials, then child-run bookkeeping and the report; the parent run ends FINISHED, or KILLED
+    when the budget left trials unstarted."""
     try:
         references = _references(client, run_id, name, shards, space, concurrency, echo)
-        grid = _fit_trials(run_id, name, shards, space, references, concurrency, echo)
+        grid = _fit_trials(run_id, name, shards, space, references, concurrency, deadline, echo)
         records = finish_child_runs(client, run_id, name, space, grid, references)
         report = build_report(records, name, list(space.space.choices))
         log_report(client, run_id, report)
@@ -117,8 +137,10 @@ def _drive(client, run_id: str, name: str, shards: Path, space: TuneSpace, concu
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id)
-    return TuneOutcome(name, run_id, references, records, report)
+    not_started = sum(r.status == NOT_STARTED for r in records)
+    client.set_tag(run_id, STATE_TAG, "budget spent" if not_started else "complete")
+    client.set_terminated(run_id, status="KILLED" if not_started else "FINISHED")
+    return TuneOutcome(name, run_id, references, records, report, not_started)
 
 
 def _references(
@@ -162,35 +184,97 @@ def _references(
 
 
 def _fit_trials(
-    run_id: str, name: str, shards: Path, space: TuneSpace, references: dict[str, float], concurrency: int, echo: Echo
-):
+    run_id: str,
+    name: str,
+    shards: Path,
+    space: TuneSpace,
+    references: dict[str, float],
+    concurrency: int,
+    deadline: float | None,
+    echo: Echo,
+) -> list:
+    """The results the report shows, one per trial of the search, latest attempt last.
+
+    Round 0 is the search. A resume restores the rounds so far and runs, as one new round, the points of the trials
+    none finished (unstarted for the budget, or failed), ``concurrency`` at a time, ASHA among themselves.
+    """
     dims = param_space(space)
-    echo(f"trials: {space.trials}, varying {', '.join(dims) or 'nothing'}")
-    return fit(
-        name,
-        _trainable(shards, space, references, run_id, name),
-        lambda trainable: tune.Tuner(
+    fn = _trainable(shards, space, references, run_id, name, deadline)
+    resume = f"mtc tune --resume {name}"
+
+    def run_round(k: int, search, n: int) -> list:
+        path = round_name(name, k)
+        return list(fit(path, fn, _tuner(path, space, dims, search, n, concurrency, echo), n, resume))
+
+    rounds = restored_rounds(name, fn, resume)
+    if not rounds:
+        echo(f"trials: {space.trials}, varying {', '.join(dims) or 'nothing'}")
+        rounds = [run_round(0, search_algorithm(space, dims, concurrency), space.trials)]
+    else:
+        missing = settle_rounds(rounds)[1]
+        if missing and (deadline is None or time.time() < deadline):
+            echo(f"round {len(rounds) + 1}: {len(missing)} trial(s) not finished so far")
+            rounds.append(run_round(len(rounds), replay(missing, concurrency), len(missing)))
+    return settle_rounds(rounds)[0]
+
+
+def settle_rounds(rounds: list[list]) -> tuple[list, list[dict]]:
+    """(the results that stand for the search's trials, the points still to run).
+
+    Each of round 0's trials is a slot of its point; later rounds only rerun points, so a point keeps as many
+    slots as round 0 gave it, filled by its trials that ended (finished or stopped by ASHA), else by its latest
+    failed or unstarted attempts, whose points are the ones to run again.
+    """
+
+    def key(result) -> str:
+        return json.dumps(result.config, sort_keys=True, default=str)
+
+    slots = Counter(key(r) for r in rounds[0] if r.config is not None)
+    attempts: dict[str, list] = {}
+    for result in (r for round_results in rounds for r in round_results if r.config is not None):
+        attempts.setdefault(key(result), []).append(result)
+    shown, missing = [], []
+    for point, n in slots.items():
+        ended = [r for r in attempts[point] if r.error is None][:n]
+        failed = [r for r in attempts[point] if r.error is not None][len(ended) - n :] if len(ended) < n else []
+        shown += ended + failed
+        missing += [dict(r.config) for r in failed]
+    return shown, missing
+
+
+def _tuner(name: str, space: TuneSpace, dims, search, n: int, concurrency: int, echo: Echo):
+    """``make_tuner`` of ``fit`` for a round ``name`` of ``n`` trials picked by ``search`` and cut by ASHA."""
+    from ray.tune.search import BasicVariantGenerator  # limits itself (``replay``)
+
+    def make(trainable) -> tune.Tuner:
+        return tune.Tuner(
             trainable,
             param_space=dims,
             tune_config=tune.TuneConfig(
                 metric="objective",
                 mode="min",
-                num_samples=space.trials,
-                max_concurrent_trials=concurrency,
-                search_alg=search_algorithm(space, dims),
+                num_samples=n,
+                max_concurrent_trials=None if isinstance(search, BasicVariantGenerator) else concurrency,
+                search_alg=search,
                 scheduler=scheduler(space),
                 reuse_actors=False,
                 trial_dirname_creator=trial_dirname,
             ),
-            run_config=_run_config(name, echo, "trial", space.trials, space),
-        ),
-        space.trials,
-        f"mtc tune --resume {name}",
-    )
+            run_config=_run_config(name, echo, "trial", n, space),
+        )
+
+    return make
 
 
-def _trainable(shards: Path, space: TuneSpace, references: dict[str, float] | None, run_id: str, name: str):
-    return trainable(shards, partial(point_config, space), references, run_id, name)
+def _trainable(
+    shards: Path,
+    space: TuneSpace,
+    references: dict[str, float] | None,
+    run_id: str,
+    name: str,
+    deadline: float | None = None,
+):
+    return trainable(shards, partial(point_config, space), references, run_id, name, deadline)
 
 
 def _run_config(name: str, echo: Echo, what: str, total: int, space: TuneSpace) -> tune.RunConfig:

@@ -14,7 +14,7 @@ import pandas as pd
 from mtc.config import TrainConfig, dump_yaml
 from mtc.tune.search import NO_AUXILIARY, TASK_SEP, grouping_label
 
-FINISHED, STOPPED, ERROR = "finished", "stopped", "error"
+FINISHED, STOPPED, ERROR, NOT_STARTED = "finished", "stopped", "error", "not started"
 
 
 @dataclass
@@ -60,13 +60,13 @@ def describe(config: TrainConfig) -> dict[str, str]:
 
 
 def _sort_key(trial: TrialRecord) -> tuple:
-    rank_of = {FINISHED: 0, STOPPED: 1, ERROR: 2}
+    rank_of = {FINISHED: 0, STOPPED: 1, ERROR: 2, NOT_STARTED: 3}
     objective = trial.objective if math.isfinite(trial.objective) else math.inf
     return rank_of[trial.status], objective, -trial.epochs
 
 
 def ranked_table(trials: Sequence[TrialRecord], choices: Sequence[str] = ()) -> pd.DataFrame:
-    """Finished trials by objective, then trials stopped early, then failed ones; one column per task."""
+    """Finished trials by objective, then trials stopped early, failed ones, unstarted ones; one column per task."""
     rows = []
     for rank, trial in enumerate(sorted(trials, key=_sort_key), start=1):
         row = {

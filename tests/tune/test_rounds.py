@@ -1,0 +1,37 @@
+"""A resumed tune reruns, as a new round, exactly the trials no round finished: one slot per trial of the search."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mtc.tune.driver import settle_rounds
+from mtc.tune.fitting import BudgetSpent
+
+
+def result(point: dict | None, error: Exception | None = None, trial: str = "") -> SimpleNamespace:
+    return SimpleNamespace(config=point, error=error, trial=trial)
+
+
+A, B = {"lr": 0.01, "strategy": "fixed"}, {"lr": 0.003, "strategy": "uncertainty"}
+
+
+def test_the_points_left_are_those_of_unstarted_and_failed_trials_once_per_trial():
+    first = [result(A, trial="a"), result(B, BudgetSpent("spent"), "b1"), result(B, RuntimeError("oom"), "b2")]
+    shown, missing = settle_rounds([first])
+    assert [r.trial for r in shown] == ["a", "b1", "b2"] and missing == [B, B]  # the search drew B twice
+
+
+def test_a_later_round_fills_the_slots_and_its_failures_stand_for_what_is_left():
+    first = [result(A, trial="a"), result(B, BudgetSpent("spent"), "b1"), result(B, BudgetSpent("spent"), "b2")]
+    second = [result(B, trial="b3"), result(B, RuntimeError("oom"), "b4")]
+    shown, missing = settle_rounds([first, second])
+    assert [r.trial for r in shown] == ["a", "b3", "b4"] and missing == [B]
+    third = [result(B, trial="b5")]
+    shown, missing = settle_rounds([first, second, third])
+    assert [r.trial for r in shown] == ["a", "b3", "b5"] and missing == []
+
+
+def test_a_trial_stopped_early_has_ended_and_one_tune_kept_no_point_for_is_left_out():
+    stopped = result(A, trial="a")  # ASHA's stop: no error
+    shown, missing = settle_rounds([[stopped, result(None, RuntimeError("died"), "x")]])
+    assert shown == [stopped] and missing == []
