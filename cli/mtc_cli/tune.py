@@ -84,7 +84,7 @@ def run_tune(
     if resume:
         if space_path or trials or gpus_per_trial is not None or workers_per_trial is not None or name:
             raise MtcError(
-                "--resume continues a tune with the space, budget and name it started with; "
+                "--resume continues a tune with the space, trials and name it started with; "
                 "drop --space, --trials, --gpus-per-trial, --workers-per-trial and --name"
             )
         console.print(connect(address))

@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
 from mtc import tracking
@@ -26,7 +25,7 @@ from mtc.experiment.report import ERROR, FINISHED, NOT_STARTED, ExperimentReport
 from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key
 from mtc.train.datasets import prepare_splits
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
-from mtc.tune.child_runs import child_runs, new_parent, reopen_parent
+from mtc.tune.child_runs import child_runs, new_parent, reopen
 from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
@@ -92,19 +91,10 @@ def resume_experiment(
     name: str, *, shards: Path | None = None, budget_minutes: float | None = None, echo: Echo = print
 ) -> ExperimentOutcome:
     """Continue experiment ``name``: finished trials are kept; unfinished, failed and unstarted ones run."""
-    import ray
-
-    client, parent, text = reopen_parent("experiment", name, SPEC_PATH, "mtc experiment SPEC.yaml --data ...")
-    run_id = parent.info.run_id
-    spec = parse_spec(yaml.safe_load(text), source=f"experiment {name}")
-    shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
-    base = spec.base_config()
-    plan_concurrency(1, base.scaling, ray.cluster_resources(), compile_convs=base.compile)
-    _check_data(shards, spec)
-    concurrency = int(parent.data.params.get("max_concurrent", 1))
-    client.update_run(run_id, status="RUNNING")
-    echo(f"resuming experiment {name} (MLflow parent run {run_id}): finished trials are kept")
-    return _drive(client, run_id, name, shards, spec, concurrency, budget_minutes, echo)
+    start = "mtc experiment SPEC.yaml --data ..."
+    run = reopen("experiment", name, SPEC_PATH, start, parse_spec, _check_data, shards)
+    echo(f"resuming experiment {name} (MLflow parent run {run.run_id}): finished trials are kept")
+    return _drive(run.client, run.run_id, name, run.shards, run.spec, run.concurrency, budget_minutes, echo)
 
 
 def _check_data(shards: Path, spec: ExperimentSpec) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,51 @@ def new_parent(
     return run_id
 
 
-def reopen_parent(kind: str, name: str, spec_path: str, start: str):
-    """``(client, parent run, spec text)`` of the ``kind`` named ``name``; MtcError naming ``start`` if none."""
+@dataclass
+class Reopened:
+    """A tune or experiment to resume: its parent run (RUNNING again), spec, shards and concurrency."""
+
+    client: Any
+    run_id: str
+    spec: Any
+    shards: Path
+    concurrency: int
+
+
+def reopen(
+    kind: str,
+    name: str,
+    spec_path: str,
+    start: str,
+    parse: Callable[..., Any],
+    check: Callable[[Path, Any], None],
+    shards: Path | None = None,
+) -> Reopened:
+    """Reopens the ``kind`` named ``name`` to resume it; MtcError naming ``start`` if there is none.
+
+    Its spec is read back from the parent run's ``spec_path`` and parsed by ``parse(data, source=...)``; the shards
+    are ``shards`` or the recorded ones. Before the parent run is set RUNNING again, the cluster must hold one trial
+    and ``check(shards, spec)`` must pass (the data still fits the spec).
+    """
     import mlflow
+    import ray
+    import yaml
+
+    from mtc.tune.trial import plan_concurrency
 
     uri = tracking.configure()
     parent = find_parent(checked_name(name, kind), kind)
     if parent is None:
         raise MtcError(f"no {kind} named {name!r} in {uri}; start one with {start}")
-    return mlflow.MlflowClient(uri), parent, mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{spec_path}")
+    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{spec_path}")
+    spec = parse(yaml.safe_load(text), source=f"{kind} {name}")
+    shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
+    base = spec.base_config()
+    plan_concurrency(1, base.scaling, ray.cluster_resources(), compile_convs=base.compile)
+    check(shards, spec)
+    client = mlflow.MlflowClient(uri)
+    client.update_run(parent.info.run_id, status="RUNNING")
+    return Reopened(client, parent.info.run_id, spec, shards, int(parent.data.params.get("max_concurrent", 1)))
 
 
 def finish_child_runs(

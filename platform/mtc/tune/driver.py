@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import yaml
 from ray import tune
 
 from mtc import tracking
@@ -26,7 +25,7 @@ from mtc.train.datasets import prepare_splits
 from mtc.train.trainer import TrainingError
 from mtc.tune.algorithms import replay, scheduler, search_algorithm
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_line
-from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen_parent
+from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen
 from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
 from mtc.tune.report import NOT_STARTED, TrialRecord, TuneReport, build_report, log_report
 from mtc.tune.search import TuneSpace, param_space, parse_space, point_config
@@ -91,19 +90,14 @@ def resume_tune(
     name: str, *, shards: Path | None = None, budget_minutes: float | None = None, echo: Echo = print
 ) -> TuneOutcome:
     """Continue tune ``name``: finished trials are kept; unfinished, failed and unstarted ones run."""
-    import ray
+    run = reopen("tune", name, SPACE_PATH, "mtc tune --data ... --space ...", parse_space, _check_data, shards)
+    echo(f"resuming tune {name} (MLflow parent run {run.run_id}): finished trials are kept")
+    deadline = deadline_of(budget_minutes)
+    return _drive(run.client, run.run_id, name, run.shards, run.spec, run.concurrency, deadline, echo)
 
-    client, parent, text = reopen_parent("tune", name, SPACE_PATH, "mtc tune --data ... --space ...")
-    run_id = parent.info.run_id
-    space = parse_space(yaml.safe_load(text), source=f"tune {name}")
-    shards = Path(shards or parent.data.tags["mtc.shards"]).resolve()
-    base = space.base_config()
-    plan_concurrency(1, base.scaling, ray.cluster_resources(), compile_convs=base.compile)
-    prepare_splits(shards, base)
-    concurrency = int(parent.data.params.get("max_concurrent", 1))
-    client.update_run(run_id, status="RUNNING")
-    echo(f"resuming tune {name} (MLflow parent run {run_id}): finished trials are kept")
-    return _drive(client, run_id, name, shards, space, concurrency, deadline_of(budget_minutes), echo)
+
+def _check_data(shards: Path, space: TuneSpace) -> None:
+    prepare_splits(shards, space.base_config())
 
 
 def _with_flags(space: TuneSpace, trials: int | None, workers: int | None, gpus: int | None) -> TuneSpace:
