@@ -9,8 +9,9 @@ from mtc.tune.search import TPE_STARTUP, TuneSpace, first_points
 
 
 def search_algorithm(space: TuneSpace, dims: Mapping[str, Any], concurrency: int):
-    """Optuna TPE (Tune's ``max_concurrent_trials`` limits it) or random search, ``concurrency`` trials at a time;
-    the space's first points (``first_points``) come first."""
+    """Optuna TPE or random search, ``concurrency`` trials at a time (each limits itself: Tune's
+    ``max_concurrent_trials`` reaches only a bare ``Searcher``); the space's first points (``first_points``) come
+    first."""
     points = first_points(space)
     if space.algorithm() == "optuna" and dims:
         import optuna
@@ -19,13 +20,15 @@ def search_algorithm(space: TuneSpace, dims: Mapping[str, Any], concurrency: int
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         startup = min(TPE_STARTUP, max(1, space.trials // 2))
-        return OptunaSearch(sampler=TPESampler(seed=space.seed, n_startup_trials=startup), points_to_evaluate=points)
+        from ray.tune.search import ConcurrencyLimiter
+
+        sampler = TPESampler(seed=space.seed, n_startup_trials=startup)
+        return ConcurrencyLimiter(OptunaSearch(sampler=sampler, points_to_evaluate=points), max_concurrent=concurrency)
     return replay(points, concurrency, random_state=space.seed)
 
 
 def replay(points: list[dict[str, Any]], concurrency: int, **kwargs):
-    """Tune's generator of ``points`` first (then random ones), ``concurrency`` at a time: Tune's
-    ``max_concurrent_trials`` does not reach it."""
+    """Tune's generator of ``points`` first (then random ones), ``concurrency`` at a time."""
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency, **kwargs)

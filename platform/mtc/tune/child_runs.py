@@ -1,4 +1,5 @@
-"""The MLflow side of a tune: find its parent run, its child runs (one per trial), tag and close them."""
+"""The MLflow side of a tune or experiment: its parent run (new, or reopened to resume), its child runs (one per
+trial), tagged and closed."""
 
 from __future__ import annotations
 

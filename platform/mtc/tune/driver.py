@@ -198,7 +198,7 @@ def _fit_trials(
 
     def run_round(k: int, search, n: int) -> list:
         path = round_name(name, k)
-        return list(fit(path, fn, _tuner(path, space, dims, search, n, concurrency, echo), n, resume))
+        return fit(path, fn, _tuner(path, space, dims, search, n, echo), n, resume)
 
     rounds = restored_rounds(name, fn, resume)
     if not rounds:
@@ -236,9 +236,9 @@ def settle_rounds(rounds: list[list]) -> tuple[list, list[dict]]:
     return shown, missing
 
 
-def _tuner(name: str, space: TuneSpace, dims, search, n: int, concurrency: int, echo: Echo):
-    """``make_tuner`` of ``fit`` for a round ``name`` of ``n`` trials picked by ``search`` and cut by ASHA."""
-    from ray.tune.search import BasicVariantGenerator  # limits itself (``replay``)
+def _tuner(name: str, space: TuneSpace, dims, search, n: int, echo: Echo):
+    """``make_tuner`` of ``fit`` for a round ``name`` of ``n`` trials picked by ``search`` (which keeps to the
+    concurrency itself) and cut by ASHA."""
 
     def make(trainable) -> tune.Tuner:
         return tune.Tuner(
@@ -248,7 +248,6 @@ def _tuner(name: str, space: TuneSpace, dims, search, n: int, concurrency: int, 
                 metric="objective",
                 mode="min",
                 num_samples=n,
-                max_concurrent_trials=None if isinstance(search, BasicVariantGenerator) else concurrency,
                 search_alg=search,
                 scheduler=scheduler(space),
                 reuse_actors=False,

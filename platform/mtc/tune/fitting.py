@@ -100,9 +100,8 @@ def restored_rounds(name: str, trainable, resume_command: str) -> list[list]:
     """The results of each stored round of ``name``, in order: a round an interruption cut short runs on first;
     failed and unstarted trials stay as they are (a new round runs them)."""
     rounds = []
-    while tune.Tuner.can_restore(experiment_path(round_name(name, len(rounds)))):
-        path = round_name(name, len(rounds))
-        rounds.append(list(fit(path, trainable, None, None, resume_command, restart_errored=False)))
+    while tune.Tuner.can_restore(experiment_path(path := round_name(name, len(rounds)))):
+        rounds.append(fit(path, trainable, None, None, resume_command, restart_errored=False))
     return rounds
 
 
