@@ -1,6 +1,7 @@
 """The three-task model on all of mp36k within a wall-clock budget: featurize + train + test, as a user runs it.
 
     nice -n 15 .venv/bin/python benchmarks/bench_budget.py [--minutes 44] [--workers 2] [--batch-size 128]
+        [--set precision=bfloat16]
 
 The reference is DESIGN.md's measurement on this kind of machine: the original CGCNN code with its defaults
 (SGD lr 0.01, 30 epochs, batch 256) reached a test MAE of 0.100 eV/atom on mp36k formation energy (60/20/20)
@@ -41,6 +42,14 @@ def main() -> None:
         "--config", type=Path, default=REPO / "configs" / "mt3.yaml", help="the three-task model (default: mt3.yaml)"
     )
     parser.add_argument("--lr", type=float, default=None, help="default: the config's")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training config override, as `mtc train --set` (repeatable), e.g. precision=bfloat16",
+    )
     parser.add_argument("--probe", action="store_true", help="size the run with a 2-epoch probe run (as before)")
     parser.add_argument("--bench-dir", type=Path, default=REPO / "bench-out")
     add_data_option(parser)
@@ -70,6 +79,7 @@ def main() -> None:
         "patience=0",
         f"experiment={EXPERIMENT}",
         *([f"optim.lr={args.lr}"] if args.lr else []),
+        *args.overrides,
     ]
     name = f"run_name=budget-{args.minutes:g}min"
     if args.probe:
@@ -84,7 +94,10 @@ def main() -> None:
     total = time.perf_counter() - started
     shutil.rmtree(shards, ignore_errors=True)
     metrics = result.metrics
-    print(f"\n=== {args.config.name} on mp36k, {epochs} epochs, {args.workers} worker(s), batch {args.batch_size} ===")
+    print(
+        f"\n=== {' '.join([args.config.name, *args.overrides])} on mp36k, {epochs} epochs, {args.workers} worker(s), "
+        f"batch {args.batch_size} ==="
+    )
     for task in LABELS:
         mae, r2 = metrics.get(f"test/{task}/mae"), metrics.get(f"test/{task}/r2")
         print(f"{task:<28} test MAE {fmt(mae)}  R2 {fmt(r2, 3)}")

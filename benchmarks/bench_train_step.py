@@ -8,6 +8,8 @@
     index_add_ pooling) -> MultiTaskLoss.
 (c) (b) with its convolutions compiled (``compile: true`` in a training config: torch.compile fuses each
     convolution's per-edge work); same initial weights as (b), its compile time printed, not timed per step.
+(d) (c) in bfloat16 mixed precision (``precision: bfloat16``: the convolutions autocast to bfloat16, weights, sums,
+    heads and loss in float32): fast where the CPU has AMX or AVX512-BF16 (printed), slow where it has neither.
 
 Both: CGCNN defaults (atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1), batch 256, Adam lr 0.01, MSE on
 z-scored formation energy, one process, the same crystals in the same order. Graph building happens before
@@ -38,6 +40,7 @@ from mtc.elements import element_table
 from mtc.model.cgcnn import compile_convolutions
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.train.loop import LossModule
 from mtc.tasks import TaskSpec
 
 RADIUS, MAX_NBR, DMIN, DMAX, STEP = 8.0, 12, 0.0, 8.0, 0.2
@@ -167,6 +170,16 @@ def interleaved_step_times(
     return times
 
 
+def bf16_cpu() -> str:
+    """Which bfloat16 instructions this CPU has (Linux), as (d)'s speed depends on them."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "CPU flags unknown"
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return "CPU has " + " and ".join(found) if found else "CPU has no bfloat16 instructions: (d) is emulated"
+
+
 def matmul_gflops(m: int, k: int, n: int, repeats: int = 15) -> float:
     """Median GFLOP/s of a plain (m x k) @ (k x n) float32 matmul."""
     a, b = torch.randn(m, k), torch.randn(k, n)
@@ -289,10 +302,14 @@ def main() -> None:
     criterion = MultiTaskLoss(tasks, mean=[mean], std=[std])
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
-    def training_step(net: MultiTaskCGCNN, optimiser: torch.optim.Optimizer) -> Callable[[int], float]:
+    def training_step(
+        net: MultiTaskCGCNN, optimiser: torch.optim.Optimizer, precision: str = "float32"
+    ) -> Callable[[int], float]:
+        objective = LossModule(net, criterion, precision)
+
         def step(b: int) -> float:
             batch = collate_arrow(shard.slice(b * bs, bs), tasks)
-            loss = criterion(net(batch), batch.targets, batch.mask).total
+            loss = objective(batch).total
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -305,15 +322,21 @@ def main() -> None:
     compile_convolutions(fused)
     mtc_step = training_step(model, opt)
     fused_step = training_step(fused, torch.optim.Adam(fused.parameters(), lr=0.01))
-    start = time.perf_counter()
-    fused_step(n_batches - 1)
-    fused_step(0)
-    print(f"(c) compile: first two steps {time.perf_counter() - start:.1f} s (two batch shapes), untimed")
+    mixed = copy.deepcopy(model)
+    compile_convolutions(mixed)
+    mixed_step = training_step(mixed, torch.optim.Adam(mixed.parameters(), lr=0.01), "bfloat16")
+    for name, step in (("c", fused_step), ("d", mixed_step)):
+        start = time.perf_counter()
+        step(n_batches - 1)
+        step(0)
+        print(f"({name}) compile: first two steps {time.perf_counter() - start:.1f} s (two batch shapes), untimed")
 
-    times = interleaved_step_times({"a": base_step, "b": mtc_step, "c": fused_step}, n_batches, args.rounds)
+    steps = {"a": base_step, "b": mtc_step, "c": fused_step, "d": mixed_step}
+    times = interleaved_step_times(steps, n_batches, args.rounds)
     base_rate = bs / statistics.median(times["a"])
     mtc_rate = bs / statistics.median(times["b"])
     fused_rate = bs / statistics.median(times["c"])
+    mixed_rate = bs / statistics.median(times["d"])
 
     f, g, h = ATOM_FEA, 41, H_FEA
     head_macs = bs * (f * h + h)
@@ -330,13 +353,15 @@ def main() -> None:
     print(f"speed-up b/a            : {mtc_rate / base_rate:8.2f}x")
     print(f"(c) mtc, convs compiled : {fused_rate:8.1f} crystals/s")
     print(f"speed-up c/b            : {fused_rate / mtc_rate:8.2f}x   (c/a {fused_rate / base_rate:.2f}x)")
-    for name in ("a", "b", "c"):
+    print(f"(d) (c) in bfloat16 mixed: {mixed_rate:8.1f} crystals/s")
+    print(f"speed-up d/b            : {mixed_rate / mtc_rate:8.2f}x   (d/c {mixed_rate / fused_rate:.2f}x; {bf16_cpu()})")
+    for name in steps:
         ms = np.percentile(np.array(times[name]) * 1e3, [10, 50, 90])
         print(f"step time {name}: p10 {ms[0]:.0f} ms, median {ms[1]:.0f} ms, p90 {ms[2]:.0f} ms")
     print(
         f"model arithmetic (fwd+bwd ~ 3x fwd): (a) {3 * 2 * base_macs / 1e9:.2f} GFLOP/step -> "
         f"{base_gflops:.1f} GFLOP/s; (b) {3 * 2 * mtc_macs / 1e9:.2f} GFLOP/step -> {mtc_gflops:.1f} GFLOP/s; "
-        f"(c) {mtc_gflops * fused_rate / mtc_rate:.1f} GFLOP/s"
+        f"(c) {mtc_gflops * fused_rate / mtc_rate:.1f} GFLOP/s; (d) {mtc_gflops * mixed_rate / mtc_rate:.1f} GFLOP/s"
     )
     print(
         f"plain torch matmul: ({edges_per_batch}x{2 * f + g})@({2 * f + g}x{2 * f}) {mm_conv:.1f} GFLOP/s; "

@@ -275,6 +275,12 @@ class TrainConfig(StrictModel):
         description="fuse each convolution's per-edge work with torch.compile (a C++ compiler on CPU, Triton on "
         "GPU): faster steps after seconds of compiling per worker",
     )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="bfloat16: mixed precision, the convolutions' matmuls and per-edge work autocast to bfloat16 "
+        "(weights, optimiser, sums, pooling, heads and evaluation stay float32); fast on CPUs with AMX or "
+        "AVX512-BF16 and on GPUs, slow on CPUs without them",
+    )
     seed: int = 0
     experiment: str = "mtc"
     run_name: str | None = None

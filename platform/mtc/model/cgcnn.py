@@ -124,7 +124,9 @@ class ConvLayer(nn.Module):
         )
         filt, core = batch_norm(self.bn1, gated).chunk(2, dim=1)
         message = torch.sigmoid(filt) * F.softplus(core)
-        summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message)
+        # Under bfloat16 autocast the per-edge work runs in bfloat16; the sums and the atom stream keep atom_fea's
+        # precision (a no-op cast in float32).
+        summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message.to(atom_fea.dtype))
         return F.softplus(atom_fea + batch_norm(self.bn2, summed))
 
 
@@ -207,8 +209,10 @@ class CGCNNTrunk(nn.Module):
         self.convs = nn.ModuleList(ConvLayer(atom_fea_len, self.expansion.n_features) for _ in range(n_conv))
 
     def embed(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns embedded atom features (N, F) and expanded edge distances (E, G)."""
-        return self.embedding(self.element_table[batch.atomic_numbers]), self.expansion(batch.edge_dist)
+        """Returns embedded atom features (N, F) in the model's precision (also under autocast) and expanded edge
+        distances (E, G)."""
+        table = self.element_table
+        return self.embedding(table[batch.atomic_numbers]).to(table.dtype), self.expansion(batch.edge_dist)
 
     def atom_features(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns atom features after the last convolution, (N, F)."""

@@ -112,9 +112,16 @@ class MultiTaskCGCNN(nn.Module):
         return torch.cat(self.group_features(batch), dim=1)
 
     def forward(self, batch: CrystalBatch) -> torch.Tensor:
-        """Returns raw outputs (B, T) in task order: normalised regression values and binary logits."""
+        """Returns raw outputs (B, T) in task order: normalised regression values and binary logits.
+
+        The heads run in the model's precision even under autocast (``train.precision: bfloat16`` autocasts the
+        convolutions only): a bfloat16 output would round a normalised value near 2 to steps of 0.016.
+        """
         features = self.group_features(batch)
-        return torch.stack([head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1)
+        with torch.autocast(features[0].device.type, enabled=False):
+            return torch.stack(
+                [head(features[g]) for head, g in zip(self.heads, self.trunk_of_task, strict=True)], dim=1
+            )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that more than one task's output depends on (where task gradients can conflict)."""

@@ -65,15 +65,21 @@ class WorkerConfig(StrictModel):
 
 
 class LossModule(nn.Module):
-    """Model and loss in one module, so DDP also averages the learned loss weights' gradients."""
+    """Model and loss in one module, so DDP also averages the learned loss weights' gradients.
 
-    def __init__(self, model: MultiTaskCGCNN, loss: MultiTaskLoss):
+    ``precision`` ``bfloat16`` runs the model's forward under bfloat16 autocast (the model keeps its heads in float32).
+    """
+
+    def __init__(self, model: MultiTaskCGCNN, loss: MultiTaskLoss, precision: str = "float32"):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.autocast = precision == "bfloat16"
 
     def forward(self, batch: CrystalBatch) -> LossOutput:
-        return self.loss(self.model(batch), batch.targets, batch.mask)
+        with torch.autocast(batch.targets.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            outputs = self.model(batch)
+        return self.loss(outputs, batch.targets, batch.mask)
 
 
 @dataclass
@@ -127,7 +133,7 @@ def build(config: WorkerConfig) -> tuple[MultiTaskCGCNN, TrainState]:
     loss = MultiTaskLoss(
         train.tasks, train.loss.strategy, train.loss.weights, config.mean, config.std, train.loss.temperature
     )
-    objective = LossModule(model, loss)
+    objective = LossModule(model, loss, train.precision)
     params = objective.parameters()
     if config.parent:
         frozen = train.finetune.frozen_convs(train.model.n_conv)
