@@ -107,7 +107,7 @@ def test_mistakes_fail_before_any_work_naming_the_key(fields, message):
 
 
 def test_shipped_specs_parse_and_stay_the_sizes_their_comments_state():
-    sizes = {"tiny": 4, "mt3": 21, "fractions": 48, "pairs": 33}
+    sizes = {"tiny": 4, "mt3": 21, "fractions": 48, "pairs": 33, "precision": 6}
     for name, trials in sizes.items():
         assert len(load_spec(f"configs/experiments/{name}.yaml").points()) == trials, name
 
