@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -101,11 +102,24 @@ def clock(seconds: float) -> str:
 BUDGET_HELP = "Start no trial after this many minutes; the report covers what finished, --resume runs the rest."
 
 
+class _NoIncompleteTrialsLine(logging.Filter):
+    """Drops Tune's closing ``ERROR ... Trials did not complete: [...]``: mtc's own line per trial says which were
+    not started (the budget) and which failed (with their error file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trials did not complete")
+
+
+_NO_INCOMPLETE_TRIALS_LINE = _NoIncompleteTrialsLine()
+
+
 def quiet_budget_errors(budget_minutes: float | None) -> None:
     """With a time budget, trials past it end as errors (so a resume runs them): keep Tune from printing a
-    traceback for each (real failures keep theirs in the error file their trial's line names)."""
+    traceback for each, and an ERROR line listing them (real failures keep theirs in the error file their trial's
+    line names)."""
     if budget_minutes is not None:
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        logging.getLogger("ray.tune.tune").addFilter(_NO_INCOMPLETE_TRIALS_LINE)
 
 
 def abbreviations(tasks: list[str]) -> dict[str, str]:

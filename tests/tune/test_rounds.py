@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 from mtc.tune.driver import settle_rounds
 from mtc.tune.fitting import BudgetSpent
+from mtc_cli.common import quiet_budget_errors
 
 
 def result(point: dict | None, error: Exception | None = None, trial: str = "") -> SimpleNamespace:
@@ -35,3 +37,21 @@ def test_a_trial_stopped_early_has_ended_and_one_tune_kept_no_point_for_is_left_
     stopped = result(A, trial="a")  # ASHA's stop: no error
     shown, missing = settle_rounds([[stopped, result(None, RuntimeError("died"), "x")]])
     assert shown == [stopped] and missing == []
+
+
+def test_a_budget_drops_tunes_incomplete_trials_line_and_keeps_its_other_errors():
+    tune_logger = logging.getLogger("ray.tune.tune")
+    seen: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tune_logger.addHandler(handler)
+    try:
+        quiet_budget_errors(5.0)
+        quiet_budget_errors(5.0)  # a second command in the same process adds no second filter
+        tune_logger.error("Trials did not complete: %s", ["run_trial_0001"])
+        tune_logger.error("Trial run_trial_0002 errored")
+        assert seen == ["Trial run_trial_0002 errored"]
+        assert len(tune_logger.filters) == 1
+    finally:
+        tune_logger.removeHandler(handler)
+        tune_logger.filters.clear()
