@@ -1,4 +1,5 @@
-"""mtc.preflight without a cluster: which locations are local paths, the per-node probe, the single-node no-op.
+"""mtc.preflight without a cluster: which locations are local paths, the per-node probe, the single-node no-op, and
+the warning where bfloat16 would be emulated.
 
 The multi-node behaviour (a node that cannot see a path) runs for real in tests/infra/test_multinode.py.
 """
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mtc.preflight import MARKER_PREFIX, _probe, check_shared_paths, local_path
+from mtc import preflight
+from mtc.preflight import MARKER_PREFIX, _probe, check_shared_paths, cpu_has_bfloat16, cpus_without_bfloat16, local_path
+from mtc_cli.common import EngineKind, Precision, engine
 
 
 @pytest.mark.parametrize(
@@ -40,3 +43,24 @@ def test_probe_reads_markers_and_reports_what_it_cannot_see(tmp_path: Path) -> N
 def test_single_node_is_not_checked_and_nothing_is_written(ray_session, tmp_path: Path) -> None:
     check_shared_paths({"--out": tmp_path / "out", "MTC_STORAGE": "s3://bucket/x", "unset": None})
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_cpu_bfloat16_check_agrees_with_the_cpu_flags() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("reads the CPU flags from Linux's /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_bfloat16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.mark.parametrize("has", [True, False])
+def test_emulated_bfloat16_is_named_before_work(has: bool, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(preflight, "cpu_has_bfloat16", lambda: has)
+    assert cpus_without_bfloat16() == ([] if has else ["this machine"])
+    for precision in Precision:
+        engine(EngineKind.local, None, {}, precision).start("screen", 10)
+        out = " ".join(capsys.readouterr().out.split())
+        assert out.startswith("local: this process, no Ray (--engine local)")
+        warned = "this machine has no bfloat16 instructions (AVX512-BF16, AMX): bfloat16 runs emulated there" in out
+        assert warned == (precision is Precision.bfloat16 and not has), out
+        assert not warned or out.endswith("leave out --precision bfloat16")

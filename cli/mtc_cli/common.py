@@ -151,6 +151,20 @@ class Precision(str, enum.Enum):
     bfloat16 = "bfloat16"
 
 
+def warn_emulated_bfloat16(fix: str) -> None:
+    """One warning line, before any work, when bfloat16 would run on CPUs without bfloat16 instructions: emulated
+    there, it is slower than float32 (``mtc.preflight.cpus_without_bfloat16``). ``fix`` says how to turn it off."""
+    from mtc.preflight import cpus_without_bfloat16
+
+    slow = cpus_without_bfloat16()
+    if slow:
+        console.print(
+            f"[yellow]warning[/]: {', '.join(slow)} has no bfloat16 instructions (AVX512-BF16, AMX): bfloat16 runs "
+            f"emulated there and slower than float32; {fix}",
+            soft_wrap=True,
+        )
+
+
 PRECISION_HELP = (
     "float32, or bfloat16 convolutions: faster where the CPU has bfloat16 instructions (AVX512-BF16, AMX), "
     "predictions moved by a small part of the model's test error (README: bfloat16)."
@@ -173,15 +187,30 @@ def engine_help(job: str) -> str:
     )
 
 
-def engine(kind: EngineKind, address: str | None, paths: Mapping[str, Path]) -> Engine:
+def engine(
+    kind: EngineKind, address: str | None, paths: Mapping[str, Path], precision: Precision = Precision.float32
+) -> Engine:
     """The engine a command asked for: it prints where the work runs and, on Ray, checks that every node sees
-    ``paths`` (option name -> path) before any work."""
+    ``paths`` (option name -> path) before any work; a bfloat16 ``precision`` warns where it would be emulated."""
 
     def started(where: str, description: str) -> None:
         console.print(description)
+        if precision is Precision.bfloat16 and not forward_on_gpus(where):
+            warn_emulated_bfloat16("leave out --precision bfloat16")
         if where == "ray":
             from mtc.preflight import check_shared_paths
 
             check_shared_paths(paths)
 
     return Engine(kind.value, address, started)
+
+
+def forward_on_gpus(where: str) -> bool:
+    """Whether a screen's forward pass runs on GPUs: the cluster's (``where`` ray) or this machine's (local)."""
+    if where == "ray":
+        import ray
+
+        return bool(ray.cluster_resources().get("GPU"))
+    from mtc.screen.score import gpu_available
+
+    return gpu_available()

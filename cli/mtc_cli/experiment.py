@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import BUDGET_HELP, console, echo, quiet_budget_errors, user_errors
+from mtc_cli.common import BUDGET_HELP, console, echo, quiet_budget_errors, user_errors, warn_emulated_bfloat16
 
 
 def experiment(
@@ -89,6 +89,8 @@ def run_experiment(
         spec = load_spec(spec_path, overrides)
         console.print(connect(address))
         check_training_paths(data)
+        if any(c.precision == "bfloat16" and not c.scaling.gpus for c in map(spec.trial_config, spec.points())):
+            warn_emulated_bfloat16("leave precision bfloat16 out of the spec")
         outcome = start_experiment(
             data,
             spec,

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import PRECISION_HELP, EngineKind, Precision, console, engine_help, progress, user_errors
+from mtc_cli.common import (
+    PRECISION_HELP,
+    EngineKind,
+    Precision,
+    console,
+    engine_help,
+    progress,
+    user_errors,
+    warn_emulated_bfloat16,
+)
 from mtc_cli.common import engine as engine_of
 from mtc_cli.tables import print_predictions, with_spread
 
@@ -105,7 +114,7 @@ def screen(
                 top=top,
                 on_progress=update,
                 interval=interval,
-                engine=engine_of(engine, address, {"DB": db, "--out": out}),
+                engine=engine_of(engine, address, {"DB": db, "--out": out}, precision),
                 precision=precision.value,
             )
         console.print(
@@ -158,6 +167,8 @@ def predict(
     forward = batching(batch_atoms, batch_size)
     with user_errors():
         tracking.configure()
+        if precision is Precision.bfloat16:
+            warn_emulated_bfloat16("leave out --precision bfloat16")
         predictor = load_predictor(model, precision=precision.value).with_interval(interval)
         records, unreadable = read_structure_files(files)
         predictions, rejected = predictor.predict_records(records, forward)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtc_cli.common import console, user_errors
+from mtc_cli.common import console, user_errors, warn_emulated_bfloat16
 from mtc_cli.tables import print_calibration, print_metrics
 
 DEFAULT_CONFIG = Path("configs/mt3.yaml")
@@ -150,6 +150,8 @@ def run_training(
     config = config_of_run(resume, overrides) if resume else load_config(TrainConfig, config_path, overrides)
     console.print(connect(address))
     check_training_paths(data)
+    if config.precision == "bfloat16" and not config.scaling.gpus:
+        warn_emulated_bfloat16("train with --set precision=float32")
     parent = None
     if init:
         tracking.configure()

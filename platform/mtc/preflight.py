@@ -1,4 +1,5 @@
-"""Checks before work on a cluster: every node must see the local folders a command reads and writes.
+"""Checks before work on a cluster: every node must see the local folders a command reads and writes, and which
+nodes would emulate bfloat16.
 
 On one machine every path is shared. On several nodes, a local path (``/data/shards``, ``file://...``,
 the embedded ``sqlite:///...`` store) names a different disk on each node unless it is a shared mount, and
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from mtc.errors import MtcError
@@ -57,9 +59,6 @@ def check_shared_paths(paths: Mapping[str, str | Path | None]) -> None:
     markers back. A folder the driver cannot write to (a read-only input) is only checked for existence on every
     node. Nothing is created, and nothing is checked on a single-node cluster.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     folders = {label: _folder(path) for label, path in paths.items() if path is not None}
     folders = {label: folder for label, folder in folders.items() if folder is not None}
     if not folders or not needs_check():
@@ -77,23 +76,11 @@ def check_shared_paths(paths: Mapping[str, str | Path | None]) -> None:
                 continue
             written.append(marker)
             expected[label] = (str(marker), token)
-        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        refs = [
-            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                {label: path for label, (path, _) in expected.items()}
-            )
-            for n in nodes
-        ]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=NODE_TIMEOUT_S)
         problems = []
-        for node, ref in zip(nodes, refs, strict=True):
-            where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
-            if ref not in ready:
-                ray.cancel(ref, force=True)
+        for where, seen in _on_each_node(_probe, {label: path for label, (path, _) in expected.items()}):
+            if seen is None:
                 problems.append(f"{where} did not answer within {NODE_TIMEOUT_S:g} s")
                 continue
-            seen = ray.get(ref)
             problems += [
                 f"{where} cannot see {label} {paths[label]}"
                 for label, (_, want) in expected.items()
@@ -108,6 +95,28 @@ def check_shared_paths(paths: Mapping[str, str | Path | None]) -> None:
             "every node mounts at the same path (NFS, a shared volume), checkpoints on s3 (MTC_STORAGE=s3://bucket/"
             "prefix) or that mount, and runs on an MLflow server (MLFLOW_TRACKING_URI=http://...)"
         )
+
+
+def _on_each_node(fn: Callable[..., Any], *args: Any) -> list[tuple[str, Any]]:
+    """``fn(*args)`` run once on every alive Ray node: (the node, its answer or None if it gave none in time)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+        for n in nodes
+    ]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=NODE_TIMEOUT_S)
+    answers = []
+    for node, ref in zip(nodes, refs, strict=True):
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+        answers.append(
+            (f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})", ray.get(ref) if ref in ready else None)
+        )
+    return answers
 
 
 def _folder(location: str | Path) -> Path | None:
@@ -129,6 +138,26 @@ def _probe(paths: dict[str, str]) -> dict[str, str | None]:
         except OSError:
             seen[label] = None
     return seen
+
+
+def cpu_has_bfloat16() -> bool:
+    """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bfloat16 is emulated on the
+    CPU and runs slower than float32. True when torch cannot tell."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [probe for probe in probes if probe is not None]
+    return not probes or any(probe() for probe in probes)
+
+
+def cpus_without_bfloat16() -> list[str]:
+    """Where bfloat16 on CPUs would be emulated: each Ray node without bfloat16 instructions when the workers may run
+    on other machines (several nodes, a Ray Client driver), else ``["this machine"]`` or ``[]``."""
+    import ray
+
+    if ray.is_initialized() and needs_check():
+        return [where for where, has in _on_each_node(cpu_has_bfloat16) if has is False]
+    return [] if cpu_has_bfloat16() else ["this machine"]
 
 
 def check_training_paths(data: str | Path) -> None:
