@@ -10,6 +10,7 @@ server half of the pre-flight is ``mtc.tracking.configure()``, which fails fast 
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -142,9 +143,11 @@ def _probe(paths: dict[str, str]) -> dict[str, str | None]:
 
 def cpu_has_bfloat16() -> bool:
     """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bfloat16 is emulated on the
-    CPU and runs slower than float32. True when torch cannot tell."""
+    CPU and runs slower than float32. True when torch cannot tell (its probes cover x86 CPUs only)."""
     import torch
 
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     probes = [probe for probe in probes if probe is not None]
     return not probes or any(probe() for probe in probes)
