@@ -159,8 +159,8 @@ def warn_emulated_bfloat16(fix: str) -> None:
     slow = cpus_without_bfloat16()
     if slow:
         console.print(
-            f"[yellow]warning[/]: {', '.join(slow)} has no bfloat16 instructions (AVX512-BF16, AMX): bfloat16 runs "
-            f"emulated there and slower than float32; {fix}",
+            f"[yellow]warning[/]: {', '.join(slow)} {'has' if len(slow) == 1 else 'have'} no bfloat16 instructions "
+            f"(AVX512-BF16, AMX): bfloat16 runs emulated there and slower than float32; {fix}",
             soft_wrap=True,
         )
 
