@@ -259,13 +259,14 @@ def test_mtc_ui_serves_the_runs(trained):
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", 90)
-        html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        # generous read timeouts: the server's first requests import and open the store, minutes on a crowded machine
+        html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120).read()
         assert b"<html" in html.lower()
         body = json.dumps({"experiment_ids": [trained.experiment_id], "max_results": 50}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", body, {"Content-Type": "application/json"}
         )
-        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        runs = json.loads(urllib.request.urlopen(request, timeout=120).read())["runs"]
         assert trained.run_id in {r["info"]["run_id"] for r in runs}
         # what a user sees: the run's page in a real browser, its parity plot rendered from the artifact store
         plot = "plots/parity_formation_energy_per_atom.png"
