@@ -115,10 +115,12 @@ _NO_INCOMPLETE_TRIALS_LINE = _NoIncompleteTrialsLine()
 
 def quiet_budget_errors(budget_minutes: float | None) -> None:
     """With a time budget, trials past it end as errors (so a resume runs them): keep Tune from printing a
-    traceback for each, and an ERROR line listing them (real failures keep theirs in the error file their trial's
-    line names)."""
+    traceback for each, an "errored after 0 iterations ... Error file" line for each (its new output engine prints
+    them even at verbosity 0; the legacy one, at the 0 mtc runs Tune with, prints nothing), and an ERROR line listing
+    them. mtc's own line per trial says which were not started and which failed, naming the error file."""
     if budget_minutes is not None:
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune.tune").addFilter(_NO_INCOMPLETE_TRIALS_LINE)
 
 
