@@ -76,31 +76,37 @@ def assert_same_parts(got: pa.Table, want: pa.Table, where: str) -> None:
 def test_local_engine_and_two_stages_write_the_folder_ray_writes_and_each_resumes_the_other(
     demo_records, model, tmp_path, ray_session
 ):
-    """#12: a small database is scored in this process, without Ray, and on Ray in two stages (featurize tasks
-    feeding scoring actors: the GPU layout, here on CPUs), with the same forward batches (several packed by atoms
-    per unit): the same parts as Ray's one stage, and a folder one path started is finished by another."""
+    """#12: a small database is scored in this process, without Ray, in local worker processes beside it, and on Ray
+    in two stages (featurize tasks feeding scoring actors: the GPU layout, here on CPUs), with the same forward
+    batches (several packed by atoms per unit): the same parts as Ray's one stage, and a folder one path started is
+    finished by another."""
     db = write_db(tmp_path / "db", demo_records[3000:3300], [BAD])
     packed = Batching(atoms=300)
-    paths = {"ray": (Engine("ray"), 1), "local": (Engine("local"), None), "two-stage": (Engine("ray"), 2)}
+    paths = {
+        "ray": (Engine("ray"), 1, 1),
+        "local": (Engine("local"), None, 1),
+        "processes": (Engine("local"), None, 2),
+        "two-stage": (Engine("ray"), 2, 1),
+    }
 
     def run(folder: str, path: str):
-        engine, stages = paths[path]
-        return screen(db, model, tmp_path / folder, packed, unit_rows=64, workers=1, engine=engine, stages=stages)
+        engine, stages, workers = paths[path]
+        return screen(db, model, tmp_path / folder, packed, unit_rows=64, workers=workers, engine=engine, stages=stages)
 
     for path in paths:
         summary = run(path, path)
         assert (summary.n_scored, summary.n_rejected, summary.rejected_by_reason) == (300, 1, {"unknown_element": 1})
     for folder in (PREDICTIONS, "rejected"):
         parts = {path: sorted((tmp_path / path / folder).glob("part-*.parquet")) for path in paths}
-        for path in ("local", "two-stage"):
+        for path in ("local", "processes", "two-stage"):
             assert [p.name for p in parts["ray"]] == [p.name for p in parts[path]] and len(parts["ray"]) == 5
             for ray_part, other in zip(parts["ray"], parts[path], strict=True):
                 assert_same_parts(pq.read_table(other), pq.read_table(ray_part), f"{path}: {folder}/{other.name}")
-    for path in ("local", "two-stage"):
+    for path in ("local", "processes", "two-stage"):
         assert (tmp_path / "ray" / "screen.json").read_text() == (tmp_path / path / "screen.json").read_text()
 
     reference = pq.read_table(tmp_path / "ray" / PREDICTIONS)
-    for started, finish in (("local", "ray"), ("ray", "local"), ("two-stage", "local")):
+    for started, finish in (("local", "ray"), ("ray", "local"), ("two-stage", "processes")):
         for part in sorted((tmp_path / started / PREDICTIONS).glob("part-*.parquet"))[1:3]:
             part.unlink()
         resumed = run(started, finish)

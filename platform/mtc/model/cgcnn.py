@@ -160,20 +160,27 @@ def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     return bn(x)
 
 
-def mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
+def mean_pool(
+    atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of atom features per crystal.
 
     Args:
         atom_fea: (N, F).
         crystal_index: long (N,).
         n_crystals: B.
+        weights: float32 (N,), how many atoms each row stands for (an orbit batch: ``mtc.model.orbits``); None: 1.
 
     Returns:
         (B, F); zeros for a crystal without atoms.
     """
+    if weights is not None:
+        atom_fea = atom_fea * weights.to(atom_fea.dtype).unsqueeze(1)
+        counts = weights.new_zeros(n_crystals).index_add_(0, crystal_index, weights)
+    else:
+        counts = torch.bincount(crystal_index, minlength=n_crystals)
     sums = atom_fea.new_zeros(n_crystals, atom_fea.shape[1]).index_add_(0, crystal_index, atom_fea)
-    counts = torch.bincount(crystal_index, minlength=n_crystals).clamp_(min=1)
-    return sums / counts.unsqueeze(1).to(atom_fea.dtype)
+    return sums / counts.clamp_(min=1).unsqueeze(1).to(atom_fea.dtype)
 
 
 def convolve(

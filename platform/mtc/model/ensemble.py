@@ -20,6 +20,7 @@ from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import EdgeIndex, mean_pool
 from mtc.model.inference import FoldedConv, FrozenTrunk, InferenceModel, gated_sum
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.model.orbits import Orbits
 
 
 class StackedConv:
@@ -61,10 +62,13 @@ class StackedConv:
         return gated.view(-1, k, 2 * f)
 
 
-def _mean_pool(atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
-    """Args: atom_fea (N, K, F), crystal_index (N,). Returns: (K, B, F); zeros for a crystal without atoms."""
+def _mean_pool(
+    atom_fea: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Args: atom_fea (N, K, F), crystal_index (N,), weights (N,) or None (``mean_pool``). Returns: (K, B, F);
+    zeros for a crystal without atoms."""
     n, k, f = atom_fea.shape
-    pooled = mean_pool(atom_fea.view(n, k * f), crystal_index, n_crystals)
+    pooled = mean_pool(atom_fea.view(n, k * f), crystal_index, n_crystals, weights)
     return pooled.view(n_crystals, k, f).transpose(0, 1)
 
 
@@ -135,16 +139,17 @@ class EnsembleInference:
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns raw outputs (K, B, T): member k's row is ``members[k].eval()(batch)``."""
-        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
+        orbits = self.members[0].orbit_batch(batch)  # the members share their layout, so their depth
+        edge_fea = self.expansion(orbits.batch.edge_dist).to(self.dtype)
         if not self.stacked:
             return torch.stack(
-                [_outputs(f.trunks, f.heads, self.trunk_of_task, batch, edge_fea, 1) for f in self.members]
+                [_outputs(f.trunks, f.heads, self.trunk_of_task, orbits, edge_fea, 1) for f in self.members]
             )
-        return _outputs(self.trunks, self.heads, self.trunk_of_task, batch, edge_fea, 2)
+        return _outputs(self.trunks, self.heads, self.trunk_of_task, orbits, edge_fea, 2)
 
 
-def _outputs(trunks, heads, trunk_of_task, batch: CrystalBatch, edge_fea: torch.Tensor, dim: int) -> torch.Tensor:
+def _outputs(trunks, heads, trunk_of_task, orbits: Orbits, edge_fea: torch.Tensor, dim: int) -> torch.Tensor:
     """Each task's head on its trunk's features, stacked on ``dim`` (1 for one member, 2 for stacked members)."""
-    edges = EdgeIndex.of(batch)
-    features = [pooled for trunk in trunks for pooled in trunk(batch, edge_fea, edges)]
+    edges = EdgeIndex.of(orbits.batch)
+    features = [pooled for trunk in trunks for pooled in trunk(orbits.batch, edge_fea, edges, orbits.weights)]
     return torch.stack([head(features[g]) for head, g in zip(heads, trunk_of_task, strict=True)], dim=dim)

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, EdgeIndex, mean_pool
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.model.orbits import Orbits
 
 
 def bn_scale_shift(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +140,16 @@ class FrozenTrunk:
         self.stem = [FoldedConv(c, dtype) for c in trunk.convs]
         self.branches = [[FoldedConv(c, dtype) for c in branch] for branch in branches]
 
-    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor, edges: EdgeIndex) -> list[torch.Tensor]:
-        """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
+    @property
+    def depth(self) -> int:
+        """Convolutions from the embedding to the deepest pooled features."""
+        return len(self.stem) + max(len(branch) for branch in self.branches)
+
+    def __call__(
+        self, batch: CrystalBatch, edge_fea: torch.Tensor, edges: EdgeIndex, weights: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Args: edge_fea (E, G), the batch's Gaussian expansion; weights (N,), atoms per row of an orbit batch
+        (``mtc.model.orbits``; None: 1). Returns: n_branches x (B, F)."""
         atom_fea = self.table.index_select(0, batch.atomic_numbers)
         for conv in self.stem:
             atom_fea = conv(atom_fea, edge_fea, edges)
@@ -149,7 +158,7 @@ class FrozenTrunk:
             branch_fea = atom_fea
             for conv in branch:
                 branch_fea = conv(branch_fea, edge_fea, edges)
-            pooled.append(self.pool(branch_fea.to(self.pooled_dtype), batch.crystal_index, batch.n_crystals))
+            pooled.append(self.pool(branch_fea.to(self.pooled_dtype), batch.crystal_index, batch.n_crystals, weights))
         return pooled
 
     pool = staticmethod(mean_pool)  # (N, F) atoms -> (B, F) crystals
@@ -167,13 +176,21 @@ class InferenceModel:
         regular_edges: Use ``EdgeIndex``'s broadcasts and reshapes where a batch's edges are regular (False: gathers
             and scatters always, the layout before them, kept for ``benchmarks/bench_inference.py``).
         exp_gate: ``gate_`` in every convolution (False: softplus and sigmoid, the gate before it, for the same).
+        orbits: Run each batch as its orbit batch, one atom per set of atoms no convolution tells apart
+            (``mtc.model.orbits``; False: every atom, the path before it, for the same).
     """
 
     @torch.no_grad()
     def __init__(
-        self, model: MultiTaskCGCNN, dtype: torch.dtype | None = None, regular_edges: bool = True, exp_gate: bool = True
+        self,
+        model: MultiTaskCGCNN,
+        dtype: torch.dtype | None = None,
+        regular_edges: bool = True,
+        exp_gate: bool = True,
+        orbits: bool = True,
     ) -> None:
         self.regular_edges = regular_edges
+        self.orbits = orbits
         if model.shared_convs is None:
             self.trunks = [FrozenTrunk(trunk, [[]], dtype) for trunk in model.trunks]
         else:
@@ -186,6 +203,11 @@ class InferenceModel:
         self.expansion = copy.deepcopy(model.trunks[0].expansion)
         self.heads = copy.deepcopy(model.heads).eval()
         self.trunk_of_task = model.trunk_of_task
+        self.depth = max(trunk.depth for trunk in self.trunks)
+
+    def orbit_batch(self, batch: CrystalBatch) -> Orbits:
+        """``batch`` as its orbit batch for this model's depth (kept whole when ``orbits`` is False)."""
+        return Orbits.of(batch, self.depth) if self.orbits else Orbits(batch, None)
 
     @torch.inference_mode()
     def group_features(self, batch: CrystalBatch) -> list[torch.Tensor]:
@@ -193,9 +215,10 @@ class InferenceModel:
 
         Returns: n_groups x (B, F).
         """
-        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
-        edges = EdgeIndex.of(batch, self.regular_edges)
-        return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea, edges)]
+        orbits = self.orbit_batch(batch)
+        edge_fea = self.expansion(orbits.batch.edge_dist).to(self.dtype)
+        edges = EdgeIndex.of(orbits.batch, self.regular_edges)
+        return [pooled for trunk in self.trunks for pooled in trunk(orbits.batch, edge_fea, edges, orbits.weights)]
 
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:

@@ -45,6 +45,7 @@ from mtc.predict.predictor import (
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import RECORDS, frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
+from mtc.screen.processes import LOCAL_PROCESS_UNITS, score_in_processes
 from mtc.screen.rank import check_selection, select
 
 REJECTED, MODEL_DIR = "rejected", "model"
@@ -347,7 +348,12 @@ def score_database(
     pending = [u for u in units if not (out / output.folder / f"part-{u['unit']}.parquet").exists()]
     n_resumed = len(units) - len(pending)
     if pending:
-        if where == "local":
+        processes = local_processes(workers, len(pending)) if where == "local" else 0
+        if processes > 1:
+            scorer = UnitScorer(on_device(predictor, cpu_threads=1), str(out), batching, output)
+            worker_args = (str(out / MODEL_DIR), str(out), batching, output)
+            finished = score_in_processes(pending, scorer, worker_args, processes)
+        elif where == "local":
             scorer = UnitScorer(on_device(predictor, cpu_threads=local_cores()), str(out), batching, output)
             finished = (scorer({k: [u[k]] for k in u}) for u in pending)
         else:
@@ -386,6 +392,16 @@ def gpu_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def local_processes(workers: int | None, n_units: int) -> int:
+    """Processes a local screen of ``n_units`` pending units scores in: ``workers`` if given, else one per core on a
+    CPU when there are ``LOCAL_PROCESS_UNITS`` or more (``mtc.screen.processes``); one with a GPU; never more than
+    units."""
+    if gpu_available():
+        return 1
+    wanted = workers or (local_cores() if n_units >= LOCAL_PROCESS_UNITS else 1)
+    return max(1, min(wanted, n_units))
 
 
 def on_device(predictor: StructurePredictor, cpu_threads: int | None = None) -> StructurePredictor:
