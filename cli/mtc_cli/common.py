@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mtc.cluster import LOCAL_ROWS, Engine
+from mtc.cluster import LOCAL_CORES, LOCAL_ROWS, Engine
 from mtc.errors import MtcError
+from mtc.screen.processes import LOCAL_PROCESS_UNITS, UNIT_ROWS
 
 console = Console(highlight=False)
 console.soft_wrap = not console.is_terminal  # a log keeps each line whole (tables still fit the width)
@@ -181,11 +182,21 @@ class EngineKind(str, enum.Enum):
     local = "local"
 
 
+# What the local engine runs a job in.
+LOCAL_WORK = {
+    "featurize": "this process",
+    "screen": f"this process, and on a CPU a process per further core from {LOCAL_PROCESS_UNITS * UNIT_ROWS:,} "
+    "structures on",
+}
+WORKERS_HELP = "Scoring actors on Ray, processes on the local engine (default: one per CPU, or per GPU)."
+
+
 def engine_help(job: str) -> str:
     return (
-        "Where the work runs: ray (Ray Data on the cluster at --address, else a Ray started here), local (this "
-        "process, no Ray: no start-up cost, one core for the graphs) or auto: local when there is no --address / "
-        f"RAY_ADDRESS and the input holds under {LOCAL_ROWS[job]:,} structures, else ray. Both write the same output."
+        "Where the work runs: ray (Ray Data on the cluster at --address, else a Ray started here), local (no Ray, "
+        f"no start-up cost: {LOCAL_WORK[job]}) or auto: local when there is no --address / RAY_ADDRESS and the "
+        f"input holds under {LOCAL_ROWS[job]:,} structures or this machine has {LOCAL_CORES} cores or fewer, else "
+        "ray. Both write the same output."
     )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtc_cli.common import EngineKind, console, engine_help, progress, user_errors
+from mtc_cli.common import WORKERS_HELP, EngineKind, console, engine_help, progress, user_errors
 from mtc_cli.common import engine as engine_of
 from mtc_cli.screen import DB_HELP, MODEL_HELP, BatchAtoms, BatchSize, batching, write_table
 
@@ -29,7 +29,7 @@ def embed(
     ] = None,
     batch_atoms: BatchAtoms = None,
     batch_size: BatchSize = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Actors (default: one per CPU, or per GPU).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help=WORKERS_HELP)] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
     engine: Annotated[EngineKind, typer.Option(help=engine_help("screen"))] = EngineKind.auto,
 ) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from mtc_cli.common import (
     PRECISION_HELP,
+    WORKERS_HELP,
     EngineKind,
     Precision,
     console,
@@ -79,9 +80,7 @@ def screen(
     top: Annotated[int | None, typer.Option(min=1, help="Keep the first K rows of the selection.")] = None,
     batch_atoms: BatchAtoms = None,
     batch_size: BatchSize = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Scoring actors (default: one per CPU, or per GPU).")
-    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help=WORKERS_HELP)] = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")] = None,
     interval: Annotated[float, typer.Option(help=INTERVAL_HELP)] = 0.9,
     engine: Annotated[EngineKind, typer.Option(help=engine_help("screen"))] = EngineKind.auto,

@@ -24,6 +24,7 @@ from mtc.data.packing import Batching
 from mtc.predict.predictor import DEFAULT_BATCHING, EMBEDDING, StructurePredictor
 from mtc.screen.nearest import nearest
 from mtc.screen.output import EMBEDDINGS, Output
+from mtc.screen.processes import UNIT_ROWS
 from mtc.screen.score import MODEL_DIR, ScreenError, ScreenSummary, score_database
 
 STATE = "embed.json"
@@ -38,7 +39,7 @@ def embed(
     out: Path,
     task: str | None = None,
     batching: Batching = DEFAULT_BATCHING,
-    unit_rows: int = 1024,
+    unit_rows: int = UNIT_ROWS,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     engine: Engine = Engine(),

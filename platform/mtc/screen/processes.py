@@ -20,6 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from mtc.errors import MtcError
 
+# Rows of a unit of work: a screen's (and embed's) default.
+UNIT_ROWS = 1024
 # Pending units from which the local engine on a CPU adds worker processes (one per further core): below it a
 # worker's start-up (~1.5 s on one core) costs more than it saves against torch threads on every core.
 LOCAL_PROCESS_UNITS = 8

@@ -45,7 +45,7 @@ from mtc.predict.predictor import (
 from mtc.registry.models import bundle_in, download, resolve_uri
 from mtc.screen.frames import RECORDS, frames_database, scan_frames
 from mtc.screen.output import EMBEDDINGS, PREDICTIONS, RECORD_COLUMNS, Output, key_columns
-from mtc.screen.processes import LOCAL_PROCESS_UNITS, score_in_processes
+from mtc.screen.processes import LOCAL_PROCESS_UNITS, UNIT_ROWS, score_in_processes
 from mtc.screen.rank import check_selection, select
 
 REJECTED, MODEL_DIR = "rejected", "model"
@@ -254,7 +254,7 @@ def screen(
     model_uri: str,
     out: Path,
     batching: Batching = DEFAULT_BATCHING,
-    unit_rows: int = 1024,
+    unit_rows: int = UNIT_ROWS,
     workers: int | None = None,
     where: str | None = None,
     sort: str | None = None,
@@ -299,7 +299,7 @@ def score_database(
     out: Path,
     output: Output,
     batching: Batching = DEFAULT_BATCHING,
-    unit_rows: int = 1024,
+    unit_rows: int = UNIT_ROWS,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     check: Callable[[pa.Schema], None] | None = None,
