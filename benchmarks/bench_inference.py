@@ -8,11 +8,13 @@
 The first n crystals are featurized in process with mtc's featurizer (untimed) and collated into batches;
 a 3-task model of default sizes (random weights, random BatchNorm statistics; ``--shipped``: the shipped mp36k-mt3,
 whose trained pre-activations stay in ``exp``'s range, where a random model's may not) is timed on one thread.
-Four paths alternate batch by batch: ``model.eval()``; the frozen model with gathers and scatters only and
-softplus and sigmoid for the gate (``InferenceModel(regular_edges=False, exp_gate=False)``, the layout before
-``EdgeIndex``); with ``EdgeIndex`` but that gate (``exp_gate=False``, the layout before ``gate_``); and the frozen
-model as the screen runs it. Crystals/s come from the best of ``repeats`` passes over all batches; ``--batch-atoms``
-packs batches to that many atoms as the screen does (4,096) instead of ``--batch`` crystals.
+Five paths alternate batch by batch: ``model.eval()``; the frozen model on every atom with gathers and scatters
+only and softplus and sigmoid for the gate (``InferenceModel(regular_edges=False, exp_gate=False, orbits=False)``,
+the layout before ``EdgeIndex``); with ``EdgeIndex`` but that gate (``exp_gate=False``, the layout before
+``gate_``); with both but on every atom (``orbits=False``, the layout before orbit batches); and the frozen model
+as the screen runs it, on orbit batches (``mtc.model.orbits``). Crystals/s come from the best of ``repeats`` passes
+over all batches; ``--batch-atoms`` packs batches to that many atoms as the screen does (4,096) instead of
+``--batch`` crystals.
 
 ``--work``: count batches of ``--batch`` crystals against batches packed to each of ``--budgets`` atoms
 (``mtc.data.packing``), through the frozen forward the screen uses (collate + forward), on two databases: the n
@@ -264,15 +266,18 @@ def main() -> None:
     frozen = InferenceModel(model)
     paths = {
         "eval": lambda b: model(b),
-        "gathers": InferenceModel(model, regular_edges=False, exp_gate=False),
-        "softplus": InferenceModel(model, exp_gate=False),
+        "gathers": InferenceModel(model, regular_edges=False, exp_gate=False, orbits=False),
+        "softplus": InferenceModel(model, exp_gate=False, orbits=False),
+        "atoms": InferenceModel(model, orbits=False),
         "inference": frozen,
     }
+    n_orbits = sum(frozen.orbit_batch(b).batch.atomic_numbers.numel() for b in batches)
+    print(f"orbit batches: {n_orbits} atoms, {n_atoms / n_orbits:.2f}x fewer than the crystals' {n_atoms}")
     diff = scale = 0.0
 
     def compare(outputs):
         nonlocal diff, scale
-        for frozen_path in ("gathers", "softplus", "inference"):
+        for frozen_path in ("gathers", "softplus", "atoms", "inference"):
             diff = max(diff, (outputs["eval"] - outputs[frozen_path]).abs().max().item())
         scale = max(scale, outputs["eval"].abs().max().item())
 
@@ -286,8 +291,9 @@ def main() -> None:
         print(f"{name:>9}: {rate[name]:8.0f} crystals/s  (passes: {', '.join(f'{s:.2f}' for s in seconds[name])} s)")
     print(f"ratio inference / eval: {rate['inference'] / rate['eval']:.2f}x")
     print(f"ratio softplus / gathers (regular edges broadcast, reshaped): {rate['softplus'] / rate['gathers']:.2f}x")
-    print(f"ratio inference / softplus (one exp for the gate: gate_): {rate['inference'] / rate['softplus']:.2f}x")
-    print(f"ratio inference / gathers (both): {rate['inference'] / rate['gathers']:.2f}x")
+    print(f"ratio atoms / softplus (one exp for the gate: gate_): {rate['atoms'] / rate['softplus']:.2f}x")
+    print(f"ratio inference / atoms (orbit batches): {rate['inference'] / rate['atoms']:.2f}x")
+    print(f"ratio inference / gathers (all three): {rate['inference'] / rate['gathers']:.2f}x")
     print(f"max |delta| {diff:.2e}, max |output| {scale:.1f}")
     print(f"load average at end {os.getloadavg()}")
 
