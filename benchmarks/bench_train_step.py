@@ -10,6 +10,8 @@
     convolution's per-edge work); same initial weights as (b), its compile time printed, not timed per step.
 (d) (c) in bfloat16 mixed precision (``precision: bfloat16``: the convolutions autocast to bfloat16, weights, sums,
     heads and loss in float32): fast where the CPU has AMX or AVX512-BF16 (printed), slow where it has neither.
+(e) (c) on orbit batches (``orbit_batches: true``, ``mtc.model.orbits``: each set of atoms no convolution tells
+    apart computed once, weighted in pooling and BatchNorm), float32; building the orbit batch is timed in the step.
 
 Both: CGCNN defaults (atom_fea_len 64, h_fea_len 128, n_conv 3, n_h 1), batch 256, Adam lr 0.01, MSE on
 z-scored formation energy, one process, the same crystals in the same order. Graph building happens before
@@ -40,6 +42,7 @@ from mtc.elements import element_table
 from mtc.model.cgcnn import compile_convolutions
 from mtc.model.losses import MultiTaskLoss
 from mtc.model.multitask import MultiTaskCGCNN
+from mtc.model.orbits import orbit_batch
 from mtc.tasks import TaskSpec
 from mtc.train.loop import LossModule
 
@@ -303,12 +306,13 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def training_step(
-        net: MultiTaskCGCNN, optimiser: torch.optim.Optimizer, precision: str = "float32"
+        net: MultiTaskCGCNN, optimiser: torch.optim.Optimizer, precision: str = "float32", orbits: bool = False
     ) -> Callable[[int], float]:
         objective = LossModule(net, criterion, precision)
 
         def step(b: int) -> float:
             batch = collate_arrow(shard.slice(b * bs, bs), tasks)
+            batch = orbit_batch(batch, N_CONV, min_saving=0.0) if orbits else batch
             loss = objective(batch).total
             optimiser.zero_grad()
             loss.backward()
@@ -325,18 +329,26 @@ def main() -> None:
     mixed = copy.deepcopy(model)
     compile_convolutions(mixed)
     mixed_step = training_step(mixed, torch.optim.Adam(mixed.parameters(), lr=0.01), "bfloat16")
-    for name, step in (("c", fused_step), ("d", mixed_step)):
+    orbiting = copy.deepcopy(model)
+    compile_convolutions(orbiting)
+    orbit_step = training_step(orbiting, torch.optim.Adam(orbiting.parameters(), lr=0.01), orbits=True)
+    for name, step in (("c", fused_step), ("d", mixed_step), ("e", orbit_step)):
         start = time.perf_counter()
         step(n_batches - 1)
         step(0)
         print(f"({name}) compile: first two steps {time.perf_counter() - start:.1f} s (two batch shapes), untimed")
 
-    steps = {"a": base_step, "b": mtc_step, "c": fused_step, "d": mixed_step}
+    steps = {"a": base_step, "b": mtc_step, "c": fused_step, "d": mixed_step, "e": orbit_step}
     times = interleaved_step_times(steps, n_batches, args.rounds)
     base_rate = bs / statistics.median(times["a"])
     mtc_rate = bs / statistics.median(times["b"])
     fused_rate = bs / statistics.median(times["c"])
     mixed_rate = bs / statistics.median(times["d"])
+    orbit_rate = bs / statistics.median(times["e"])
+    orbit_atoms = sum(
+        orbit_batch(collate_arrow(shard.slice(b * bs, bs), tasks), N_CONV, 0.0).atomic_numbers.numel()
+        for b in range(n_batches)
+    )
 
     f, g, h = ATOM_FEA, 41, H_FEA
     head_macs = bs * (f * h + h)
@@ -355,6 +367,8 @@ def main() -> None:
     print(f"speed-up c/b            : {fused_rate / mtc_rate:8.2f}x   (c/a {fused_rate / base_rate:.2f}x)")
     print(f"(d) (c) in bfloat16 mixed: {mixed_rate:8.1f} crystals/s")
     print(f"speed-up d/b            : {mixed_rate / mtc_rate:8.2f}x   (d/c {mixed_rate / fused_rate:.2f}x)")
+    print(f"(e) (c) on orbit batches: {orbit_rate:8.1f} crystals/s  ({n_atoms / orbit_atoms:.2f}x fewer atoms)")
+    print(f"speed-up e/b            : {orbit_rate / mtc_rate:8.2f}x   (e/c {orbit_rate / fused_rate:.2f}x)")
     print(f"bfloat16                : {bf16_cpu()}")
     for name in steps:
         ms = np.percentile(np.array(times[name]) * 1e3, [10, 50, 90])

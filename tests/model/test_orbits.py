@@ -10,7 +10,7 @@ from mtc.data.batching import collate_arrow
 from mtc.data.featurize import featurize_table
 from mtc.model.cgcnn import mean_pool
 from mtc.model.inference import InferenceModel
-from mtc.model.orbits import Orbits, atom_colours
+from mtc.model.orbits import atom_colours, orbit_batch
 from tests.model.test_cgcnn import TASKS
 from tests.model.test_inference import perturbed_model
 
@@ -37,9 +37,9 @@ def test_a_supercell_keeps_the_colours_and_the_predictions_of_its_cell() -> None
     cell, supercell = graphs(rock_salt(1)), graphs(rock_salt(2))
     assert int(atom_colours(cell, 3).max()) + 1 == 2  # Na and Cl: every site of rock salt alike
     assert int(atom_colours(supercell, 3).max()) + 1 == 2
-    orbits = Orbits.of(supercell, 3)
-    assert orbits.batch.atomic_numbers.tolist() == [11, 17] and orbits.weights.tolist() == [8.0, 8.0]
-    assert orbits.batch.edge_src.numel() == 24  # each orbit's 12 edges, pointing at orbits
+    orbits = orbit_batch(supercell, 3)
+    assert orbits.atomic_numbers.tolist() == [11, 17] and orbits.atom_weights.tolist() == [8.0, 8.0]
+    assert orbits.edge_src.numel() == 24  # each orbit's 12 edges, pointing at orbits
     frozen = InferenceModel(perturbed_model(shared_convs=1))
     torch.testing.assert_close(frozen(supercell), frozen(cell), rtol=1e-5, atol=1e-5)
 
@@ -60,8 +60,8 @@ def test_the_orbit_forward_matches_every_atom_on_real_crystals(demo_table: pa.Ta
     for layout in ({"shared_convs": None}, {"shared_convs": 1}):
         model = perturbed_model(**layout)
         orbits = InferenceModel(model).orbit_batch(batch)
-        assert orbits.weights is not None and orbits.batch.atomic_numbers.numel() < 0.8 * batch.atomic_numbers.numel()
-        assert orbits.weights.sum() == batch.atomic_numbers.numel()
+        assert orbits.atomic_numbers.numel() < 0.8 * batch.atomic_numbers.numel()
+        assert orbits.atom_weights.sum() == batch.atomic_numbers.numel()
         with torch.no_grad():
             expected = model(batch)
         got, every_atom = InferenceModel(model)(batch), InferenceModel(model, orbits=False)(batch)
@@ -71,8 +71,8 @@ def test_the_orbit_forward_matches_every_atom_on_real_crystals(demo_table: pa.Ta
 
 def test_a_batch_without_repeated_neighbourhoods_is_kept_whole() -> None:
     batch = graphs(rock_salt(1, shift=0.05))
-    assert Orbits.of(batch, 3, min_saving=0.5).weights is None
-    assert Orbits.of(batch, 3, min_saving=0.0).weights is not None
+    assert orbit_batch(batch, 3, min_saving=0.5) is batch
+    assert orbit_batch(batch, 3, min_saving=0.0).atom_weights is not None
 
 
 def test_weighted_mean_pool_equals_the_pool_of_the_repeated_rows() -> None:
@@ -82,3 +82,25 @@ def test_weighted_mean_pool_equals_the_pool_of_the_repeated_rows() -> None:
     repeated = weights.long()
     expected = mean_pool(rows.repeat_interleave(repeated, 0), index.repeat_interleave(repeated), 4)
     torch.testing.assert_close(mean_pool(rows, index, 4, weights), expected)
+
+
+def test_training_on_the_orbit_batch_is_training_on_every_atom(demo_table: pa.Table) -> None:
+    """Train mode: the same outputs, the same gradients of every parameter and the same BatchNorm running statistics
+    from the orbit batch (weighted statistics) as from the whole batch."""
+    batch = collate_arrow(demo_table, TASKS)
+    orbits = orbit_batch(batch, 3, min_saving=0.0)
+    assert orbits.atomic_numbers.numel() < 0.8 * batch.atomic_numbers.numel()
+    models = []
+    for inputs in (batch, orbits):
+        model = perturbed_model(shared_convs=1).train()
+        out = model(inputs)
+        (out * torch.linspace(-1.0, 2.0, out.numel()).view_as(out)).sum().backward()
+        models.append((out.detach(), model))
+    (whole, reference), (reduced, model) = models
+    torch.testing.assert_close(reduced, whole, rtol=1e-4, atol=1e-5)
+    scale = max(float(p.grad.abs().max()) for p in reference.parameters())  # ~30 here
+    for (name, p), q in zip(reference.named_parameters(), model.parameters(), strict=True):
+        # to float32 round-off of the largest gradient (a conv bias before BatchNorm has none but round-off)
+        assert float((q.grad - p.grad).abs().max()) <= 1e-5 * scale, name
+    for (name, b), c in zip(reference.named_buffers(), model.buffers(), strict=True):
+        torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -26,6 +26,8 @@ class CrystalBatch:
         targets: float32 (B, T), 0 where missing.
         mask: bool (B, T), true where a label exists.
         ids: the B crystal ids.
+        atom_weights: float32 (N,), how many of the crystals' atoms each row stands for in an orbit batch
+            (``mtc.model.orbits``); None: one each.
     """
 
     atomic_numbers: torch.Tensor
@@ -37,6 +39,7 @@ class CrystalBatch:
     targets: torch.Tensor
     mask: torch.Tensor
     ids: list[str]
+    atom_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.n_crystals

@@ -110,9 +110,16 @@ class ConvLayer(nn.Module):
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
 
     def forward(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor
+        self,
+        atom_fea: torch.Tensor,
+        edge_fea: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        atom_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Args: atom_fea (N, F), edge_fea (E, G), edge_src / edge_dst long (E,). Returns: (N, F)."""
+        """Args: atom_fea (N, F), edge_fea (E, G), edge_src / edge_dst long (E,); atom_weights (N,), the atoms each
+        row stands for in an orbit batch (``mtc.model.orbits``: BatchNorm's statistics weigh rows and edges by
+        them), None for one each. Returns: (N, F)."""
         f = self.atom_fea_len
         weight = self.fc_full.weight
         # rows [0, 2F): W_a (centre i), rows [2F, 4F): W_b (neighbour j)
@@ -122,12 +129,13 @@ class ConvLayer(nn.Module):
             + per_atom[:, 2 * f :].index_select(0, edge_src)
             + F.linear(edge_fea, weight[:, 2 * f :], self.fc_full.bias)
         )
-        filt, core = batch_norm(self.bn1, gated).chunk(2, dim=1)
+        edge_weights = None if atom_weights is None else atom_weights.index_select(0, edge_dst)
+        filt, core = batch_norm(self.bn1, gated, edge_weights).chunk(2, dim=1)
         message = torch.sigmoid(filt) * F.softplus(core)
         # Under bfloat16 autocast the per-edge work runs in bfloat16; the sums and the atom stream keep atom_fea's
         # precision (a no-op cast in float32).
         summed = torch.zeros_like(atom_fea).index_add_(0, edge_dst, message.to(atom_fea.dtype))
-        return F.softplus(atom_fea + batch_norm(self.bn2, summed))
+        return F.softplus(atom_fea + batch_norm(self.bn2, summed, atom_weights))
 
 
 def compile_convolutions(model: nn.Module) -> int:
@@ -148,16 +156,32 @@ def compile_convolutions(model: nn.Module) -> int:
     return len(convs)
 
 
-def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """``bn(x)``, except that a training batch of a single row uses the running statistics.
+def batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(x)``, with training statistics weighted by ``weights``, and a training batch of a single row on the
+    running statistics.
 
     One row has no variance to normalise by (BatchNorm raises); a batch of one one-atom crystal is legal input.
+    With ``weights`` (an orbit batch: each row stands for that many rows of the whole batch) the batch mean and
+    variance, and the running statistics' update, are those of the whole batch, to round-off.
 
-    Args: x (R, C). Returns: (R, C).
+    Args: x (R, C), weights (R,) or None. Returns: (R, C).
     """
     if bn.training and x.shape[0] < 2:
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return bn(x)
+    if weights is None or not bn.training:
+        return bn(x)
+    total = weights.sum()
+    share = (weights / total).unsqueeze(1).to(torch.float32)
+    mean = (x * share).sum(0)
+    centred = x - mean
+    var = (centred.square() * share).sum(0)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * (total / (total - 1)), momentum)
+    return (centred * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias).to(x.dtype)
 
 
 def mean_pool(
@@ -188,7 +212,7 @@ def convolve(
 ) -> torch.Tensor:
     """Applies ``convs`` in order. Args: atom_fea (N, F), edge_fea (E, G). Returns: (N, F)."""
     for conv in convs:
-        atom_fea = conv(atom_fea, edge_fea, batch.edge_src, batch.edge_dst)
+        atom_fea = conv(atom_fea, edge_fea, batch.edge_src, batch.edge_dst, batch.atom_weights)
     return atom_fea
 
 
@@ -228,4 +252,4 @@ class CGCNNTrunk(nn.Module):
 
     def forward(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns crystal features, (B, F)."""
-        return mean_pool(self.atom_features(batch), batch.crystal_index, batch.n_crystals)
+        return mean_pool(self.atom_features(batch), batch.crystal_index, batch.n_crystals, batch.atom_weights)

@@ -20,7 +20,6 @@ from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import EdgeIndex, mean_pool
 from mtc.model.inference import FoldedConv, FrozenTrunk, InferenceModel, gated_sum
 from mtc.model.multitask import MultiTaskCGCNN
-from mtc.model.orbits import Orbits
 
 
 class StackedConv:
@@ -139,17 +138,17 @@ class EnsembleInference:
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:
         """Returns raw outputs (K, B, T): member k's row is ``members[k].eval()(batch)``."""
-        orbits = self.members[0].orbit_batch(batch)  # the members share their layout, so their depth
-        edge_fea = self.expansion(orbits.batch.edge_dist).to(self.dtype)
+        batch = self.members[0].orbit_batch(batch)  # the members share their layout, so their depth
+        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
         if not self.stacked:
             return torch.stack(
-                [_outputs(f.trunks, f.heads, self.trunk_of_task, orbits, edge_fea, 1) for f in self.members]
+                [_outputs(f.trunks, f.heads, self.trunk_of_task, batch, edge_fea, 1) for f in self.members]
             )
-        return _outputs(self.trunks, self.heads, self.trunk_of_task, orbits, edge_fea, 2)
+        return _outputs(self.trunks, self.heads, self.trunk_of_task, batch, edge_fea, 2)
 
 
-def _outputs(trunks, heads, trunk_of_task, orbits: Orbits, edge_fea: torch.Tensor, dim: int) -> torch.Tensor:
+def _outputs(trunks, heads, trunk_of_task, batch: CrystalBatch, edge_fea: torch.Tensor, dim: int) -> torch.Tensor:
     """Each task's head on its trunk's features, stacked on ``dim`` (1 for one member, 2 for stacked members)."""
-    edges = EdgeIndex.of(orbits.batch)
-    features = [pooled for trunk in trunks for pooled in trunk(orbits.batch, edge_fea, edges, orbits.weights)]
+    edges = EdgeIndex.of(batch)
+    features = [pooled for trunk in trunks for pooled in trunk(batch, edge_fea, edges)]
     return torch.stack([head(features[g]) for head, g in zip(heads, trunk_of_task, strict=True)], dim=dim)

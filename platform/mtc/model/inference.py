@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from mtc.data.batching import CrystalBatch
 from mtc.model.cgcnn import CGCNNTrunk, ConvLayer, EdgeIndex, mean_pool
 from mtc.model.multitask import MultiTaskCGCNN
-from mtc.model.orbits import Orbits
+from mtc.model.orbits import orbit_batch
 
 
 def bn_scale_shift(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +145,8 @@ class FrozenTrunk:
         """Convolutions from the embedding to the deepest pooled features."""
         return len(self.stem) + max(len(branch) for branch in self.branches)
 
-    def __call__(
-        self, batch: CrystalBatch, edge_fea: torch.Tensor, edges: EdgeIndex, weights: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
-        """Args: edge_fea (E, G), the batch's Gaussian expansion; weights (N,), atoms per row of an orbit batch
-        (``mtc.model.orbits``; None: 1). Returns: n_branches x (B, F)."""
+    def __call__(self, batch: CrystalBatch, edge_fea: torch.Tensor, edges: EdgeIndex) -> list[torch.Tensor]:
+        """Args: edge_fea (E, G), the batch's Gaussian expansion. Returns: n_branches x (B, F)."""
         atom_fea = self.table.index_select(0, batch.atomic_numbers)
         for conv in self.stem:
             atom_fea = conv(atom_fea, edge_fea, edges)
@@ -158,7 +155,8 @@ class FrozenTrunk:
             branch_fea = atom_fea
             for conv in branch:
                 branch_fea = conv(branch_fea, edge_fea, edges)
-            pooled.append(self.pool(branch_fea.to(self.pooled_dtype), batch.crystal_index, batch.n_crystals, weights))
+            fea = branch_fea.to(self.pooled_dtype)
+            pooled.append(self.pool(fea, batch.crystal_index, batch.n_crystals, batch.atom_weights))
         return pooled
 
     pool = staticmethod(mean_pool)  # (N, F) atoms -> (B, F) crystals
@@ -205,9 +203,9 @@ class InferenceModel:
         self.trunk_of_task = model.trunk_of_task
         self.depth = max(trunk.depth for trunk in self.trunks)
 
-    def orbit_batch(self, batch: CrystalBatch) -> Orbits:
+    def orbit_batch(self, batch: CrystalBatch) -> CrystalBatch:
         """``batch`` as its orbit batch for this model's depth (kept whole when ``orbits`` is False)."""
-        return Orbits.of(batch, self.depth) if self.orbits else Orbits(batch, None)
+        return orbit_batch(batch, self.depth) if self.orbits else batch
 
     @torch.inference_mode()
     def group_features(self, batch: CrystalBatch) -> list[torch.Tensor]:
@@ -215,10 +213,10 @@ class InferenceModel:
 
         Returns: n_groups x (B, F).
         """
-        orbits = self.orbit_batch(batch)
-        edge_fea = self.expansion(orbits.batch.edge_dist).to(self.dtype)
-        edges = EdgeIndex.of(orbits.batch, self.regular_edges)
-        return [pooled for trunk in self.trunks for pooled in trunk(orbits.batch, edge_fea, edges, orbits.weights)]
+        batch = self.orbit_batch(batch)
+        edge_fea = self.expansion(batch.edge_dist).to(self.dtype)
+        edges = EdgeIndex.of(batch, self.regular_edges)
+        return [pooled for trunk in self.trunks for pooled in trunk(batch, edge_fea, edges)]
 
     @torch.inference_mode()
     def __call__(self, batch: CrystalBatch) -> torch.Tensor:

@@ -103,7 +103,9 @@ class MultiTaskCGCNN(nn.Module):
         atom_fea, edge_fea = stem.embed(batch)
         atom_fea = convolve(stem.convs, atom_fea, edge_fea, batch)
         return [
-            mean_pool(convolve(branch, atom_fea, edge_fea, batch), batch.crystal_index, batch.n_crystals)
+            mean_pool(
+                convolve(branch, atom_fea, edge_fea, batch), batch.crystal_index, batch.n_crystals, batch.atom_weights
+            )
             for branch in self.branches
         ]
 

@@ -16,7 +16,7 @@ one with a probability of about 2^-64 per pair of atoms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -56,42 +56,30 @@ def atom_colours(batch: CrystalBatch, rounds: int) -> torch.Tensor:
     return rank[inverse]
 
 
-@dataclass(frozen=True)
-class Orbits:
-    """A batch reduced to one atom per colour.
-
-    Attributes:
-        batch: The orbit batch: C atoms (each colour's first), their edges (E' rows, grouped by centre as in the
-            input), ``edge_src`` pointing at colours; crystals, targets and ids as in the input.
-        weights: float32 (C,), the number of atoms of each colour; None when the batch was kept whole.
-    """
-
-    batch: CrystalBatch
-    weights: torch.Tensor | None
-
-    @classmethod
-    def of(cls, batch: CrystalBatch, rounds: int, min_saving: float = MIN_SAVING) -> Orbits:
-        """The orbit batch of ``batch`` for a network of ``rounds`` convolutions one after another, or ``batch``
-        itself when it would drop less than ``min_saving`` of the atoms."""
-        n_atoms = batch.atomic_numbers.numel()
-        if n_atoms == 0:
-            return cls(batch, None)
-        colours = atom_colours(batch, rounds)
-        n_colours = int(colours.max()) + 1
-        if n_colours > (1.0 - min_saving) * n_atoms:
-            return cls(batch, None)
-        # colours are numbered in order of their first atom: an atom is its colour's first where the count rises
-        seen = torch.cat([colours.new_full((1,), -1), colours.cummax(0).values[:-1]])
-        kept = colours > seen
-        first = kept.nonzero().squeeze(1)
-        edges = kept.index_select(0, batch.edge_dst)
-        orbit_batch = replace(
-            batch,
-            atomic_numbers=batch.atomic_numbers.index_select(0, first),
-            crystal_index=batch.crystal_index.index_select(0, first),
-            edge_src=colours.index_select(0, batch.edge_src[edges]),
-            edge_dst=colours.index_select(0, batch.edge_dst[edges]),
-            edge_dist=batch.edge_dist[edges],
-        )
-        weights = torch.bincount(colours, minlength=n_colours).to(torch.float32)
-        return cls(orbit_batch, weights)
+def orbit_batch(batch: CrystalBatch, rounds: int, min_saving: float = MIN_SAVING) -> CrystalBatch:
+    """``batch`` reduced to one atom per colour for a network of ``rounds`` convolutions one after another: C atoms
+    (each colour's first) with ``atom_weights`` (C,), the atoms of each colour; their edges (grouped by centre as in
+    the input) with ``edge_src`` pointing at colours; crystals, targets and ids as in the input. ``batch`` itself
+    when that would drop less than ``min_saving`` of its atoms (0: always reduced), or is an orbit batch already."""
+    n_atoms = batch.atomic_numbers.numel()
+    if n_atoms == 0 or batch.atom_weights is not None:
+        return batch
+    colours = atom_colours(batch, rounds)
+    n_colours = int(colours.max()) + 1
+    if n_colours > (1.0 - min_saving) * n_atoms:
+        return batch
+    # colours are numbered in order of their first atom: an atom is its colour's first where the count rises
+    seen = torch.cat([colours.new_full((1,), -1), colours.cummax(0).values[:-1]])
+    kept = colours > seen
+    first = kept.nonzero().squeeze(1)
+    edges = kept.index_select(0, batch.edge_dst)
+    weights = torch.bincount(colours, minlength=n_colours).to(torch.float32)
+    return replace(
+        batch,
+        atomic_numbers=batch.atomic_numbers.index_select(0, first),
+        crystal_index=batch.crystal_index.index_select(0, first),
+        edge_src=colours.index_select(0, batch.edge_src[edges]),
+        edge_dst=colours.index_select(0, batch.edge_dst[edges]),
+        edge_dist=batch.edge_dist[edges],
+        atom_weights=weights,
+    )

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from mtc.data.batching import CrystalBatch, collate_arrow
 from mtc.data.packing import Batching, atom_counts
+from mtc.model.orbits import orbit_batch
 from mtc.tasks import TaskSpec
 
 # Arrow bytes of the training plus validation split that each worker may hold (all of mp36k: 137 MiB).
@@ -47,10 +48,13 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndar
     return perm[: n // world * world][rank::world]
 
 
-def arrow_batches(tables, tasks: Sequence[TaskSpec], device) -> Iterator[CrystalBatch]:
-    """Collated ``tables`` (Arrow batches of shard rows), on ``device``."""
+def arrow_batches(tables, tasks: Sequence[TaskSpec], device, orbit_rounds: int | None = None) -> Iterator[CrystalBatch]:
+    """Collated ``tables`` (Arrow batches of shard rows), on ``device``; as orbit batches for a model of
+    ``orbit_rounds`` convolutions one after another when given (``mtc.model.orbits``: the same losses, gradients
+    and BatchNorm statistics, from each set of alike atoms once)."""
     for table in tables:
-        yield collate_arrow(table, tasks).to(device)
+        batch = collate_arrow(table, tasks).to(device)
+        yield batch if orbit_rounds is None else orbit_batch(batch, orbit_rounds, min_saving=0.0)
 
 
 @dataclass
@@ -95,10 +99,17 @@ class SplitInMemory:
         return max(n_batches - 1, min(n_batches, 1))
 
     def collated(
-        self, batching: Batching, tasks: Sequence[TaskSpec], device, rank: int = 0, world: int = 1
+        self,
+        batching: Batching,
+        tasks: Sequence[TaskSpec],
+        device,
+        rank: int = 0,
+        world: int = 1,
+        orbit_rounds: int | None = None,
     ) -> list[CrystalBatch]:
         """The rows in table order, cut by ``batching``, and of those batches ``rank``'s share (``rank``,
-        ``rank + world``, ...; all of them by default), collated once (for evaluation)."""
+        ``rank + world``, ...; all of them by default), collated once (for evaluation; ``orbit_rounds`` as in
+        ``arrow_batches``)."""
         cuts = batching.cuts(self.atoms)
-        spans = list(pairwise(cuts))[rank::world]
-        return list(arrow_batches((self.table.slice(first, end - first) for first, end in spans), tasks, device))
+        tables = (self.table.slice(first, end - first) for first, end in list(pairwise(cuts))[rank::world])
+        return list(arrow_batches(tables, tasks, device, orbit_rounds))

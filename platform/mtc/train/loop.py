@@ -189,7 +189,7 @@ class _EpochData:
             self._train = SplitInMemory.read(shard)
         where = self.where
         tables = self._train.epoch_batches(train.seed, epoch, where.rank, where.world, _batching(train))
-        yield from arrow_batches(tables, train.tasks, device)
+        yield from arrow_batches(tables, train.tasks, device, orbit_rounds(train))
 
     def val(self) -> Iterable[CrystalBatch]:
         """The whole validation split from Ray Data, or this rank's share of it held in memory."""
@@ -201,7 +201,8 @@ class _EpochData:
             train = self.config.train
             split = SplitInMemory.read(ray.train.get_dataset_shard("val"))
             where = self.where
-            self._val = split.collated(_batching(train), train.tasks, where.device, where.rank, where.world)
+            rounds = orbit_rounds(train)
+            self._val = split.collated(_batching(train), train.tasks, where.device, where.rank, where.world, rounds)
         return self._val
 
 
@@ -385,12 +386,17 @@ def _order_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def orbit_rounds(train: TrainConfig) -> int | None:
+    """Refinement rounds of the orbit batches ``train`` runs on (its convolutions one after another), or None."""
+    return train.model.n_conv if train.orbit_batches else None
+
+
 def _split_batches(train: TrainConfig, split: str, device) -> Iterator[CrystalBatch]:
     """A whole split from Ray Data, collated batch by batch."""
     import ray.train
 
     tables = ray.train.get_dataset_shard(split).iter_batches(batch_size=train.batch_size, batch_format="pyarrow")
-    return arrow_batches(tables, train.tasks, device)
+    return arrow_batches(tables, train.tasks, device, orbit_rounds(train))
 
 
 def _report(
@@ -444,7 +450,7 @@ def _batches(shard, config: TrainConfig, device) -> Iterator[CrystalBatch]:
         drop_last=True,
         local_shuffle_buffer_size=max(config.batch_size * 8, 2048),
     )
-    return arrow_batches(tables, config.tasks, device)
+    return arrow_batches(tables, config.tasks, device, orbit_rounds(config))
 
 
 def _count_nodes(world: int) -> int:
