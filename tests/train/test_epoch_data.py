@@ -52,6 +52,10 @@ def test_batches_from_memory_are_the_rows_in_the_given_order():
     packed = split.collated(Batching(atoms=40), tasks=TASKS, device="cpu")
     assert [i for b in packed for i in b.ids] == whole.ids
     assert all(b.atomic_numbers.numel() <= 40 or b.n_crystals == 1 for b in packed)
+    orbits = split.collated(Batching(crystals=4), TASKS, "cpu", orbit_rounds=3)  # what orbit_batches: true gives
+    assert [b.ids for b in orbits] == [b.ids for b in collated]
+    assert [b.atom_weights.sum().item() for b in orbits] == [b.atomic_numbers.numel() for b in collated]
+    assert sum(b.atomic_numbers.numel() for b in orbits) < sum(b.atomic_numbers.numel() for b in collated)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
