@@ -1,4 +1,4 @@
-"""Atoms that no convolution can tell apart, computed once: the frozen forward's *orbit batch*.
+"""Atoms that no convolution can tell apart, computed once: *orbit batches*, for training and inference alike.
 
 A CGCNN convolution updates an atom from its own features and the multiset of (neighbour features, edge distance)
 over its edges. So two atoms of a crystal with the same element, whose edges carry the same distances to
@@ -7,8 +7,9 @@ symmetry orbit, wherever the graph builder gave their edges bitwise-equal distan
 finds them: atoms start coloured by (crystal, element); each round recolours an atom by its colour and the
 multiset of (neighbour colour, distance bits) over its edges. After r rounds, atoms of one colour have the same
 features after r convolutions, to float32 round-off (their sums are taken in another order). The forward pass
-then runs on one atom per colour, its edges pointing at the colours of its neighbours, and mean pooling weighs
-each by its number of atoms: on mp36k 2.1x fewer atoms and edges than the crystals hold.
+then runs on one atom per colour, its edges pointing at the colours of its neighbours, and mean pooling (and, in
+training, BatchNorm's batch statistics: ``mtc.model.cgcnn.batch_norm``) weighs each by its number of atoms: the
+same outputs and gradients from 2.1x fewer atoms and edges than mp36k's crystals hold.
 
 Colours are 64-bit hashes (a multiset hashed as the sum of its mixed elements); two different neighbourhoods share
 one with a probability of about 2^-64 per pair of atoms.
