@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 from pymatgen.core import Structure
 
 from mtc.cluster import Engine
@@ -93,9 +94,11 @@ def test_local_engine_and_two_stages_write_the_folder_ray_writes_and_each_resume
         engine, stages, workers = paths[path]
         return screen(db, model, tmp_path / folder, packed, unit_rows=64, workers=workers, engine=engine, stages=stages)
 
+    threads = torch.get_num_threads()
     for path in paths:
         summary = run(path, path)
         assert (summary.n_scored, summary.n_rejected, summary.rejected_by_reason) == (300, 1, {"unknown_element": 1})
+        assert torch.get_num_threads() == threads, path  # each path's own threads are this process's no more
     for folder in (PREDICTIONS, "rejected"):
         parts = {path: sorted((tmp_path / path / folder).glob("part-*.parquet")) for path in paths}
         for path in ("local", "processes", "two-stage"):
