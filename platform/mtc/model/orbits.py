@@ -42,6 +42,11 @@ def atom_colours(batch: CrystalBatch, rounds: int) -> torch.Tensor:
 
     Atoms of different crystals never share a colour. Returns: long (N,), values in [0, C).
     """
+    return _refine(batch, rounds)[0]
+
+
+def _refine(batch: CrystalBatch, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``atom_colours``, each colour's first atom: long (C,), ascending)."""
     colour = batch.crystal_index * 256 + batch.atomic_numbers
     distance_bits = batch.edge_dist.float().view(torch.int32).long()
     for _ in range(rounds):
@@ -52,9 +57,10 @@ def atom_colours(batch: CrystalBatch, rounds: int) -> torch.Tensor:
     n = inverse.numel()
     first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long, device=inverse.device)
     first.scatter_reduce_(0, inverse, torch.arange(n, device=inverse.device), "amin")
-    rank = torch.empty_like(first)
-    rank[first.argsort()] = torch.arange(first.numel(), device=first.device)
-    return rank[inverse]
+    first, order = first.sort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank[inverse], first
 
 
 def orbit_batch(batch: CrystalBatch, rounds: int, min_saving: float = MIN_SAVING) -> CrystalBatch:
@@ -65,14 +71,11 @@ def orbit_batch(batch: CrystalBatch, rounds: int, min_saving: float = MIN_SAVING
     n_atoms = batch.atomic_numbers.numel()
     if n_atoms == 0 or batch.atom_weights is not None:
         return batch
-    colours = atom_colours(batch, rounds)
-    n_colours = int(colours.max()) + 1
+    colours, first = _refine(batch, rounds)
+    n_colours = first.numel()
     if n_colours > (1.0 - min_saving) * n_atoms:
         return batch
-    # colours are numbered in order of their first atom: an atom is its colour's first where the count rises
-    seen = torch.cat([colours.new_full((1,), -1), colours.cummax(0).values[:-1]])
-    kept = colours > seen
-    first = kept.nonzero().squeeze(1)
+    kept = torch.zeros(n_atoms, dtype=torch.bool, device=colours.device).index_fill_(0, first, True)
     edges = kept.index_select(0, batch.edge_dst)
     weights = torch.bincount(colours, minlength=n_colours).to(torch.float32)
     return replace(

@@ -42,7 +42,7 @@ def _start_worker(scorer_args: tuple) -> None:
 
 
 def _score_in_worker(unit: dict) -> dict:
-    return _scorer({key: [value] for key, value in unit.items()})
+    return _scorer.score_unit(unit)
 
 
 def score_in_processes(units: list[dict], scorer, scorer_args: tuple, processes: int) -> Iterator[dict]:
@@ -64,7 +64,7 @@ def score_in_processes(units: list[dict], scorer, scorer_args: tuple, processes:
                 queued.add(pool.submit(_score_in_worker, queue.pop()))  # workers from the end, this process the front
             if queue:
                 unit = queue.popleft()
-                yield scorer({key: [value] for key, value in unit.items()})
+                yield scorer.score_unit(unit)
                 finished = {future for future in queued if future.done()}
             else:
                 finished, _ = wait(queued, return_when=FIRST_COMPLETED)

@@ -20,6 +20,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,6 +157,10 @@ class UnitScorer:
         self.batching = batching
         self.output = output
         self.read = UnitReader(output.keys.names)
+
+    def score_unit(self, unit: dict) -> dict:
+        """One unit of ``plan_units`` (a dict of its fields), as ``__call__`` takes a batch of them."""
+        return self({key: [value] for key, value in unit.items()})
 
     def __call__(self, units: dict) -> dict:
         done = {"unit": [], "scored": [], "rejected": []}
@@ -348,7 +353,22 @@ def score_database(
     pending = [u for u in units if not (out / output.folder / f"part-{u['unit']}.parquet").exists()]
     n_resumed = len(units) - len(pending)
     if pending:
-        _score_units(pending, units, n_input, out, predictor, batching, output, workers, stages, where, on_progress)
+        with torch_threads_kept():
+            processes = local_processes(workers, len(pending)) if where == "local" else 0
+            if processes > 1:
+                scorer = UnitScorer(on_device(predictor, cpu_threads=1), str(out), batching, output)
+                worker_args = (str(out / MODEL_DIR), str(out), batching, output)
+                finished = score_in_processes(pending, scorer, worker_args, processes)
+            elif where == "local":
+                scorer = UnitScorer(on_device(predictor, cpu_threads=local_cores()), str(out), batching, output)
+                finished = (scorer.score_unit(u) for u in pending)
+            else:
+                finished = _score_on_ray(pending, out, batching, output, workers, stages, predictor.featurize_config)
+            done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
+            for done in finished:
+                done_rows += sum(done["scored"]) + sum(done["rejected"])
+                if on_progress:
+                    on_progress(done_rows, n_input)
 
     n_scored = sum(pq.read_metadata(p).num_rows for p in (out / output.folder).glob("part-*.parquet"))
     rejected = _read_parts(out / REJECTED, REJECTED_SCHEMA)
@@ -374,40 +394,14 @@ def score_database(
     return summary, schema
 
 
-def _score_units(
-    pending: list[dict],
-    units: list[dict],
-    n_input: int,
-    out: Path,
-    predictor: StructurePredictor,
-    batching: Batching,
-    output: Output,
-    workers: int | None,
-    stages: int | None,
-    where: str,
-    on_progress: Callable[[int, int], None] | None,
-) -> None:
-    """Score the ``pending`` units (of ``units``) on Ray or locally; this process's torch thread count is restored
-    after a local pass, which sets its own."""
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restores this process's torch thread count on leaving: the local engine sets its own."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        processes = local_processes(workers, len(pending)) if where == "local" else 0
-        if processes > 1:
-            scorer = UnitScorer(on_device(predictor, cpu_threads=1), str(out), batching, output)
-            worker_args = (str(out / MODEL_DIR), str(out), batching, output)
-            finished = score_in_processes(pending, scorer, worker_args, processes)
-        elif where == "local":
-            scorer = UnitScorer(on_device(predictor, cpu_threads=local_cores()), str(out), batching, output)
-            finished = (scorer({k: [u[k]] for k in u}) for u in pending)
-        else:
-            finished = _score_on_ray(pending, out, batching, output, workers, stages, predictor.featurize_config)
-        done_rows = sum(u["rows"] for u in units) - sum(u["rows"] for u in pending)
-        for done in finished:
-            done_rows += sum(done["scored"]) + sum(done["rejected"])
-            if on_progress:
-                on_progress(done_rows, n_input)
+        yield
     finally:
         torch.set_num_threads(threads)
 
