@@ -32,8 +32,8 @@ class FeaturizeConfig(StrictModel):
     max_atoms: int = Field(1000, ge=1, description="larger cells are rejected")
     min_distance: float = Field(0.5, ge=0, description="atoms closer than this (Å) are overlapping")
     max_reject_rate: float = Field(0.2, ge=0, le=1, description="fail when more rows than this are rejected")
-    batch_size: int = Field(64, ge=1, description="structures per Ray Data batch")
-    rows_per_shard: int = Field(4096, ge=1, description="crystals per Parquet shard")
+    batch_size: int = Field(64, ge=1, description="fewest structures per featurize task (and shard)")
+    rows_per_shard: int = Field(16384, ge=1, description="most crystals per Parquet shard (one per featurize task)")
 
     def graph_params(self) -> dict[str, Any]:
         """The parameters that define the graphs (recorded in the manifest, compared on re-runs)."""

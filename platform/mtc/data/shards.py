@@ -7,7 +7,6 @@ files of the last finished run and nothing a killed run left behind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -85,78 +84,59 @@ def read_shards(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
     return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
 
 
+def write_staged_shard(path: Path, table: pa.Table, label_columns: Sequence[str]) -> None:
+    """Write graph rows (columns of ``graph_schema(label_columns)``, others dropped) as one zstd Parquet shard."""
+    schema = graph_schema(label_columns)
+    pq.write_table(table.select(schema.names).cast(schema), path, compression="zstd")
+
+
 class ShardWriter:
-    """Writes graph rows into rolling Parquet shards inside a private staging folder.
+    """Publishes graph shards written into its private staging folder (``write_staged_shard``, by any process
+    that sees it), with the rejected rows and the manifest.
 
     ``commit`` moves the shards and ``rejected.parquet`` into the destination and writes the manifest
     last; until then the destination keeps the previous finished run. A process killed before
     ``commit`` leaves only a ``.staging-*`` folder, which the next run removes.
     """
 
-    def __init__(self, dest: Path, label_columns: Sequence[str], rows_per_shard: int = 4096):
+    def __init__(self, dest: Path):
         self.dest = Path(dest)
         self.dest.mkdir(parents=True, exist_ok=True)
-        self.schema = graph_schema(label_columns)
-        self.rows_per_shard = rows_per_shard
         _previous_shards(self.dest)  # refuse a foreign folder now, before any work
         self.staging = self.dest / f".staging-{uuid.uuid4().hex[:12]}"
         self.staging.mkdir()
-        self.shards: list[dict] = []
-        self.rejected: list[pa.Table] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows_in_shard = 0
+        self.staged: list[tuple[int, str, int]] = []
+        self.rejected: list[tuple[int, pa.Table]] = []
 
-    def write(self, table: pa.Table) -> None:
-        """Append graph rows (columns of ``self.schema``), rolling to a new shard when one is full."""
-        table = table.select(self.schema.names).cast(self.schema)
-        offset = 0
-        while offset < table.num_rows:
-            if self._writer is None:
-                self._open_shard()
-            take = min(self.rows_per_shard - self._rows_in_shard, table.num_rows - offset)
-            self._writer.write_table(table.slice(offset, take))
-            self._rows_in_shard += take
-            self.shards[-1]["rows"] += take
-            offset += take
-            if self._rows_in_shard >= self.rows_per_shard:
-                self._close_shard()
+    def add(self, name: str, rows: int, order: int) -> None:
+        """Take ``name``, a shard of ``rows`` rows in the staging folder; shards are numbered by ``order``."""
+        self.staged.append((order, name, rows))
 
-    def reject(self, table: pa.Table) -> None:
-        """Append rows of rejected.parquet (columns of REJECTED_SCHEMA)."""
+    def reject(self, table: pa.Table, order: int = -1) -> None:
+        """Add rows of rejected.parquet (columns of REJECTED_SCHEMA), placed by ``order`` like the shards."""
         if table.num_rows:
-            self.rejected.append(table.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA))
+            self.rejected.append((order, table.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA)))
 
     def commit(self, manifest: dict) -> dict:
-        """Publish the shards; returns the manifest written (with the shard list)."""
-        self._close_shard()
-        rejected = pa.concat_tables(self.rejected) if self.rejected else REJECTED_SCHEMA.empty_table()
+        """Publish the shards as ``part-00000.parquet``... and the rejected rows, each in ``order``; returns the
+        manifest written (with the shard list)."""
+        in_order = [table for _, table in sorted(self.rejected, key=lambda item: item[0])]
+        rejected = pa.concat_tables(in_order) if in_order else REJECTED_SCHEMA.empty_table()
         pq.write_table(rejected, self.staging / REJECTED)
         for stale in [*_previous_shards(self.dest), self.dest / MANIFEST]:
             stale.unlink(missing_ok=True)
-        for shard in self.shards:
-            os.replace(self.staging / shard["file"], self.dest / shard["file"])
+        shards = []
+        for _, name, rows in sorted(self.staged):
+            shards.append({"file": f"part-{len(shards):05d}.parquet", "rows": rows})
+            os.replace(self.staging / name, self.dest / shards[-1]["file"])
         os.replace(self.staging / REJECTED, self.dest / REJECTED)
-        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "shards": self.shards}
+        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "shards": shards}
         write_json_atomic(self.dest / MANIFEST, manifest)
         shutil.rmtree(self.staging, ignore_errors=True)
         return manifest
 
     def abort(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
         shutil.rmtree(self.staging, ignore_errors=True)
-
-    def _open_shard(self) -> None:
-        name = f"part-{len(self.shards):05d}.parquet"
-        self._writer = pq.ParquetWriter(self.staging / name, self.schema, compression="zstd")
-        self.shards.append({"file": name, "rows": 0})
-        self._rows_in_shard = 0
-
-    def _close_shard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 def _previous_shards(dest: Path) -> list[Path]:

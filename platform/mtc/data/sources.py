@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.data.frames import UnreadableFile, frame_files, frames_kind, read_frames
-from mtc.data.records import STRUCTURE_FIELDS, record_id
+from mtc.data.records import STRUCTURE_FIELDS, parse_json, record_id
 from mtc.errors import MtcError
 
 ID_PROP = "id_prop.csv"
@@ -209,7 +209,7 @@ def _scan_jsonl(src: Path, labels: Sequence[str] | None, chunk_rows: int) -> Sca
             n_rows += 1
             source = f"{src}:{line_no}"
             try:
-                record = json.loads(line)
+                record = parse_json(line)
             except json.JSONDecodeError as err:
                 rejections.append(rejection_row(None, source, "unparseable_json", f"not JSON: {err}"))
                 continue

@@ -32,6 +32,7 @@ from mtc.cluster import Engine, local_cores, ray_version
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
 from mtc.data.frames import frame_files, frames_kind
+from mtc.data.ipc import from_ipc, to_ipc
 from mtc.data.packing import Batching
 from mtc.data.shards import REJECTED_SCHEMA, hash_files
 from mtc.data.sources import duplicate_ids
@@ -190,17 +191,6 @@ def featurize_units(units: dict, config: FeaturizeConfig, keys: list[str]) -> di
         done["graphs"].append(to_ipc(featurize_table(records, config, [])))
         done["records"].append(to_ipc(records.select(["id", *keys])))
     return done
-
-
-def to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(data).read_all()
 
 
 class ScreenActor(UnitScorer):
