@@ -4,10 +4,10 @@
     pymatgen ``Structure``, ``get_all_neighbors(8.0, include_index=True)``, sort every atom's list in
     Python by distance, keep the 12 nearest and build padded index/distance lists in Python. Slow, so it
     runs on ``--baseline-n`` crystals spread evenly over the N (small and large cells alike).
-(b) mtc in one process: ``featurize_table`` on Arrow batches of 64 rows ``{id, source, json}``, exactly
-    what the Ray Data actors receive. (b0): the same with the graph builder's first, shorter neighbour search
+(b) mtc in one process: ``featurize_table`` on Arrow batches of 64 rows ``{id, source, json}`` (the Ray Data
+    tasks run it on whole blocks). (b0): the same with the graph builder's first, shorter neighbour search
     switched off (one search to 8 Å, the builder before it); its shards must equal (b)'s.
-(c) ``mtc featurize`` end to end (scan, Ray Data actor pool on all cores, Parquet shards + manifest) on a
+(c) ``mtc featurize`` end to end (scan, Ray Data tasks on all cores writing the shards, manifest) on a
     JSONL.gz of the same N rows. Cold = Ray start + first run; warm = later runs into fresh folders.
 
 (b) is checked against (a) on the baseline subset: same number of neighbours for every atom, the same

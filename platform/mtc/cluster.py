@@ -26,12 +26,12 @@ _RAY_ENV_DEFAULTS = {
 ENGINES = ("auto", "ray", "local")
 # Rows below which ``auto`` runs a job in this process. Starting Ray (its daemons, then workers that import torch)
 # costs seconds of CPU before the first row (benchmarks/bench_fixed_costs.py; benchmarks/RESULTS.md, "Fixed costs"),
-# while one process featurizes about 3,900 structures/s: on 2 cores Ray Data is no faster than one process even warm
-# (0.98x at 10,000), and on many cores a job of these sizes loses at most the few seconds Ray would have saved.
+# while one process featurizes about 4,700 structures/s end to end: a job of these sizes loses at most the few
+# seconds Ray would have saved.
 LOCAL_ROWS = {"featurize": 25_000, "screen": 5_000}
-# Cores up to which ``auto`` runs every size here: on 2 cores one process beats Ray at any size (all 36,737 mp36k
-# crystals: ``mtc screen`` 36 s locally vs 44 s on Ray, featurize warm on Ray 0.98x one process, cold 0.31x), where
-# Ray's actors only pay once graph building, one thread locally, is the bottleneck of many cores.
+# Cores up to which ``auto`` runs every size here: on 2 cores one process beats a Ray the command starts (all 36,737
+# mp36k crystals: ``mtc screen`` 12.8 s locally vs 18.8 s on Ray; ``mtc featurize`` 8.1 s vs 10.6 s, though a warm Ray
+# featurizes 1.46x as fast as one process), where Ray only pays once one process is the bottleneck of many cores.
 LOCAL_CORES = 2
 
 
