@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from mtc.config import FeaturizeConfig
-from mtc.data.records import Rejection, StructureLimits, crystal_from_record
+from mtc.data.records import Rejection, StructureLimits, crystal_from_record, parse_json
 
 CUBE = [[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]
 
@@ -88,3 +88,23 @@ def test_neighbour_search_work_is_bounded():
     record = {"lattice": (np.eye(3) * side).tolist(), "species": ["Si"] * 800, "frac_coords": rng.random((800, 3))}
     assert rejection_of(record, StructureLimits(radius=30.0, min_distance=0)).reason == "too_many_neighbors"
     assert crystal_from_record(record, StructureLimits(radius=8.0))  # the usual radius passes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id": "mp-1", "band_gap": 1.5, "lattice": [[1e-3, 0, 0]], "species": ["Fe"]}',
+        '{"id": "mp-2", "band_gap": NaN, "efermi": Infinity}',  # json reads these, orjson refuses them
+        '{"id": 123456789012345678901234567890}',  # orjson would round this id to a float
+        '{"id": "a\\ud800"}',  # a lone surrogate
+        "[1, 2]",
+    ],
+)
+def test_parse_json_reads_what_json_reads(text):
+    expected, got = json.loads(text), parse_json(text)
+    assert json.dumps(got) == json.dumps(expected) and type(got) is type(expected)
+
+
+def test_parse_json_raises_json_s_error():
+    with pytest.raises(json.JSONDecodeError, match="Expecting value: line 1 column 8"):
+        parse_json('{"id": }')
