@@ -5,33 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mtc.tune.search import TPE_STARTUP, TuneSpace, first_points
+from mtc.tune.distinct import DistinctPoints
+from mtc.tune.search import TPE_STARTUP, TuneSpace, first_points, grid
 
 
 def search_algorithm(space: TuneSpace, dims: Mapping[str, Any], concurrency: int):
     """Optuna TPE or random search, ``concurrency`` trials at a time (each limits itself: Tune's
-    ``max_concurrent_trials`` reaches only a bare ``Searcher``); the space's first points (``first_points``) come
-    first."""
+    ``max_concurrent_trials`` reaches only a bare ``Searcher``), never the same point twice (``DistinctPoints``);
+    the space's first points (``first_points``) come first."""
     points = first_points(space)
-    if space.algorithm() == "optuna" and dims:
-        import optuna
-        from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
+    if not dims:
+        return replay(points, concurrency)
+    import optuna
+    from optuna.samplers import RandomSampler, TPESampler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        startup = min(TPE_STARTUP, max(1, space.trials // 2))
-        from ray.tune.search import ConcurrencyLimiter
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if space.algorithm() == "optuna":
+        sampler = TPESampler(seed=space.seed, n_startup_trials=min(TPE_STARTUP, max(1, space.trials // 2)))
+    else:
+        sampler = RandomSampler(seed=space.seed)
+    searcher = DistinctPoints(OptunaSearch(sampler=sampler, points_to_evaluate=points), grid(space), space.seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
-        sampler = TPESampler(seed=space.seed, n_startup_trials=startup)
-        return ConcurrencyLimiter(OptunaSearch(sampler=sampler, points_to_evaluate=points), max_concurrent=concurrency)
-    return replay(points, concurrency, random_state=space.seed)
 
-
-def replay(points: list[dict[str, Any]], concurrency: int, **kwargs):
-    """Tune's generator of ``points`` first (then random ones), ``concurrency`` at a time."""
+def replay(points: list[dict[str, Any]], concurrency: int):
+    """Tune's generator of exactly ``points``, ``concurrency`` at a time."""
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency, **kwargs)
+    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency)
 
 
 def scheduler(space: TuneSpace):

@@ -28,7 +28,7 @@ from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_l
 from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen
 from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
 from mtc.tune.report import NOT_STARTED, TrialRecord, TuneReport, build_report, log_report
-from mtc.tune.search import TuneSpace, param_space, parse_space, point_config
+from mtc.tune.search import TuneSpace, distinct_trials, param_space, parse_space, point_config
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 SPACE_PATH = "tune/space.yaml"  # the parent run's copy of the space, read back by --resume
@@ -62,6 +62,12 @@ def start_tune(
     import ray
 
     space = _with_flags(space, trials, workers_per_trial, gpus_per_trial)
+    if (distinct := distinct_trials(space)) < space.trials:
+        echo(
+            f"the space holds {distinct} distinct point(s): {distinct} trial(s), not {space.trials} "
+            "(a repeated point would train the same model again)"
+        )
+        space = space.model_copy(update={"trials": distinct})
     base = space.base_config()
     concurrency = plan_concurrency(max_concurrent, base.scaling, ray.cluster_resources(), echo, base.compile)
     shards = Path(shards).resolve()

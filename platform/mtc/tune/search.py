@@ -9,6 +9,7 @@ their only value.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -240,25 +241,59 @@ def simplex(draws: Mapping[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in logs.items()}
 
 
+def categorical_dims(space: TuneSpace) -> dict[str, list[Any]]:
+    """The dimensions that vary over a list of values (grouping, strategy, auxiliary-task set, choices)."""
+    dims: dict[str, list[Any]] = {}
+    labels = [grouping_label(p) for p in space.partitions()]
+    if len(labels) > 1:
+        dims["grouping"] = labels
+    if len(space.space.strategy) > 1:
+        dims["strategy"] = list(space.space.strategy)
+    if len(space.auxiliary_options()) > 1:
+        dims["auxiliary"] = space.auxiliary_options()
+    dims.update({key: list(values) for key, values in space.space.choices.items() if len(values) > 1})
+    return dims
+
+
+def has_continuous_dims(space: TuneSpace) -> bool:
+    """Whether a point draws a number from a range (loss weights on the simplex, the learning rate)."""
+    weights = space.space.loss_weights and "fixed" in space.space.strategy and len(space.task_names()) > 1
+    return bool(weights or space.space.lr)
+
+
+def grid(space: TuneSpace) -> list[dict[str, Any]] | None:
+    """Every distinct point of a space whose dimensions are all lists of values, in a fixed order (the first
+    dimension varies slowest); None when a dimension is a range. A space where nothing varies has one point, {}."""
+    if has_continuous_dims(space):
+        return None
+    dims = categorical_dims(space)
+    return [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
+
+
+def distinct_trials(space: TuneSpace) -> int:
+    """How many trials the space can give that are not repeats: ``trials``, or fewer when its grid is smaller.
+    Two trials of one point train the same model (same config, seed and split), so a repeat teaches nothing."""
+    points = grid(space)
+    return space.trials if points is None else min(space.trials, len(points))
+
+
 def param_space(space: TuneSpace) -> dict[str, Any]:
     """Ray Tune domains of the dimensions that vary."""
     from ray import tune
 
     names = space.task_names()
+    categorical = categorical_dims(space)
     dims: dict[str, Any] = {}
-    labels = [grouping_label(p) for p in space.partitions()]
-    if len(labels) > 1:
-        dims["grouping"] = tune.choice(labels)
-    if len(space.space.strategy) > 1:
-        dims["strategy"] = tune.choice(list(space.space.strategy))
+    if "grouping" in categorical:
+        dims["grouping"] = tune.choice(categorical.pop("grouping"))
+    if "strategy" in categorical:
+        dims["strategy"] = tune.choice(categorical.pop("strategy"))
     if space.space.loss_weights and "fixed" in space.space.strategy and len(names) > 1:
         dims.update({f"w_{name}": tune.uniform(0.0, 1.0) for name in names})
     if space.space.lr:
         lr = space.space.lr
         dims["lr"] = (tune.loguniform if lr.log else tune.uniform)(lr.low, lr.high)
-    if len(space.auxiliary_options()) > 1:
-        dims["auxiliary"] = tune.choice(space.auxiliary_options())
-    dims.update({key: tune.choice(values) for key, values in space.space.choices.items() if len(values) > 1})
+    dims.update({key: tune.choice(values) for key, values in categorical.items()})
     return dims
 
 
