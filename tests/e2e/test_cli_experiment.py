@@ -73,6 +73,8 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     trials = pd.read_csv(folder / "trials.csv", dtype={"trial": str, "run_id": str})
     assert len(trials) == 4 and (trials["status"] == "finished").all()
     assert set(trials["run_id"]) == {c.info.run_id for c in children}
+    sizes = {c.data.tags["mtc.experiment.setting"]: int(c.data.params["n_parameters"]) for c in children}
+    assert dict(zip(cells["setting"], cells["parameters"], strict=True)) == sizes  # each cell states its model's size
     assert "significant (*) only when |Δ mean| > std_a + std_b" in (folder / "summary.md").read_text()
     for basis in ("equal_compute",):
         for stem in ("error_vs_fraction", "change_vs_alone"):

@@ -82,8 +82,8 @@ def test_summary_states_the_rule_and_marks_significant_changes_per_basis():
     summary = build_report(spec, records(spec), "synthetic").summary
     assert SIGNIFICANCE_RULE in summary
     assert "## equal steps" in summary and "## equal compute" in summary
-    assert "| all | 1.0 | 3 | +27.3% * | -1.7% |" in summary
-    assert "| formation_energy_per_atom | 1.0 | 3 | 0.11 ± 0.01 |  |" in summary
+    assert "| all | 1.0 | 3 | – | +27.3% * | -1.7% |" in summary  # no run logged its size here
+    assert "| formation_energy_per_atom | 1.0 | 3 | – | 0.11 ± 0.01 |  |" in summary
 
 
 def test_plots_per_basis_are_pngs():
@@ -120,3 +120,22 @@ def test_data_efficiency_compares_every_smaller_fraction_with_each_task_alone_on
     assert math.isnan(cells.loc[("all", "equal_steps", 1.0)][f"{FE} rel change vs full data"])
     assert "## data efficiency" in report.summary
     assert "| all | equal steps | 0.5 | 3 | +0.0% | +0.0% |" in report.summary
+
+
+def test_each_cell_and_the_summary_state_the_models_size():
+    """Equal steps is a fair comparison only at a known size: the runs' n_parameters reach cells.csv and summary.md."""
+    spec = make_spec()
+    found = records(spec)
+    for r in found:
+        r.parameters = 80_833 if r.point["setting"] != "all" else 241_694
+    found[-1].parameters = None  # a run that logged no size does not hide its cell's
+    report = build_report(spec, found, "sized")
+    cells = report.cells.set_index(["setting", "basis", "fraction"])
+    assert cells.loc[("all", "equal_steps", 1.0)]["parameters"] == 241_694
+    assert cells.loc[(FE, "equal_steps", 0.5)]["parameters"] == 80_833
+    assert set(report.trials["parameters"].dropna()) == {80_833, 241_694}
+    header = next(line for line in report.summary.splitlines() if line.startswith("| setting"))
+    assert "| seeds | parameters |" in header
+    assert "| 241,694 |" in report.summary and "| 80,833 |" in report.summary
+    unsized = build_report(spec, records(spec), "unsized")
+    assert "| – |" in unsized.summary and unsized.cells["parameters"].isna().all()

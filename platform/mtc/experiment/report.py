@@ -30,13 +30,15 @@ SIGNIFICANCE_RULE = (
 
 @dataclass
 class TrialRecord:
-    """One trial as the report sees it: its Tune point, how it ended, its final (test) metrics, its MLflow run."""
+    """One trial as the report sees it: its Tune point, how it ended, its final (test) metrics, its MLflow run and
+    its model's parameter count (the run's ``n_parameters``)."""
 
     trial_id: str
     point: dict[str, Any]
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    parameters: int | None = None
 
 
 @dataclass
@@ -72,7 +74,8 @@ def trial_values(metrics: Mapping[str, float], tasks: Sequence[TaskSpec]) -> dic
 
 
 def trials_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.DataFrame:
-    """One row per trial: the point, status, the values of ``trial_values`` (NaN unless finished), the run id."""
+    """One row per trial: the point, status, parameters, the values of ``trial_values`` (NaN unless finished), the
+    run id."""
     settings = {s.name: s for s in spec.all_settings()}
     tasks = spec.base_config().tasks
     rows = []
@@ -87,6 +90,7 @@ def trials_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.Dat
             "epochs": point["epochs"],
             "seed": point["seed"],
             **point.get("axes", {}),
+            "parameters": record.parameters if record.parameters is not None else math.nan,
         }
         own = [t for t in tasks if t.name in setting.tasks]
         row.update(trial_values(record.metrics if record.status == FINISHED else {}, own))
@@ -96,7 +100,8 @@ def trials_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.Dat
 
 
 def cells_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.DataFrame:
-    """One row per cell: mean, std and count over its finished seeds, and each task's change vs alone.
+    """One row per cell: its model's parameter count, mean, std and count over its finished seeds, and each task's
+    change vs alone (a comparison at equal steps is fair in size only where the parameters say so).
 
     ``<task> rel change`` is (mean - alone mean) / alone mean, ``<task> significant`` the rule of this module;
     both are empty for a single-task cell and where the task alone was not run. ``<task> vs full data`` and
@@ -120,6 +125,7 @@ def cells_table(spec: ExperimentSpec, records: Sequence[TrialRecord]) -> pd.Data
             "epochs": cell.epochs,
             **dict(cell.axes),
             "seeds": len(done),
+            "parameters": next((r.parameters for r in done if r.parameters is not None), math.nan),
         }
         for column in values.columns:
             row[f"{column} mean"] = float(values[column].mean()) if len(values) else math.nan
@@ -176,10 +182,11 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
     ]
     for basis in spec.bases:
         part = cells[cells["basis"] == basis]
-        header = ["setting", *varied, "seeds", *(f"{t.name} ({error_name(t)})" for t in tasks)]
+        header = ["setting", *varied, "seeds", "parameters", *(f"{t.name} ({error_name(t)})" for t in tasks)]
         rows = []
         for _, row in part.iterrows():
-            label = [row["setting"], *(str(row[k]) for k in varied), str(row["seeds"])]
+            size = f"{int(row['parameters']):,}" if _finite(row["parameters"]) else "–"
+            label = [row["setting"], *(str(row[k]) for k in varied), str(row["seeds"]), size]
             if row["tasks"] == 1 and row["setting"] in spec.task_names():
                 rows.append(label + [_mean_std(row, t) if t.name == row["setting"] else "" for t in tasks])
             else:

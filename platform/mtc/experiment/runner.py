@@ -205,7 +205,9 @@ def _records(client, run_id: str, name: str, grid) -> list[TrialRecord]:
         child = children.get(f"{name}-{trial_id}")
         point = dict(result.config["point"])
         test = {k: float(v) for k, v in metrics.items() if k.startswith("test/") and math.isfinite(float(v))}
-        records[point_key(point)] = TrialRecord(trial_id, point, status, test, child.info.run_id if child else None)
+        run_id = child.info.run_id if child else None
+        size = int(child.data.params["n_parameters"]) if child and "n_parameters" in child.data.params else None
+        records[point_key(point)] = TrialRecord(trial_id, point, status, test, run_id, size)
         if child is not None:
             _tag_child(client, child.info.run_id, trial_id, point, status)
     return list(records.values())
