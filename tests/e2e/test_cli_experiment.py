@@ -28,6 +28,7 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     budget_seconds = time.perf_counter() - started
     assert spent.exit_code == 0, spent.output
     assert spent.output.count("not started: the time budget was spent") == 4
+    assert "parameters: band_gap " in spent.output and ", all " in spent.output  # the sizes, before any trial
     assert "errored" not in spent.output and "Error file" not in spent.output  # mtc's line is the one per trial
     assert f"4 trial(s) not started; the report covers what finished; continue with mtc experiment --resume {NAME}" in (
         spent.output.replace("\n", " ")

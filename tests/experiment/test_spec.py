@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from mtc.config import ConfigError
+from mtc.experiment.runner import model_sizes
 from mtc.experiment.spec import load_spec, parse_spec
 
 TASKS = [{"name": "formation_energy_per_atom"}, {"name": "band_gap"}, {"name": "efermi"}]
@@ -139,3 +140,32 @@ def test_the_efficiency_spec_cut_to_the_targets_cells():
     ]
     config = half.trial_config(half.points()[0])
     assert (config.epochs, config.patience, config.model.shared_convs) == (150, 20, 2)
+
+
+def test_the_shipped_specs_state_the_sizes_they_compare():
+    """The sizes `mtc experiment` prints before work, for the equal-steps comparisons of issue 11: the three
+    single-task models hold 242,499 parameters together; `mtl_equal` (and its metal variant) no more."""
+    size = model_sizes(load_spec("configs/experiments/size.yaml"), radius=8.0)
+    alone = [size[t] for t in ("formation_energy_per_atom", "band_gap", "efermi")]
+    assert alone == [80_833] * 3
+    assert size["mtl_wide"] == 355_475 and size["mtl_wide"] / sum(alone) == pytest.approx(1.466, abs=1e-3)
+    assert 0.98 * sum(alone) <= size["mtl_equal"] <= sum(alone)
+    assert 0.98 * sum(alone) <= size["mtl_equal_metal"] <= sum(alone)
+    methods = model_sizes(load_spec("configs/experiments/methods.yaml"), radius=8.0)
+    assert methods["mtl_wide"] == size["mtl_wide"] and methods["mtl"] < sum(alone)
+
+
+def test_an_axis_that_changes_the_model_gives_each_value_its_size():
+    spec = parse_spec(
+        {
+            "train": {"tasks": [{"name": "band_gap"}], "epochs": 1},
+            "seeds": [0, 1],
+            "axes": {"model.atom_fea_len": [32, 64]},
+        }
+    )
+    sizes = model_sizes(spec, radius=8.0)
+    assert [label for label in sizes if label.startswith("band_gap")] == [
+        "band_gap model.atom_fea_len=32",
+        "band_gap model.atom_fea_len=64",
+    ]
+    assert sizes["band_gap model.atom_fea_len=32"] < sizes["band_gap model.atom_fea_len=64"]

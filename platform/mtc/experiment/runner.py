@@ -20,10 +20,12 @@ from ray import tune
 
 from mtc import tracking
 from mtc.config import TrainConfig, dump_yaml
+from mtc.data.shards import read_manifest
 from mtc.experiment.plots import report_plots
 from mtc.experiment.report import ERROR, FINISHED, NOT_STARTED, ExperimentReport, TrialRecord, build_report
 from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key
 from mtc.train.datasets import prepare_splits
+from mtc.train.loop import build_model
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
 from mtc.tune.child_runs import child_runs, new_parent, reopen
 from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
@@ -84,6 +86,8 @@ def start_experiment(
         f"trials serve both bases), {concurrency} at a time; MLflow parent run {run_id}; continue it with "
         f"mtc experiment --resume {name}"
     )
+    sizes = model_sizes(spec, read_manifest(shards)["params"]["radius"])
+    echo("parameters: " + ", ".join(f"{label} {n:,}" for label, n in sizes.items()))
     return _drive(client, run_id, name, shards, spec, concurrency, budget_minutes, echo)
 
 
@@ -95,6 +99,17 @@ def resume_experiment(
     run = reopen("experiment", name, SPEC_PATH, start, parse_spec, _check_data, shards)
     echo(f"resuming experiment {name} (MLflow parent run {run.run_id}): finished trials are kept")
     return _drive(run.client, run.run_id, name, run.shards, run.spec, run.concurrency, budget_minutes, echo)
+
+
+def model_sizes(spec: ExperimentSpec, radius: float) -> dict[str, int]:
+    """Each setting's parameter count (per axes values where they change it), so a comparison at equal steps shows
+    the sizes it compares before any trial starts."""
+    sizes: dict[str, int] = {}
+    for cell in spec.cells():
+        label = cell.setting + "".join(f" {k}={v}" for k, v in cell.axes)
+        if label not in sizes:
+            sizes[label] = build_model(spec.trial_config(cell.point(spec.seeds[0])), radius).n_parameters()
+    return sizes
 
 
 def _check_data(shards: Path, spec: ExperimentSpec) -> None:
