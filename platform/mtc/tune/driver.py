@@ -10,7 +10,6 @@ With a time budget no trial starts after it (the single-task references always r
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from mtc.train.trainer import TrainingError
 from mtc.tune.algorithms import replay, scheduler, search_algorithm
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, tune_trial_line
 from mtc.tune.child_runs import child_runs, finish_child_runs, new_parent, reopen
+from mtc.tune.distinct import point_key
 from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, restored_rounds, round_name, run_config
 from mtc.tune.report import NOT_STARTED, TrialRecord, TuneReport, build_report, log_report
 from mtc.tune.search import TuneSpace, distinct_trials, param_space, parse_space, point_config
@@ -226,13 +226,10 @@ def settle_rounds(rounds: list[list]) -> tuple[list, list[dict]]:
     failed or unstarted attempts, whose points are the ones to run again.
     """
 
-    def key(result) -> str:
-        return json.dumps(result.config, sort_keys=True, default=str)
-
-    slots = Counter(key(r) for r in rounds[0] if r.config is not None)
+    slots = Counter(point_key(r.config) for r in rounds[0] if r.config is not None)
     attempts: dict[str, list] = {}
     for result in (r for round_results in rounds for r in round_results if r.config is not None):
-        attempts.setdefault(key(result), []).append(result)
+        attempts.setdefault(point_key(result.config), []).append(result)
     shown, missing = [], []
     for point, n in slots.items():
         ended = [r for r in attempts[point] if r.error is None][:n]

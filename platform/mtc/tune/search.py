@@ -255,10 +255,14 @@ def categorical_dims(space: TuneSpace) -> dict[str, list[Any]]:
     return dims
 
 
+def draws_weights(space: TuneSpace) -> bool:
+    """Whether a point draws fixed loss weights on the simplex (one ``w_<task>`` range per task)."""
+    return space.space.loss_weights and "fixed" in space.space.strategy and len(space.task_names()) > 1
+
+
 def has_continuous_dims(space: TuneSpace) -> bool:
     """Whether a point draws a number from a range (loss weights on the simplex, the learning rate)."""
-    weights = space.space.loss_weights and "fixed" in space.space.strategy and len(space.task_names()) > 1
-    return bool(weights or space.space.lr)
+    return bool(draws_weights(space) or space.space.lr)
 
 
 def grid(space: TuneSpace) -> list[dict[str, Any]] | None:
@@ -281,15 +285,14 @@ def param_space(space: TuneSpace) -> dict[str, Any]:
     """Ray Tune domains of the dimensions that vary."""
     from ray import tune
 
-    names = space.task_names()
     categorical = categorical_dims(space)
     dims: dict[str, Any] = {}
     if "grouping" in categorical:
         dims["grouping"] = tune.choice(categorical.pop("grouping"))
     if "strategy" in categorical:
         dims["strategy"] = tune.choice(categorical.pop("strategy"))
-    if space.space.loss_weights and "fixed" in space.space.strategy and len(names) > 1:
-        dims.update({f"w_{name}": tune.uniform(0.0, 1.0) for name in names})
+    if draws_weights(space):
+        dims.update({f"w_{name}": tune.uniform(0.0, 1.0) for name in space.task_names()})
     if space.space.lr:
         lr = space.space.lr
         dims["lr"] = (tune.loguniform if lr.log else tune.uniform)(lr.low, lr.high)
