@@ -36,7 +36,8 @@ def experiment(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override a spec key, e.g. --set 'seeds=[1, 2]' --set train.epochs=5 (repeatable; not with --resume).",
+            help="Override a spec key, e.g. --set 'seeds=[1, 2]' --set train.epochs=5 (repeatable). With --resume it "
+            "may only add trials: --set 'seeds=[0, 1, 2, 3, 4, 5]', --set settings.all=true.",
         ),
     ] = None,
 ) -> None:
@@ -47,10 +48,13 @@ def experiment(
     model of k tasks trains k x `epochs`), seeds, and any config key as an axis. Every trial is a Ray Train run
     (an MLflow child run under one parent run); all use the same split. The parent run's report/ holds
     cells.csv (mean ± std over seeds per cell), trials.csv, summary.md (change vs the task alone, significant
-    only beyond the seeds' spread) and plots. --budget-minutes stops launching trials; --resume NAME continues.
+    only beyond the seeds' spread) and plots. --budget-minutes stops launching trials; --resume NAME continues,
+    and --resume NAME --set ... widens a finished or unfinished experiment (more seeds, another setting) without
+    rerunning what it has: a --set that would drop a trial or change how one trains is refused before work.
 
     Example: mtc experiment configs/experiments/tiny.yaml --data demo-out/shards --budget-minutes 30
              mtc experiment configs/experiments/mt3.yaml --data shards/mp36k --set 'seeds=[1, 2]'
+             mtc experiment --resume NAME --set 'seeds=[1, 2, 3, 4]'
     """
     with user_errors():
         run_experiment(spec, data, name, resume, budget_minutes, max_concurrent, workers_per_trial, address, set_ or ())
@@ -76,13 +80,13 @@ def run_experiment(
 
     quiet_budget_errors(budget_minutes)
     if resume:
-        if spec_path or name or workers_per_trial is not None or overrides:
+        if spec_path or name or workers_per_trial is not None:
             raise MtcError(
-                "--resume continues an experiment with the spec and name it started with; "
-                "drop SPEC, --name, --set and --workers-per-trial"
+                "--resume continues an experiment with the spec and name it started with (--set may add trials); "
+                "drop SPEC, --name and --workers-per-trial"
             )
         console.print(connect(address))
-        outcome = resume_experiment(resume, shards=data, budget_minutes=budget_minutes, echo=echo)
+        outcome = resume_experiment(resume, shards=data, budget_minutes=budget_minutes, overrides=overrides, echo=echo)
     else:
         if data is None or spec_path is None:
             raise MtcError("give SPEC.yaml and --data SHARDS (or --resume NAME)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mtc_cli.app import app
@@ -22,15 +23,14 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     demo_shards, ray_session, tmp_path
 ):
     started = time.perf_counter()
-    spent = runner.invoke(
-        app, ["experiment", SPEC, "--data", str(demo_shards), "--name", NAME, "--budget-minutes", "0"]
-    )
+    start = ["experiment", SPEC, "--data", str(demo_shards), "--name", NAME, "--set", "settings.all=false"]
+    spent = runner.invoke(app, [*start, "--budget-minutes", "0"])  # `all` is added by a widening --resume below
     budget_seconds = time.perf_counter() - started
     assert spent.exit_code == 0, spent.output
-    assert spent.output.count("not started: the time budget was spent") == 4
-    assert "parameters: band_gap " in spent.output and ", all " in spent.output  # the sizes, before any trial
+    assert spent.output.count("not started: the time budget was spent") == 2
+    assert "parameters: band_gap " in spent.output  # the sizes, before any trial
     assert "errored" not in spent.output and "Error file" not in spent.output  # mtc's line is the one per trial
-    assert f"4 trial(s) not started; the report covers what finished; continue with mtc experiment --resume {NAME}" in (
+    assert f"2 trial(s) not started; the report covers what finished; continue with mtc experiment --resume {NAME}" in (
         spent.output.replace("\n", " ")
     )
     parent = parent_run("experiment", NAME)
@@ -38,20 +38,32 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     assert child_runs(parent.info.run_id) == []
 
     started = time.perf_counter()
-    result = runner.invoke(app, ["experiment", "--resume", NAME])  # no budget: the rest (here: all) runs
+    alone = runner.invoke(app, ["experiment", "--resume", NAME])  # no budget: the rest (here: all) runs
+    assert alone.exit_code == 0, alone.output
+    alone_runs = {c.info.run_id for c in child_runs(parent.info.run_id)}
+    assert len(alone_runs) == 2
+
+    refused = runner.invoke(app, ["experiment", "--resume", NAME, "--set", "train.optim.lr=0.5"])
+    assert refused.exit_code == 2 and "changes how experiment" in refused.output and "(optim.lr)" in refused.output
+    assert "Traceback" not in refused.output and parent_run("experiment", NAME).info.status == "FINISHED"
+
+    result = runner.invoke(app, ["experiment", "--resume", NAME, "--set", "settings.all=true"])  # widened
     seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output
+    assert "--set settings.all=true adds 2 trial(s): 4 in all" in result.output and ", all " in result.output
     assert "## equal compute" in result.output
     assert "report/cells.csv" in result.output
 
     parent = parent_run("experiment", NAME)
-    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "4"
+    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "2"  # params: as started
     assert parent.data.tags["mtc.experiment.state"] == "complete"
+    assert parent.data.tags["mtc.experiment.widened"] == "settings.all=true"
     children = child_runs(parent.info.run_id)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert alone_runs < {c.info.run_id for c in children}  # the finished trials were kept, not run again
     for child in children:
         tags = child.data.tags
-        assert tags["mtc.experiment.trial"] in result.output  # a line per finished trial
+        assert tags["mtc.experiment.trial"] in alone.output + result.output  # a line per finished trial
         assert (
             int(child.data.params["seed"]) == int(tags["mtc.experiment.seed"])
             and child.data.params["split.seed"] == "0"
@@ -85,9 +97,11 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     resumed = runner.invoke(app, ["experiment", "--resume", NAME])
     assert resumed.exit_code == 0, resumed.output
     assert len(child_runs(parent.info.run_id)) == 4  # nothing ran again
+    stored = yaml.safe_load((download(parent.info.run_id, "experiment", tmp_path) / "spec.yaml").read_text())
+    assert stored["settings"]["all"] is True  # the widened spec is the one a later --resume continues
     assert parent_run("experiment", NAME).info.status == "FINISHED"
     print(
-        f"budget 0: {budget_seconds:.0f} s; the 4 trials on resume {seconds:.0f} s; "
+        f"budget 0: {budget_seconds:.0f} s; the 4 trials on resume and widening {seconds:.0f} s; "
         f"resume of a finished experiment {time.perf_counter() - started:.0f} s"
     )
 

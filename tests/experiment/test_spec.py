@@ -8,7 +8,7 @@ import pytest
 
 from mtc.config import ConfigError
 from mtc.experiment.runner import model_sizes
-from mtc.experiment.spec import load_spec, parse_spec
+from mtc.experiment.spec import load_spec, parse_spec, point_key, widen
 
 TASKS = [{"name": "formation_energy_per_atom"}, {"name": "band_gap"}, {"name": "efermi"}]
 
@@ -169,3 +169,31 @@ def test_an_axis_that_changes_the_model_gives_each_value_its_size():
         "band_gap model.atom_fea_len=64",
     ]
     assert sizes["band_gap model.atom_fea_len=32"] < sizes["band_gap model.atom_fea_len=64"]
+
+
+def test_resume_with_set_adds_seeds_and_settings_and_keeps_every_trial_as_it_trains():
+    grid = spec(settings={"alone": ["band_gap"], "all": False, "mtl": {"model.shared_convs": 2}}, seeds=[0, 1])
+    wider = widen(grid, ["seeds=[0, 1, 2, 3]", "settings.all=true"], "experiment x")
+    old, new = ({point_key(p) for p in g.points()} for g in (grid, wider))
+    # two bases: band_gap alone has a trial per seed, mtl and all one per seed and basis; all at every seed
+    assert old < new and len(new - old) == 2 * 1 + 2 * 2 + 4 * 2
+    for point in grid.points():  # the finished trials train exactly as before
+        assert wider.trial_config(point) == grid.trial_config(point)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seeds=[0, 2]"], "drops the trial band_gap, fraction 1, 4 epochs, seed 1 from experiment x"),
+        (["settings.mtl=false"], "drops the trial mtl, fraction 1, 4 epochs, seed 0"),
+        (["train.epochs=5"], "drops the trial"),  # the points' epochs change: every old trial is gone
+        (["train.optim.lr=0.01"], "changes how experiment x's trial band_gap, fraction 1, 4 epochs, seed 0 trains"),
+        (["settings.mtl.model.shared_convs=1"], "trial mtl, fraction 1, 4 epochs, seed 0 trains (model.shared_convs)"),
+        (["seeds=[0, 0]"], "seeds repeat a value"),
+    ],
+)
+def test_resume_with_set_refuses_what_would_drop_or_change_a_trial(overrides, message):
+    grid = spec(settings={"alone": ["band_gap"], "all": False, "mtl": {"model.shared_convs": 2}}, seeds=[0, 1])
+    with pytest.raises(ConfigError) as err:
+        widen(grid, overrides, "experiment x")
+    assert message in str(err.value)

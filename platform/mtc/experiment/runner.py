@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from mtc.config import TrainConfig, dump_yaml
 from mtc.data.shards import read_manifest
 from mtc.experiment.plots import report_plots
 from mtc.experiment.report import ERROR, FINISHED, NOT_STARTED, ExperimentReport, TrialRecord, build_report
-from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key
+from mtc.experiment.spec import ExperimentSpec, parse_spec, point_key, widen
 from mtc.train.datasets import prepare_splits
 from mtc.train.loop import build_model
 from mtc.tune.callbacks import Echo, ReleaseStoppedRuns, TrialEcho, budget_spent
@@ -32,6 +32,7 @@ from mtc.tune.fitting import TuneInterrupted, checked_name, deadline_of, fit, re
 from mtc.tune.trial import plan_concurrency, trainable, trial_dirname
 
 STATE_TAG = "mtc.experiment.state"  # complete, or budget spent (--resume runs the rest)
+WIDENED_TAG = "mtc.experiment.widened"  # the --set pairs each widening --resume added (params stay as started)
 SPEC_PATH = "experiment/spec.yaml"  # the parent run's copy of the spec, read back by --resume
 
 
@@ -86,18 +87,39 @@ def start_experiment(
         f"trials serve both bases), {concurrency} at a time; MLflow parent run {run_id}; continue it with "
         f"mtc experiment --resume {name}"
     )
-    sizes = model_sizes(spec, read_manifest(shards)["params"]["radius"])
-    echo("parameters: " + ", ".join(f"{label} {n:,}" for label, n in sizes.items()))
+    _echo_sizes(spec, shards, echo)
     return _drive(client, run_id, name, shards, spec, concurrency, budget_minutes, echo)
 
 
 def resume_experiment(
-    name: str, *, shards: Path | None = None, budget_minutes: float | None = None, echo: Echo = print
+    name: str,
+    *,
+    shards: Path | None = None,
+    budget_minutes: float | None = None,
+    overrides: Sequence[str] = (),
+    echo: Echo = print,
 ) -> ExperimentOutcome:
-    """Continue experiment ``name``: finished trials are kept; unfinished, failed and unstarted ones run."""
+    """Continue experiment ``name``: finished trials are kept; unfinished, failed and unstarted ones run.
+
+    ``overrides`` (``--set`` pairs) may add trials, never drop or change one (``widen``): more seeds where a difference
+    sits near the seeds' spread, another setting beside the ones measured. The report then covers them all.
+    """
     start = "mtc experiment SPEC.yaml --data ..."
-    run = reopen("experiment", name, SPEC_PATH, start, parse_spec, _check_data, shards)
+    stored: list[ExperimentSpec] = []
+
+    def parse(data: Mapping[str, Any], source: str) -> ExperimentSpec:
+        stored.append(parse_spec(data, source))
+        return widen(stored[0], overrides, source) if overrides else stored[0]
+
+    run = reopen("experiment", name, SPEC_PATH, start, parse, _check_data, shards)
     echo(f"resuming experiment {name} (MLflow parent run {run.run_id}): finished trials are kept")
+    if overrides:
+        added = len(run.spec.points()) - len(stored[0].points())
+        run.client.log_text(run.run_id, dump_yaml(run.spec), SPEC_PATH)  # what a later --resume continues
+        widened = run.client.get_run(run.run_id).data.tags.get(WIDENED_TAG)
+        run.client.set_tag(run.run_id, WIDENED_TAG, "; ".join(filter(None, [widened, " ".join(overrides)])))
+        echo(f"--set {' '.join(overrides)} adds {added} trial(s): {len(run.spec.points())} in all")
+        _echo_sizes(run.spec, run.shards, echo)
     return _drive(run.client, run.run_id, name, run.shards, run.spec, run.concurrency, budget_minutes, echo)
 
 
@@ -110,6 +132,11 @@ def model_sizes(spec: ExperimentSpec, radius: float) -> dict[str, int]:
         if label not in sizes:
             sizes[label] = build_model(spec.trial_config(cell.point(spec.seeds[0])), radius).n_parameters()
     return sizes
+
+
+def _echo_sizes(spec: ExperimentSpec, shards: Path, echo: Echo) -> None:
+    sizes = model_sizes(spec, read_manifest(shards)["params"]["radius"])
+    echo("parameters: " + ", ".join(f"{label} {n:,}" for label, n in sizes.items()))
 
 
 def _check_data(shards: Path, spec: ExperimentSpec) -> None:

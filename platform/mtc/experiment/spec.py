@@ -209,6 +209,46 @@ def load_spec(path: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     return parse_spec(data, source=source)
 
 
+def widen(spec: ExperimentSpec, overrides: Sequence[str], source: str) -> ExperimentSpec:
+    """``spec`` with ``--set`` overrides that only add trials: more seeds, settings, fractions, bases or axes values.
+    Every trial of ``spec`` stays and trains exactly as before, so the results it already has stay valid.
+
+    Raises:
+        ConfigError: an override that drops a trial of ``spec`` or changes how one trains, naming the trial (and the
+            config keys that change).
+    """
+    what = f"--set {' '.join(overrides)}"
+    wider = parse_spec(deep_merge(spec.model_dump(mode="json"), parse_overrides(overrides)), f"{source} with {what}")
+    kept = {point_key(p): p for p in wider.points()}
+    for point in spec.points():
+        trial = f"{point['setting']}, {_describe_point(point)}"
+        if point_key(point) not in kept:
+            raise ConfigError(
+                f"{what} drops the trial {trial} from {source}: --resume with --set only adds trials (seeds, "
+                "settings, fractions, bases, axes values); start a new experiment to run fewer"
+            )
+        before = spec.trial_config(point).model_dump(mode="json")
+        after = wider.trial_config(kept[point_key(point)]).model_dump(mode="json")
+        if changed := _changed_keys(before, after):
+            raise ConfigError(
+                f"{what} changes how {source}'s trial {trial} trains ({', '.join(changed)}): its result would no "
+                "longer match its config; start a new experiment to train differently"
+            )
+    return wider
+
+
+def _changed_keys(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested mappings."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
 def parse_spec(data: Mapping[str, Any], source: str = "the spec") -> ExperimentSpec:
     """Validate a spec mapping, including what only makes sense against its tasks and config keys."""
     try:
