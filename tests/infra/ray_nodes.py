@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 90
+START_TIMEOUT_S = 240  # a head starts in ≈ 15-25 s; beside a training on 2 slow cores, 90 s were once not enough
 
 
 class ClusterError(RuntimeError):
