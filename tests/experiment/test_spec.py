@@ -197,3 +197,14 @@ def test_resume_with_set_refuses_what_would_drop_or_change_a_trial(overrides, me
     with pytest.raises(ConfigError) as err:
         widen(grid, overrides, "experiment x")
     assert message in str(err.value)
+
+
+def test_alone_and_pairs_true_leave_out_what_would_serve_nothing():
+    tasks = [*TASKS, {"name": "is_metal", "kind": "binary", "derive": "band_gap == 0", "auxiliary": True}]
+    tasks.append({"name": "volume_per_atom", "column": "volume", "per_atom": True, "auxiliary": True})
+    grid = parse_spec({"train": {"tasks": tasks, "epochs": 2}, "settings": {"alone": True, "pairs": True}})
+    names = [s.name for s in grid.all_settings()]
+    assert names[:3] == ["formation_energy_per_atom", "band_gap", "efermi"] and "is_metal" not in names
+    assert "band_gap+is_metal" in names and "is_metal+volume_per_atom" not in names  # a pair serves a task
+    for point in grid.points():
+        grid.trial_config(point)  # every generated setting is a valid training

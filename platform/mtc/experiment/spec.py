@@ -94,10 +94,16 @@ class ExperimentSpec(StrictModel):
         return self.tasks or [t.name for t in self.base_config().tasks]
 
     def all_settings(self) -> list[Setting]:
-        """Alone, pairs, all, then the named settings; a pair that is all the tasks is listed once, as ``all``."""
+        """Alone, pairs, all, then the named settings; a pair that is all the tasks is listed once, as ``all``.
+        ``alone: true`` and ``pairs: true`` leave out what would serve nothing: an auxiliary task alone, a pair of
+        auxiliary tasks."""
         names, chosen = self.task_names(), self.settings
-        alone = names if chosen.alone is True else chosen.alone or []
-        pairs = itertools.combinations(names, 2) if chosen.pairs is True else chosen.pairs or []
+        auxiliary = {t.name for t in self.base_config().tasks if t.auxiliary}
+        alone = [n for n in names if n not in auxiliary] if chosen.alone is True else chosen.alone or []
+        if chosen.pairs is True:
+            pairs = [p for p in itertools.combinations(names, 2) if not set(p) <= auxiliary]
+        else:
+            pairs = chosen.pairs or []
         found = [Setting(task, (task,)) for task in alone]
         found += [Setting(TASK_SEP.join(p), tuple(p)) for p in pairs if len(p) < len(names)]
         if chosen.all:
