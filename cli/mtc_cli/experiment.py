@@ -48,9 +48,10 @@ def experiment(
     model of k tasks trains k x `epochs`), seeds, and any config key as an axis. Every trial is a Ray Train run
     (an MLflow child run under one parent run); all use the same split. The parent run's report/ holds
     cells.csv (mean ± std over seeds per cell), trials.csv, summary.md (change vs the task alone, significant
-    only beyond the seeds' spread) and plots. --budget-minutes stops launching trials; --resume NAME continues,
-    and --resume NAME --set ... widens a finished or unfinished experiment (more seeds, another setting) without
-    rerunning what it has: a --set that would drop a trial or change how one trains is refused before work.
+    only beyond the seeds' spread; which setting to serve each task from) and plots. --budget-minutes stops
+    launching trials; --resume NAME continues, and --resume NAME --set ... widens a finished or unfinished
+    experiment (more seeds, another setting) without rerunning what it has: a --set that would drop a trial or
+    change how one trains is refused before work.
 
     Example: mtc experiment configs/experiments/tiny.yaml --data demo-out/shards --budget-minutes 30
              mtc experiment configs/experiments/mt3.yaml --data shards/mp36k --set 'seeds=[1, 2]'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def test_tiny_experiment_runs_every_cell_over_seeds_reports_and_resumes_without_
     assert set(trials["run_id"]) == {c.info.run_id for c in children}
     sizes = {c.data.tags["mtc.experiment.setting"]: int(c.data.params["n_parameters"]) for c in children}
     assert dict(zip(cells["setting"], cells["parameters"], strict=True)) == sizes  # each cell states its model's size
-    assert "significant (*) only when |Δ mean| > std_a + std_b" in (folder / "summary.md").read_text()
+    summary = (folder / "summary.md").read_text()
+    assert "significant (*) only when |Δ mean| > std_a + std_b" in summary
+    assert "| equal compute | formation_energy_per_atom | all |" in summary  # what to serve: no alone to weigh
+    assert re.search(r"\| equal compute \| band_gap \| (alone|all) \| [0-9.]+ ± [0-9.]+ \|", summary), summary
     for basis in ("equal_compute",):
         for stem in ("error_vs_fraction", "change_vs_alone"):
             assert (folder / f"{stem}_{basis}.png").read_bytes().startswith(b"\x89PNG")

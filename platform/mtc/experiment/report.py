@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from mtc.experiment.spec import ExperimentSpec, Setting, point_key
-from mtc.tasks import TaskSpec
+from mtc.tasks import TaskSpec, served
 from mtc.train.metrics import metric_key, task_error
 
 FINISHED, ERROR, NOT_STARTED = "finished", "error", "not started"
@@ -194,7 +194,52 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
         lines += [f"## {basis.replace('_', ' ')}", "", *_markdown_table(header, rows), ""]
     if len(spec.fractions) > 1:
         lines += _data_efficiency(spec, cells, tasks)
+    lines += _what_to_serve(spec, cells, tasks)
     return "\n".join(lines)
+
+
+def _what_to_serve(spec: ExperimentSpec, cells: pd.DataFrame, tasks: Sequence[TaskSpec]) -> list[str]:
+    """Which setting to serve each task from, per basis (and fraction and axes values where they vary): the answer a
+    user runs the experiment for, by the report's rule."""
+    varied = ["fraction"] * (len(spec.fractions) > 1) + list(spec.axes)
+    lines = [
+        "## what to serve",
+        "",
+        "Each task's setting: the one with the lowest mean test error among those that beat the task alone beyond the "
+        "seeds' spread; where none does, the lowest mean test error of all. A shared setting within the spread "
+        "serves the task as well as alone, not shown better.",
+        "",
+    ]
+    rows = []
+    for _, part in cells.groupby(["basis", *varied], sort=False):
+        label = [part["basis"].iloc[0].replace("_", " "), *(str(part[k].iloc[0]) for k in varied)]
+        rows += [label + row for task in served(tasks) if (row := _serve_row(part, task))]
+    header = ["basis", *varied, "task", "use", "error", "vs alone", "why"]
+    return [*lines, *_markdown_table(header, rows), ""]
+
+
+def _serve_row(cells: pd.DataFrame, task: TaskSpec) -> list[str]:
+    """[task, setting to use, its error, its change vs alone, why] among ``cells`` (one basis, fraction and axes
+    values); empty when no finished cell has the task."""
+    mean = f"{task.name} {error_name(task)} mean"
+    has = cells[cells[mean].notna()] if mean in cells else cells.iloc[:0]
+    if has.empty:
+        return []
+    is_alone = (has["setting"] == task.name) & (has["tasks"] == 1)
+    shown = has[has[f"{task.name} significant"].eq(True) & (has[f"{task.name} rel change"] < 0)]
+    best = (shown if len(shown) else has).sort_values(mean).iloc[0]
+    if not is_alone.any():
+        return [task.name, best["setting"], _mean_std(best, task), "–", "no single-task cell to compare with"]
+    if len(shown):
+        return [task.name, best["setting"], _mean_std(best, task), _change(best, task), "beats alone: sharing pays"]
+    if best["setting"] != task.name:
+        return [task.name, best["setting"], _mean_std(best, task), _change(best, task), "as good as alone"]
+    others = has[~is_alone].sort_values(mean)
+    if others.empty:
+        return [task.name, "alone", _mean_std(best, task), "", "no other setting learns it"]
+    closest = others.iloc[0]
+    why = f"no setting beats it; closest: {closest['setting']} {_change(closest, task)}"
+    return [task.name, "alone", _mean_std(best, task), "", why]
 
 
 def _data_efficiency(spec: ExperimentSpec, cells: pd.DataFrame, tasks: Sequence[TaskSpec]) -> list[str]:
