@@ -173,3 +173,22 @@ def test_what_to_serve_prefers_a_setting_shown_better_over_a_lower_but_noisy_mea
     summary = build_report(spec, found, "synthetic").summary
     assert "| equal steps | band_gap | all | 0.47 ± 0.01 | -21.7% * | beats alone: sharing pays |" in summary
     assert "| equal steps | formation_energy_per_atom | all | 0.109 ± 0.01 | -0.9% | as good as alone |" in summary
+
+
+def test_what_to_serve_keeps_an_axis_value_of_null():
+    """``model.shared_convs: null`` (one trunk per group) is a value of the axis, not a missing one."""
+    spec = parse_spec(
+        {
+            "train": {"tasks": TASKS, "epochs": 1},
+            "seeds": [0, 1, 2],
+            "bases": ["equal_steps"],
+            "axes": {"model.shared_convs": [None, 1]},
+        }
+    )
+    found = []
+    for k, point in enumerate(spec.points()):
+        table, tasks = (JOINT, [FE, BG]) if point["setting"] == "all" else (ALONE, [point["setting"]])
+        found.append(record(point, {t: table[t][point["seed"]] for t in tasks}, k=k))
+    summary = build_report(spec, found, "axes").summary
+    serve = summary[summary.index("## what to serve") :]
+    assert serve.count("| band_gap | all | 0.59 ± 0.1 | -1.7% | as good as alone |") == 2  # one per axis value

@@ -211,7 +211,7 @@ def _what_to_serve(spec: ExperimentSpec, cells: pd.DataFrame, tasks: Sequence[Ta
         "",
     ]
     rows = []
-    for _, part in cells.groupby(["basis", *varied], sort=False):
+    for _, part in cells.groupby(["basis", *varied], sort=False, dropna=False):  # a null axis value is a value
         label = [part["basis"].iloc[0].replace("_", " "), *(str(part[k].iloc[0]) for k in varied)]
         rows += [label + row for task in served(tasks) if (row := _serve_row(part, task))]
     header = ["basis", *varied, "task", "use", "error", "vs alone", "why"]
