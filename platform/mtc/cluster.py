@@ -185,7 +185,8 @@ def release_orphan_placement_groups() -> int:
 @functools.cache
 def _log_release_off(why: str) -> None:
     logging.getLogger(__name__).warning(
-        "mtc: freeing the CPUs of early-stopped tune trials is off on %s (checked on Ray %d.%d up to %d.%d); "
+        "mtc: freeing the CPUs of dead Ray Train runs (early-stopped tune trials, crashed trainings) is off on %s "
+        "(checked on Ray %d.%d up to %d.%d); "
         "Ray Train's own cleaner, which needs the Ray dashboard, has to do it",
         why,
         *_PG_TABLE_CHECKED[0],
