@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mtc_cli.app import app
 from tests.e2e.runs import artifacts, child_runs, download, last_logged, parent_run
+from tests.orphans import orphan_placement_group
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 runner = CliRunner()
@@ -134,18 +135,9 @@ def test_placement_group_of_a_dead_train_controller_is_released(ray_session):
 
     from mtc.cluster import release_orphan_placement_groups
 
-    @ray.remote(num_cpus=0)
-    class Controller:  # stands in for a Ray Train controller that Tune killed with its trial
-        def reserve(self):
-            group = placement_group([{"CPU": 0.25}])
-            ray.get(group.ready())
-            return group
-
-    controller = Controller.remote()
-    orphan = ray.get(controller.reserve.remote())
+    orphan = orphan_placement_group(0.25)  # as a Ray Train controller that Tune killed with its trial leaves it
     kept = placement_group([{"CPU": 0.25}])  # this driver's own: never touched
     ray.get(kept.ready())
-    ray.kill(controller)
     deadline = time.monotonic() + 30
     while placement_group_table(orphan)["state"] != "REMOVED" and time.monotonic() < deadline:
         release_orphan_placement_groups()  # the controller's death reaches the GCS a little after the kill

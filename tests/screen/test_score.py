@@ -18,6 +18,7 @@ from mtc.data.packing import Batching
 from mtc.registry.models import promote
 from mtc.screen.rank import FilterError
 from mtc.screen.score import PREDICTIONS, ScoringPool, ScreenError, scoring_pool, screen
+from tests.orphans import orphan_placement_group
 
 pytestmark = pytest.mark.ray
 TRAINING_ONLY = {"too_many_atoms", "bad_label"}  # corpus reasons that depend on featurize's labels and limits
@@ -124,19 +125,9 @@ def test_local_engine_and_two_stages_write_the_folder_ray_writes_and_each_resume
 def test_a_two_stage_screen_is_not_starved_by_a_dead_trainings_cpus(demo_records, model, tmp_path, ray_session):
     """A training of this process that died mid-restart (its Train controller killed after it asked for a new
     worker group) leaves a placement group holding CPUs; the screen frees it instead of waiting on it."""
-    import ray
-    from ray.util.placement_group import placement_group, placement_group_table
+    from ray.util.placement_group import placement_group_table
 
-    @ray.remote(num_cpus=0)
-    class Controller:  # stands in for the Ray Train controller that died
-        def reserve(self):
-            group = placement_group([{"CPU": 0.5}])
-            ray.get(group.ready())
-            return group
-
-    controller = Controller.remote()
-    orphan = ray.get(controller.reserve.remote())
-    ray.kill(controller)
+    orphan = orphan_placement_group(0.5)
     db = write_db(tmp_path / "db", demo_records[3000:3100])
     summary = screen(db, model, tmp_path / "out", unit_rows=64, workers=1, engine=Engine("ray"), stages=2)
     assert summary.n_scored == 100
