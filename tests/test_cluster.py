@@ -31,3 +31,17 @@ def test_a_local_screen_imports_neither_ray_nor_scipy() -> None:
     code = "import sys, mtc_cli.app, mtc.screen.score; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'ray'" not in loaded and "'scipy'" not in loaded, loaded
+
+
+def test_joining_the_ray_this_process_runs_frees_a_dead_trainings_cpus(ray_session) -> None:
+    """A notebook's or a driver's next job: ``connect`` finds Ray running and frees the placement group a dead Ray
+    Train controller of this process left, so the job's Ray Data stages (featurize, screen) get those CPUs."""
+    from ray.util.placement_group import placement_group_table
+
+    from mtc.cluster import connect
+    from tests.orphans import orphan_placement_group
+
+    orphan = orphan_placement_group(0.5)
+    assert placement_group_table(orphan)["state"] == "CREATED"
+    connect()
+    assert placement_group_table(orphan)["state"] == "REMOVED"

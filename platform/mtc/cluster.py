@@ -102,6 +102,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         address: a cluster address (``ray://host:10001``, ``host:6379`` or ``auto``); None uses
             ``RAY_ADDRESS`` when set, else starts Ray inside this process.
         num_cpus: CPUs of the embedded instance (default: all cores).
+
+    Where this process runs Ray already, the placement groups its dead Ray Train runs left are freed first
+    (``release_orphan_placement_groups``).
     """
     for key, value in _RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -111,7 +114,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     for name in ("ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        # A long-lived process (a notebook, a driver running several jobs, a test session): the CPUs a dead training
+        # of this process still reserves would starve the Ray Data stages of the job about to start.
+        release_orphan_placement_groups()
+    else:
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

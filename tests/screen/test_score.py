@@ -124,7 +124,7 @@ def test_local_engine_and_two_stages_write_the_folder_ray_writes_and_each_resume
 @pytest.mark.timeout(300)  # without the release the featurize stage waits for a CPU forever
 def test_a_two_stage_screen_is_not_starved_by_a_dead_trainings_cpus(demo_records, model, tmp_path, ray_session):
     """A training of this process that died mid-restart (its Train controller killed after it asked for a new
-    worker group) leaves a placement group holding CPUs; the screen frees it instead of waiting on it."""
+    worker group) leaves a placement group holding CPUs; the screen frees it as it joins Ray instead of waiting."""
     from ray.util.placement_group import placement_group_table
 
     orphan = orphan_placement_group(0.5)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtc.atomic import write_json_atomic, write_parquet_atomic
-from mtc.cluster import Engine, local_cores, ray_version, release_orphan_placement_groups
+from mtc.cluster import Engine, local_cores, ray_version
 from mtc.config import FeaturizeConfig
 from mtc.data.featurize import featurize_table
 from mtc.data.frames import frame_files, frames_kind
@@ -474,7 +474,6 @@ def _score_on_ray(
     """
     import ray
 
-    release_orphan_placement_groups()  # CPUs a dead training of this process still reserves would starve the stages
     cpus, gpus = int(ray.cluster_resources().get("CPU", 1)), int(ray.cluster_resources().get("GPU", 0))
     stages = stages or (2 if gpus else 1)
     pool = scoring_pool(stages, cpus, gpus, workers, len(pending))
