@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mtc import tracking
+from mtc.cluster import release_orphan_placement_groups
 from mtc.config import TrainConfig, dump_yaml
 from mtc.errors import MtcError
 from mtc.model.bundle import ModelBundle
@@ -74,6 +75,7 @@ def train(
 
     shards = Path(shards).resolve()
     plan = WorkerPlan.of(config.scaling)
+    release_orphan_placement_groups()  # CPUs an earlier training of this process (a notebook's) still holds, dead
     check_resources(plan, ray.cluster_resources())
     check_compiler(config.compile, plan)
     if parent:
