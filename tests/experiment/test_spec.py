@@ -144,13 +144,14 @@ def test_the_efficiency_spec_cut_to_the_targets_cells():
 
 def test_the_shipped_specs_state_the_sizes_they_compare():
     """The sizes `mtc experiment` prints before work, for the equal-steps comparisons of issue 11: the three
-    single-task models hold 242,499 parameters together; `mtl_equal` (and its metal variant) no more."""
+    single-task models hold 242,499 parameters together; `mtl_equal` (its metal variant, the one-trunk one) no more."""
     size = model_sizes(load_spec("configs/experiments/size.yaml"), radius=8.0)
     alone = [size[t] for t in ("formation_energy_per_atom", "band_gap", "efermi")]
     assert alone == [80_833] * 3
     assert size["mtl_wide"] == 355_475 and size["mtl_wide"] / sum(alone) == pytest.approx(1.466, abs=1e-3)
     assert 0.98 * sum(alone) <= size["mtl_equal"] <= sum(alone)
     assert 0.98 * sum(alone) <= size["mtl_equal_metal"] <= sum(alone)
+    assert 0.98 * sum(alone) <= size["mtl_onetrunk_equal"] <= sum(alone)
     methods = model_sizes(load_spec("configs/experiments/methods.yaml"), radius=8.0)
     assert methods["mtl_wide"] == size["mtl_wide"] and methods["mtl"] < sum(alone)
 
