@@ -1,10 +1,11 @@
-"""mtc.cluster without Ray: where a job runs (``choose_engine``)."""
+"""mtc.cluster: where a job runs (``choose_engine``, without Ray), and joining a Ray this process runs already."""
 
 from __future__ import annotations
 
 import pytest
 
-from mtc.cluster import LOCAL_CORES, LOCAL_ROWS, choose_engine
+from mtc.cluster import LOCAL_CORES, LOCAL_ROWS, choose_engine, connect
+from tests.orphans import orphan_placement_group
 
 
 @pytest.mark.parametrize("job", list(LOCAL_ROWS))
@@ -37,9 +38,6 @@ def test_joining_the_ray_this_process_runs_frees_a_dead_trainings_cpus(ray_sessi
     """A notebook's or a driver's next job: ``connect`` finds Ray running and frees the placement group a dead Ray
     Train controller of this process left, so the job's Ray Data stages (featurize, screen) get those CPUs."""
     from ray.util.placement_group import placement_group_table
-
-    from mtc.cluster import connect
-    from tests.orphans import orphan_placement_group
 
     orphan = orphan_placement_group(0.5)
     assert placement_group_table(orphan)["state"] == "CREATED"
