@@ -1,4 +1,4 @@
-"""A real MLflow server on PostgreSQL (loopback): two trainings and a tune's concurrent trials log to it at once.
+"""A real MLflow server on PostgreSQL (loopback): a tune's concurrent trials log to it, their models register there.
 
 PostgreSQL comes from the system packages (Debian: `apt-get install -y postgresql`; its binaries live in
 /usr/lib/postgresql/<version>/bin) and the psycopg driver from the dev extra. The test skips, saying why, when
@@ -31,7 +31,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120
-EXPERIMENT = "pg-concurrent"
 
 
 def _postgres_bin() -> Path | None:
@@ -160,68 +159,31 @@ def mlflow_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _train(shards: str, name: str) -> str:
-    """One training run inside a Ray task (as a Tune trial runs); MLFLOW_TRACKING_URI comes from its runtime_env."""
-    from mtc.config import TrainConfig, load_config
-    from mtc.registry.models import publish
-    from mtc.train.trainer import train
-
-    config = load_config(
-        TrainConfig, REPO / "configs/tiny.yaml", ["epochs=1", f"experiment={EXPERIMENT}", f"run_name={name}"]
-    )
-    result = train(Path(shards), config)
-    publish(result.run_id, result.bundle, "mtc-pg")
-    return result.run_id
-
-
-def test_two_concurrent_runs_log_once_each_to_a_postgres_backed_server(
-    mlflow_server, demo_shards, demo_records, ray_session, tmp_path
-):
+def _publish(run_id: str) -> str:
+    """Register the model a run logged, inside a Ray task; MLFLOW_TRACKING_URI comes from its runtime_env."""
     import mlflow
 
-    uri, artifacts = mlflow_server
-    client = mlflow.MlflowClient(uri)
-    experiment_id = client.create_experiment(EXPERIMENT)  # as `mtc tune` does before its trials start
-    task = ray_session.remote(num_cpus=0.01, max_retries=0)(_train).options(
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}}
-    )
-    run_ids = ray_session.get([task.remote(str(demo_shards), f"run-{k}") for k in range(2)], timeout=600)
+    from mtc import tracking
+    from mtc.model.bundle import ModelBundle
+    from mtc.registry.models import publish
+    from mtc.train.loop import MODEL_DIR
 
-    runs = client.search_runs([experiment_id])
-    assert sorted(r.info.run_id for r in runs) == sorted(run_ids) and len(set(run_ids)) == 2
-    assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1"]
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        assert any(k.startswith("test/") for k in run.data.metrics), sorted(run.data.metrics)
-        assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    versions = client.search_model_versions("name='mtc-pg'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert sorted(v.run_id for v in versions) == sorted(run_ids)
-    assert list(artifacts.rglob("model.pt")), "artifacts went through the server into --artifacts-destination"
-
-    # another process promotes version 2 and screens by alias, through the server alone
-    db = tmp_path / "db.parquet"
-    keep = ("id", "lattice", "species", "frac_coords")
-    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in keep} for r in demo_records[3000:3200]]), db)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MTC_HOME": str(tmp_path / "elsewhere")}
-    for args in (
-        ["models", "promote", "mtc-pg", "2", "--alias", "champion"],
-        ["screen", str(db), "--model", "models:/mtc-pg@champion", "--out", str(tmp_path / "screened")],
-    ):
-        done = subprocess.run([str(BIN / "mtc"), *args], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-    assert client.get_model_version_by_alias("mtc-pg", "champion").version == "2"
-    assert sorted(pq.read_table(tmp_path / "screened/predictions").column("id").to_pylist()) == sorted(
-        r["id"] for r in demo_records[3000:3200]
-    )
+    tracking.configure()
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{MODEL_DIR}", dst_path=folder)
+        bundle = ModelBundle.load(Path(path))
+    return publish(run_id, bundle, "mtc-pg")["version"]
 
 
-def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo_shards, tmp_path):
-    """`mtc tune --max-concurrent 2` on a Ray node with 4 logical CPUs, logging to the PostgreSQL-backed server."""
+def test_concurrent_trials_log_once_each_and_their_models_register_and_screen_through_the_server(
+    mlflow_server, demo_shards, demo_records, ray_session, tmp_path
+):
+    """`mtc tune --max-concurrent 2` on a Ray node with 4 logical CPUs, logging to the PostgreSQL-backed server; the
+    trials' models registered there at once, then promoted and screened by alias from other processes."""
     import mlflow
     import yaml
 
-    uri, _ = mlflow_server
+    uri, artifacts = mlflow_server
     space = yaml.safe_load((REPO / "configs/tune/tiny.yaml").read_text())
     space["references"] = {"formation_energy_per_atom": 0.25, "band_gap": 0.6}  # given: the trials alone run
     space["train"]["epochs"] = 1
@@ -256,3 +218,31 @@ def test_a_tune_with_concurrent_trials_logs_every_trial_once(mlflow_server, demo
     trials_csv = client.download_artifacts(parent.info.run_id, "report/trials.csv", str(tmp_path))
     ranked = pd.read_csv(trials_csv, dtype={"trial": str, "run_id": str})  # an id like "6e126695" is no number
     assert sorted(ranked["trial"]) == trials and sorted(ranked["run_id"]) == sorted(c.info.run_id for c in children)
+
+    finished = [c.info.run_id for c in children if c.info.status == "FINISHED"]  # a trial ASHA stopped has no model
+    assert finished, [c.info.status for c in children]
+    task = ray_session.remote(num_cpus=0.01, max_retries=0)(_publish).options(
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}}
+    )
+    registered = ray_session.get([task.remote(run_id) for run_id in finished], timeout=300)
+    assert sorted(int(v) for v in registered) == list(range(1, len(finished) + 1))
+    versions = client.search_model_versions("name='mtc-pg'")
+    assert sorted(v.run_id for v in versions) == sorted(finished)
+    assert list(artifacts.rglob("model.pt")), "artifacts went through the server into --artifacts-destination"
+
+    # another process promotes the last version and screens by alias, through the server alone
+    last = str(len(finished))
+    db = tmp_path / "db.parquet"
+    keep = ("id", "lattice", "species", "frac_coords")
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in keep} for r in demo_records[3000:3200]]), db)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MTC_HOME": str(tmp_path / "elsewhere")}
+    for args in (
+        ["models", "promote", "mtc-pg", last, "--alias", "champion"],
+        ["screen", str(db), "--model", "models:/mtc-pg@champion", "--out", str(tmp_path / "screened")],
+    ):
+        done = subprocess.run([str(BIN / "mtc"), *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert client.get_model_version_by_alias("mtc-pg", "champion").version == last
+    assert sorted(pq.read_table(tmp_path / "screened/predictions").column("id").to_pylist()) == sorted(
+        r["id"] for r in demo_records[3000:3200]
+    )

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO
 from tests.data.corpus import MAX_ATOMS, expected, write_jsonl_input
 from tests.infra.ray_nodes import LocalRayCluster
 
@@ -145,26 +144,6 @@ def test_screen_on_two_nodes_matches_one_node(cluster, trained, demo_records, ra
     assert ours.column("id").equals(theirs.column("id"))
     for name in LABELS:
         assert ours.column(name).to_pylist() == pytest.approx(theirs.column(name).to_pylist(), rel=1e-5, abs=1e-5)
-
-
-def test_train_with_one_worker_per_node(cluster, demo_shards, tmp_path):
-    """DDP over gloo between the two nodes; the run's test split is the single-node split, crystal for crystal."""
-    import mlflow
-
-    from mtc import tracking
-    from mtc.config import TrainConfig, load_config
-    from mtc.train.datasets import prepare_splits
-
-    overrides = ["epochs=1", "experiment=two-nodes", "scaling.placement=spread"]
-    expected = prepare_splits(demo_shards, load_config(TrainConfig, REPO / "configs/tiny.yaml", overrides)).counts
-    args = ["train", "--data", str(demo_shards), "-c", str(REPO / "configs/tiny.yaml"), "--workers", "2"]
-    result = cluster.mtc(*args, *(a for o in overrides for a in ("--set", o)), "--register", "", timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    client = mlflow.MlflowClient(tracking.tracking_uri())
-    run = client.search_runs([tracking.experiment_id("two-nodes")])[0]
-    assert run.info.status == "FINISHED" and run.data.params["scaling.workers"] == "2"
-    assert run.data.metrics["test/formation_energy_per_atom/n"] == expected["test"]
-    assert (run.data.metrics["workers"], run.data.metrics["nodes"]) == (2, 2)  # one worker per node
 
 
 def test_ray_job_submit_runs_a_job_entrypoint(cluster, structures):

@@ -51,12 +51,19 @@ def _kill_node_after_first_checkpoint(
 
 
 def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path):
+    """DDP over gloo between two nodes, one worker on each, until the worker node dies; the run's test split is the
+    single-node split, crystal for crystal."""
     import mlflow
+
+    from mtc.config import TrainConfig, load_config
+    from mtc.train.datasets import prepare_splits
 
     home = tmp_path / "home"  # a fresh checkpoint folder to watch
     home.mkdir()
     uri = f"sqlite:///{home / 'mlflow.db'}"  # this run's own store, whatever the test process points at
     root = Path(tempfile.mkdtemp(prefix="mtcnl-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    overrides = ["epochs=4", f"experiment={EXPERIMENT}", "scaling.placement=spread", "scaling.max_failures=2"]
+    expected = prepare_splits(demo_shards, load_config(TrainConfig, REPO / "configs/tiny.yaml", overrides)).counts
     cluster = LocalRayCluster(root)
     stop, killed = threading.Event(), []
     try:
@@ -68,7 +75,6 @@ def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path):
             daemon=True,
         )
         killer.start()
-        overrides = ["epochs=4", f"experiment={EXPERIMENT}", "scaling.placement=spread", "scaling.max_failures=2"]
         args = ["train", "--data", str(demo_shards), "-c", str(REPO / "configs/tiny.yaml")]
         result = cluster.mtc(
             *args,
@@ -95,5 +101,7 @@ def test_training_survives_the_loss_of_a_worker_node(demo_shards, tmp_path):
     history = sorted(client.get_metric_history(run.info.run_id, "nodes"), key=lambda m: (m.step, m.timestamp))
     nodes = [int(m.value) for m in history]
     assert nodes[0] == 2 and nodes[-1] == 1, nodes  # across both nodes, then on the head alone
+    assert {m.value for m in client.get_metric_history(run.info.run_id, "workers")} == {2}  # the head took both
+    assert run.data.metrics["test/formation_energy_per_atom/n"] == expected["test"]
     epochs = sorted({int(m.value) for m in client.get_metric_history(run.info.run_id, "epoch")})
     assert epochs[-1] == 4
