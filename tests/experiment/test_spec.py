@@ -153,6 +153,7 @@ def test_the_shipped_specs_state_the_sizes_they_compare():
     assert 0.98 * sum(alone) <= size["mtl_equal_metal"] <= sum(alone)
     assert 0.98 * sum(alone) <= size["mtl_onetrunk_equal"] <= sum(alone)
     assert 0.98 * sum(alone) <= size["mtl_shallow_equal"] <= sum(alone)
+    assert 0.98 * size["mtl_wide"] <= size["mtl_shallow_wide"] <= size["mtl_wide"]  # less sharing, same size
     methods = model_sizes(load_spec("configs/experiments/methods.yaml"), radius=8.0)
     assert methods["mtl_wide"] == size["mtl_wide"] and methods["mtl"] < sum(alone)
 
