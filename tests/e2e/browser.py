@@ -37,9 +37,22 @@ def chromium() -> str:
     pytest.skip("chromium is not installed and this user cannot install it (apt-get install -y chromium)")
 
 
-def render(url: str, screenshot: Path, wait_ms: int = 15000) -> str:
-    """The DOM of ``url`` after its scripts ran for ``wait_ms`` of virtual time; saves a PNG screenshot too."""
+def render(url: str, screenshot: Path, until: str, wait_ms: int = 15000, tries: int = 3) -> str:
+    """The DOM of ``url`` once it holds ``until``; saves a PNG screenshot too.
+
+    Each try lets the page's scripts run for ``wait_ms`` of virtual time, doubled on every retry: on a loaded
+    2-core machine the server's artifact answer can come after the first budget is spent. The last DOM is
+    returned either way, and the caller's assertion says what was missing.
+    """
     screenshot.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(tries):
+        dom = _dump_dom(url, screenshot, wait_ms * 2**attempt)
+        if until in dom:
+            break
+    return dom
+
+
+def _dump_dom(url: str, screenshot: Path, wait_ms: int) -> str:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         done = subprocess.run(
             [
@@ -53,7 +66,7 @@ def render(url: str, screenshot: Path, wait_ms: int = 15000) -> str:
             ],
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=90 + wait_ms / 1000,
         )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

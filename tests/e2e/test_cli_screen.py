@@ -271,9 +271,10 @@ def test_mtc_ui_serves_the_runs(trained):
         # what a user sees: the run's page in a real browser, its parity plot rendered from the artifact store
         plot = "plots/parity_formation_energy_per_atom.png"
         page = f"http://127.0.0.1:{port}/#/experiments/{trained.experiment_id}/runs/{trained.run_id}/artifacts/{plot}"
-        dom = render(page, ARTIFACTS / "mtc-ui-run-page.png")
+        rendered = f'<img alt="{plot}" src="blob:'
+        dom = render(page, ARTIFACTS / "mtc-ui-run-page.png", until=rendered)
         assert f"<title>Run {trained.run_id} - MLflow</title>" in dom
-        assert f'<img alt="{plot}" src="blob:' in dom, "the parity plot was not rendered"
+        assert rendered in dom, "the parity plot was not rendered"
         tags = mlflow.MlflowClient(tracking.tracking_uri()).get_experiment(trained.experiment_id).tags
         assert tags.get(tracking.EXPERIMENT_KIND[0]) == tracking.EXPERIMENT_KIND[1]  # the UI's model-training views
     finally:
