@@ -270,6 +270,8 @@ def test_mtc_ui_serves_the_runs(trained):
         assert trained.run_id in {r["info"]["run_id"] for r in runs}
         # what a user sees: the run's page in a real browser, its parity plot rendered from the artifact store
         plot = "plots/parity_formation_energy_per_atom.png"
+        served = f"http://127.0.0.1:{port}/get-artifact?path={plot}&run_uuid={trained.run_id}"
+        assert urllib.request.urlopen(served, timeout=120).read().startswith(b"\x89PNG")  # the route the page reads
         page = f"http://127.0.0.1:{port}/#/experiments/{trained.experiment_id}/runs/{trained.run_id}/artifacts/{plot}"
         rendered = f'<img alt="{plot}" src="blob:'
         dom = render(page, ARTIFACTS / "mtc-ui-run-page.png", until=rendered)

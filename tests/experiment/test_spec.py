@@ -108,7 +108,7 @@ def test_mistakes_fail_before_any_work_naming_the_key(fields, message):
 
 
 def test_shipped_specs_parse_and_stay_the_sizes_their_comments_state():
-    sizes = {"tiny": 4, "mt3": 21, "fractions": 48, "pairs": 33, "precision": 6}
+    sizes = {"tiny": 4, "mt3": 21, "fractions": 48, "pairs": 33, "precision": 6, "depth": 15}
     for name, trials in sizes.items():
         assert len(load_spec(f"configs/experiments/{name}.yaml").points()) == trials, name
 
@@ -156,6 +156,8 @@ def test_the_shipped_specs_state_the_sizes_they_compare():
     assert 0.98 * size["mtl_wide"] <= size["mtl_shallow_wide"] <= size["mtl_wide"]  # less sharing, same size
     methods = model_sizes(load_spec("configs/experiments/methods.yaml"), radius=8.0)
     assert methods["mtl_wide"] == size["mtl_wide"] and methods["mtl"] < sum(alone)
+    depth = model_sizes(load_spec("configs/experiments/depth.yaml"), radius=8.0)
+    assert depth["mtl"] == methods["mtl"] < depth["mtl_shallow"] < sum(alone)  # the default, then less sharing
 
 
 def test_an_axis_that_changes_the_model_gives_each_value_its_size():
