@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from mtc.config import ConfigError
+from mtc.config import ConfigError, TrainConfig, load_config
 from mtc.experiment.runner import model_sizes
 from mtc.experiment.spec import load_spec, parse_spec, point_key, widen
 
@@ -130,16 +130,24 @@ def test_a_named_setting_set_to_false_is_left_out():
 
 
 def test_the_efficiency_spec_cut_to_the_targets_cells():
-    """The data-efficiency target compares mtl on half the training rows with each task alone on all of them."""
+    """The data-efficiency target compares each multitask model on half the training rows (`mtl`, and `mtl_shallow`
+    with the default's layout) with each task alone on all of them."""
     half = load_spec("configs/experiments/efficiency.yaml", ["fractions=[0.5]", "settings.alone=false"])
-    full = load_spec("configs/experiments/efficiency.yaml", ["fractions=[1.0]", "settings.mtl=false"])
-    assert [(p["setting"], p["fraction"]) for p in half.points() if p["seed"] == 0] == [("mtl", 0.5)]
+    full = load_spec(
+        "configs/experiments/efficiency.yaml", ["fractions=[1.0]", "settings.mtl=false", "settings.mtl_shallow=false"]
+    )
+    assert [(p["setting"], p["fraction"]) for p in half.points() if p["seed"] == 0] == [
+        ("mtl", 0.5),
+        ("mtl_shallow", 0.5),
+    ]
     assert [(p["setting"], p["fraction"]) for p in full.points() if p["seed"] == 0] == [
         ("band_gap", 1.0),
         ("efermi", 1.0),
     ]
-    config = half.trial_config(half.points()[0])
-    assert (config.epochs, config.patience, config.model.shared_convs) == (150, 20, 2)
+    configs = [half.trial_config(p) for p in half.points() if p["seed"] == 0]
+    assert [(c.epochs, c.patience, c.model.shared_convs) for c in configs] == [(150, 20, 2), (150, 20, 1)]
+    default = load_config(TrainConfig, "configs/mt3.yaml")
+    assert configs[1].model.shared_convs == default.model.shared_convs  # mtl_shallow has the default's layout
 
 
 def test_the_shipped_specs_state_the_sizes_they_compare():
