@@ -86,6 +86,22 @@ def test_summary_states_the_rule_and_marks_significant_changes_per_basis():
     assert "| formation_energy_per_atom | 1.0 | 3 | – | 0.11 ± 0.01 |  |" in summary
 
 
+def test_summary_shows_a_settings_own_error_where_no_task_alone_was_run():
+    """A multitask-only experiment (or a widened one before its single-task trials finish) still reads as figures."""
+    spec = parse_spec(
+        {
+            "train": {"tasks": TASKS, "epochs": 1},
+            "settings": {"alone": False, "all": True},
+            "seeds": [0, 1, 2],
+            "bases": ["equal_steps"],
+        }
+    )
+    found = [record(p, {t: JOINT[t][p["seed"]] for t in (FE, BG)}, k=k) for k, p in enumerate(spec.points())]
+    summary = build_report(spec, found, "joint only").summary
+    assert "| all | 3 | – | 0.14 ± 0.01 | 0.59 ± 0.1 |" in summary
+    assert "no single-task cell to compare with" in summary
+
+
 def test_plots_per_basis_are_pngs():
     spec = make_spec()
     plots = report_plots(build_report(spec, records(spec), "synthetic"), spec.bases, [])

@@ -177,7 +177,8 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
         f"# Experiment {name}",
         "",
         "A task alone: its test error, mean ± std over seeds. Other settings: each task's relative change of test "
-        f"error vs that task alone (same fraction, basis and axes; negative: sharing helped); {SIGNIFICANCE_RULE}.",
+        "error vs that task alone (same fraction, basis and axes; negative: sharing helped), or their own test error "
+        f"where the experiment has no such single-task cell; {SIGNIFICANCE_RULE}.",
         "",
     ]
     for basis in spec.bases:
@@ -190,7 +191,7 @@ def summary_markdown(spec: ExperimentSpec, cells: pd.DataFrame, name: str) -> st
             if row["tasks"] == 1 and row["setting"] in spec.task_names():
                 rows.append(label + [_mean_std(row, t) if t.name == row["setting"] else "" for t in tasks])
             else:
-                rows.append(label + [_change(row, t) for t in tasks])
+                rows.append(label + [_change_or_error(row, t) for t in tasks])
         lines += [f"## {basis.replace('_', ' ')}", "", *_markdown_table(header, rows), ""]
     if len(spec.fractions) > 1:
         lines += _data_efficiency(spec, cells, tasks)
@@ -278,6 +279,11 @@ def _change(row: Mapping[str, Any], task: TaskSpec, suffix: str = "") -> str:
     if not _finite(value):
         return "–"
     return f"{value:+.1%}" + (" *" if row.get(f"{task.name} significant{suffix}") is True else "")
+
+
+def _change_or_error(row: Mapping[str, Any], task: TaskSpec) -> str:
+    """The change vs the task alone; the error itself (mean ± std) where there is no single-task cell to compare."""
+    return _change(row, task) if _finite(row.get(f"{task.name} rel change")) else _mean_std(row, task)
 
 
 def _finite(value: Any) -> bool:
