@@ -41,8 +41,11 @@ class FeaturizeConfig(StrictModel):
 
 
 def describe_validation_error(err: ValidationError) -> str:
-    """A pydantic error as ``key.path: message; ...`` (one line, for users)."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors())
+    """A pydantic error as ``key.path: message; ...`` (one line, for users; our validators' messages as written)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -95,9 +95,9 @@ def test_a_setting_on_a_subset_drops_the_base_grouping_and_weights_of_absent_tas
         ({"axes": {"model.n_convs": [2, 3]}}, "n_convs"),
         ({"axes": {"split.seed": [0, 1]}}, "axes.split.seed: this key is set by the experiment itself"),
         ({"axes": {"model.n_conv": []}}, "axes.model.n_conv: give a non-empty list"),
-        ({"seeds": [0]}, "seeds"),
+        ({"seeds": [0]}, "seeds: 1 given, at least 2 needed: every cell is a mean ± std over seeds"),
         ({"seeds": [0, 0, 1]}, "seeds repeat a value"),
-        ({"fractions": [0.0, 1.0]}, "fractions"),
+        ({"fractions": [0.0, 1.0]}, "fractions: every fraction must lie in"),  # no "Value error, " between
         ({"basis": ["equal_steps"]}, "basis"),
         ({"settings": {"alone": False, "all": False}}, "no setting to run"),
     ],

@@ -71,7 +71,7 @@ class ExperimentSpec(StrictModel):
     settings: Settings = Field(default_factory=Settings)
     fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     bases: list[Basis] = Field(default_factory=lambda: list(BASES), min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=2)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="dotted TrainConfig key -> values")
 
     @field_validator("fractions")
@@ -81,7 +81,17 @@ class ExperimentSpec(StrictModel):
             raise ValueError("every fraction must lie in (0, 1]")
         return _unique(values, "fractions")
 
-    @field_validator("seeds", "bases")
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        if len(values) < 2:
+            raise ValueError(
+                f"{len(values)} given, at least 2 needed: every cell is a mean ± std over seeds, and the report "
+                "weighs each difference against that spread (one training on its own: mtc train)"
+            )
+        return _unique(values, "seeds")
+
+    @field_validator("bases")
     @classmethod
     def _no_repeats(cls, values: list, info) -> list:
         return _unique(values, info.field_name)
